@@ -1,0 +1,216 @@
+"""Numba kernel: FastJet ``unique_history_order`` -> binary trees in pre-order.
+
+FastJet's history order is a post-order of history indices: indices ``< N`` are the
+input particles (in input order), every later index is a pairwise merge whose two
+parents were listed before it, and the final entry is the merge of the whole jet with
+the beam. A stack therefore rebuilds the tree without any per-jet Python code.
+
+Node kinematics are recomputed here with the recombination scheme FastJet used
+(E-scheme sums four-momenta; WTA-pT keeps rapidity, azimuth and mass of the harder
+parent and sums pT), because the awkward interface does not expose intermediate
+pseudojets. The same pass replays the clustering sequence in history (time) order to
+tell whether kt at the analysis radius would have split the jet into several inclusive
+jets: before the first beam merge the two sequences are identical, and at a radius R a
+pseudojet goes to the beam as soon as its pT^2 is below the smallest pair distance
+min(pT_a^2, pT_b^2) dR_ab^2 / R^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+SCHEME_E = 0
+SCHEME_WTA_PT = 1
+
+STATUS_OK = 0
+STATUS_BAD_HISTORY = 1  # history did not form a single binary tree (never expected)
+
+TWO_PI = 2.0 * math.pi
+MAX_RAP = 1e5
+
+
+@nb.njit(cache=True, inline="always")
+def _rap_phi(px, py, pz, E):
+    """Rapidity and azimuth exactly as FastJet's PseudoJet defines them."""
+    pt2 = px * px + py * py
+    phi = 0.0 if pt2 == 0.0 else math.atan2(py, px)
+    if phi < 0.0:
+        phi += TWO_PI
+    if phi >= TWO_PI:
+        phi -= TWO_PI
+    if E == abs(pz) and pt2 == 0.0:
+        rap = MAX_RAP + abs(pz)
+        if pz < 0.0:
+            rap = -rap
+        return rap, phi
+    m2 = max((E + pz) * (E - pz) - pt2, 0.0)
+    e_plus_pz = E + abs(pz)
+    rap = 0.5 * math.log((pt2 + m2) / (e_plus_pz * e_plus_pz))
+    if pz > 0.0:
+        rap = -rap
+    return rap, phi
+
+
+@nb.njit(cache=True)
+def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
+    """Build pre-order trees for every jet of a chunk.
+
+    Inputs are flat float64 constituent arrays with per-jet ``offsets`` (jet j owns
+    ``offsets[j]:offsets[j+1]``, at least one constituent) and the flat history order with
+    ``hist_offsets``. Returns flat node arrays (``2N-1`` nodes per jet, root first, harder
+    child left), ``node_offsets``, a per-jet ``split`` flag (kt at ``r_split`` would give more
+    than one inclusive jet) and a per-jet ``status``.
+    """
+    n_jets = offsets.shape[0] - 1
+    node_offsets = np.empty(n_jets + 1, np.int64)
+    node_offsets[0] = 0
+    for j in range(n_jets):
+        node_offsets[j + 1] = node_offsets[j] + 2 * (offsets[j + 1] - offsets[j]) - 1
+    n_nodes = node_offsets[n_jets]
+    out_p = np.empty((n_nodes, 4), np.float64)
+    out_left = np.empty(n_nodes, np.int32)
+    out_right = np.empty(n_nodes, np.int32)
+    out_parent = np.empty(n_nodes, np.int32)
+    out_depth = np.empty(n_nodes, np.int32)
+    out_leaf = np.empty(n_nodes, np.int32)
+    split = np.zeros(n_jets, np.bool_)
+    status = np.zeros(n_jets, np.int8)
+    inv_r2 = 1.0 / (r_split * r_split)
+
+    for j in range(n_jets):
+        p0 = offsets[j]
+        n = offsets[j + 1] - p0
+        h0 = hist_offsets[j]
+        n_hist = hist_offsets[j + 1] - h0
+        if n_hist != 2 * n:
+            status[j] = STATUS_BAD_HISTORY
+            continue
+        size = 2 * n - 1
+        hp = np.empty((size, 4), np.float64)
+        hl = np.full(size, -1, np.int64)
+        hr = np.full(size, -1, np.int64)
+        for i in range(n):
+            hp[i, 0] = px[p0 + i]
+            hp[i, 1] = py[p0 + i]
+            hp[i, 2] = pz[p0 + i]
+            hp[i, 3] = E[p0 + i]
+
+        # post-order -> children and kinematics (the last entry is the beam merge)
+        stack = np.empty(n, np.int64)
+        top = 0
+        ok = True
+        for k in range(n_hist - 1):
+            h = hist[h0 + k]
+            if h < n:
+                stack[top] = h
+                top += 1
+                continue
+            if top < 2 or h >= size:
+                ok = False
+                break
+            b = stack[top - 1]
+            a = stack[top - 2]
+            top -= 2
+            hl[h] = a
+            hr[h] = b
+            if scheme == SCHEME_E:
+                for c in range(4):
+                    hp[h, c] = hp[a, c] + hp[b, c]
+            else:
+                pta = math.hypot(hp[a, 0], hp[a, 1])
+                ptb = math.hypot(hp[b, 0], hp[b, 1])
+                hard = a if pta * pta >= ptb * ptb else b
+                rap, phi = _rap_phi(hp[hard, 0], hp[hard, 1], hp[hard, 2], hp[hard, 3])
+                m2 = hp[hard, 3] ** 2 - hp[hard, 0] ** 2 - hp[hard, 1] ** 2 - hp[hard, 2] ** 2
+                pt = pta + ptb
+                mt = math.sqrt(pt * pt + abs(m2))
+                hp[h, 0] = pt * math.cos(phi)
+                hp[h, 1] = pt * math.sin(phi)
+                hp[h, 2] = mt * math.sinh(rap)
+                hp[h, 3] = mt * math.cosh(rap)
+            stack[top] = h
+            top += 1
+        if not ok or top != 1:
+            status[j] = STATUS_BAD_HISTORY
+            continue
+        root = stack[0]
+
+        # replay merges in time order: would kt at r_split have sent something to the beam?
+        if n > 1:
+            pt2 = np.empty(size, np.float64)
+            rap = np.empty(size, np.float64)
+            phi = np.empty(size, np.float64)
+            alive = np.zeros(size, np.bool_)
+            for i in range(size):
+                pt2[i] = hp[i, 0] ** 2 + hp[i, 1] ** 2
+                rap[i], phi[i] = _rap_phi(hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3])
+            alive[:n] = True
+            for h in range(n, size):
+                a = hl[h]
+                b = hr[h]
+                dphi = abs(phi[a] - phi[b])
+                if dphi > math.pi:
+                    dphi = TWO_PI - dphi
+                drap = rap[a] - rap[b]
+                dij = min(pt2[a], pt2[b]) * (drap * drap + dphi * dphi) * inv_r2
+                dib = np.inf
+                for i in range(size):
+                    if alive[i] and pt2[i] < dib:
+                        dib = pt2[i]
+                if dib < dij:
+                    split[j] = True
+                    break
+                alive[a] = False
+                alive[b] = False
+                alive[h] = True
+
+        # depth-first pre-order, harder (larger pT) child first
+        q0 = node_offsets[j]
+        dfs = np.empty(size, np.int64)
+        dfs_parent = np.empty(size, np.int64)
+        dfs_depth = np.empty(size, np.int64)
+        dfs[0] = root
+        dfs_parent[0] = -1
+        dfs_depth[0] = 0
+        top = 1
+        nxt = 0
+        while top > 0:
+            top -= 1
+            h = dfs[top]
+            par = dfs_parent[top]
+            q = q0 + nxt
+            for c in range(4):
+                out_p[q, c] = hp[h, c]
+            out_parent[q] = par
+            out_depth[q] = dfs_depth[top]
+            out_left[q] = -1
+            out_right[q] = -1
+            if par >= 0:
+                pq = q0 + par
+                if out_left[pq] == -1:
+                    out_left[pq] = nxt
+                else:
+                    out_right[pq] = nxt
+            if h < n:
+                out_leaf[q] = h
+            else:
+                out_leaf[q] = -1
+                a = hl[h]
+                b = hr[h]
+                if hp[b, 0] ** 2 + hp[b, 1] ** 2 > hp[a, 0] ** 2 + hp[a, 1] ** 2:
+                    a, b = b, a
+                # push softer first so the harder child is popped (and numbered) first
+                dfs[top] = b
+                dfs_parent[top] = nxt
+                dfs_depth[top] = out_depth[q] + 1
+                top += 1
+                dfs[top] = a
+                dfs_parent[top] = nxt
+                dfs_depth[top] = out_depth[q] + 1
+                top += 1
+            nxt += 1
+
+    return out_p, out_left, out_right, out_parent, out_depth, out_leaf, node_offsets, split, status

@@ -1,0 +1,262 @@
+"""kt reclustering of whole chunks of jets into declustering trees (the fast path).
+
+One awkward multi-event ``fastjet.ClusterSequence`` per chunk runs the clustering in
+C++; ``unique_history_order()`` hands the merge history to a numba kernel
+(:mod:`jetevo.trees.kernel`) that builds the trees. No Python loop runs per jet.
+
+Every constituent ends up in exactly one tree. kt's pairwise merge order does not
+depend on R, so we cluster with :data:`CLUSTER_R`, a radius no pair of constituents
+reaches: the whole jet then becomes one tree. Whether kt at the analysis radius ``R``
+would have split the jet into several inclusive jets is decided exactly by the kernel,
+and the ``on_split`` policy says what to do about it:
+
+- ``merge`` (default): keep the one tree with all constituents; count the jet as split;
+- ``hardest``: keep the tree of the hardest inclusive jet at ``R``; count lost constituents;
+- ``drop``: drop the jet; count it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+
+from jetevo.trees.kernel import SCHEME_E, SCHEME_WTA_PT, STATUS_OK, build_trees
+
+CLUSTER_R = 100.0
+SCHEMES = {"E": SCHEME_E, "wta_pt": SCHEME_WTA_PT}
+ON_SPLIT = ("merge", "hardest", "drop")
+SKIP_REASONS = ("no_constituents", "non_finite", "negative_energy")
+NODE_FLOAT_FIELDS = ("px", "py", "pz", "E")
+NODE_INT_FIELDS = ("left", "right", "parent", "depth", "leaf_index")
+FORMAT_NAME = "jetevo-trees"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReclusterConfig:
+    """How jets become trees; stored in every output file's metadata."""
+
+    R: float = 0.8
+    scheme: str = "E"
+    on_split: str = "merge"
+    max_constituents: int = 128
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {self.scheme!r}")
+        if self.on_split not in ON_SPLIT:
+            raise ValueError(f"on_split must be one of {ON_SPLIT}, got {self.on_split!r}")
+        if not 0.0 < self.R < CLUSTER_R:
+            raise ValueError(f"R must be in (0, {CLUSTER_R}), got {self.R}")
+        if self.max_constituents < 1:
+            raise ValueError("max_constituents must be >= 1")
+        if self.precision not in ("float32", "float64"):
+            raise ValueError("precision must be float32 or float64")
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "algorithm": "kt",
+            "cluster_R": CLUSTER_R,
+            "order": "depth-first pre-order, root first, larger-pT child left",
+            **asdict(self),
+        }
+
+
+def _jagged_for_fastjet(px, py, pz, E, offsets) -> ak.Array:
+    content = ak.contents.RecordArray(
+        [ak.contents.NumpyArray(x) for x in (px, py, pz, E)],
+        ["px", "py", "pz", "E"],
+        parameters={"__record__": "Momentum4D"},
+    )
+    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), content))
+
+
+def _flat_offsets(array: ak.Array) -> tuple[np.ndarray, np.ndarray]:
+    counts = ak.to_numpy(ak.num(array, axis=1)).astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return ak.to_numpy(ak.flatten(array, axis=1)), offsets
+
+
+def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[str, np.ndarray]:
+    """Cluster every jet (flat float64 arrays + offsets, >= 1 constituent each) into a tree."""
+    import fastjet
+
+    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, CLUSTER_R, _fastjet_scheme(scheme))
+    cs = fastjet.ClusterSequence(_jagged_for_fastjet(px, py, pz, E, offsets), jetdef)
+    hist, hist_offsets = _flat_offsets(cs.unique_history_order())
+    p, left, right, parent, depth, leaf, node_offsets, split, status = build_trees(
+        px, py, pz, E, offsets, hist.astype(np.int64), hist_offsets, SCHEMES[scheme], r_split
+    )
+    if np.any(status != STATUS_OK):
+        bad = int(np.flatnonzero(status != STATUS_OK)[0])
+        raise RuntimeError(f"FastJet history of jet {bad} in this chunk is not a single binary tree")
+    return {
+        "p": p, "left": left, "right": right, "parent": parent, "depth": depth,
+        "leaf_index": leaf, "node_offsets": node_offsets, "split": split,
+    }  # fmt: skip
+
+
+def _fastjet_scheme(scheme: str):
+    import fastjet
+
+    return fastjet.E_scheme if scheme == "E" else fastjet.WTA_pt_scheme
+
+
+def _hardest_subsets(px, py, pz, E, offsets, R: float, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (within each jet, ascending = pT order) of the hardest inclusive kt jet at R."""
+    import fastjet
+
+    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, R, _fastjet_scheme(scheme))
+    cs = fastjet.ClusterSequence(_jagged_for_fastjet(px, py, pz, E, offsets), jetdef)
+    jets = cs.inclusive_jets()
+    hardest = ak.argmax(jets.px**2 + jets.py**2, axis=1, keepdims=True)
+    idx = ak.sort(ak.flatten(cs.constituent_index(0.0)[hardest], axis=1), axis=1)
+    return _flat_offsets(idx)
+
+
+def recluster_chunk(jets: ak.Array, cfg: ReclusterConfig) -> tuple[pa.Table, Counter]:
+    """Turn one chunk of jets (reader common form) into a table of trees, with counts."""
+    counts: Counter = Counter(jets_read=len(jets))
+    n_const = ak.to_numpy(ak.num(jets["px"], axis=1))
+    flat = {k: ak.to_numpy(ak.flatten(jets[k])) for k in ("px", "py", "pz", "E")}
+    seg = np.repeat(np.arange(len(jets)), n_const)
+
+    def per_jet_any(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(seg[mask], minlength=len(jets)) > 0
+
+    finite = np.isfinite(flat["px"]) & np.isfinite(flat["py"]) & np.isfinite(flat["pz"]) & np.isfinite(flat["E"])
+    reasons = {
+        "no_constituents": n_const == 0,
+        "non_finite": per_jet_any(~finite),
+        "negative_energy": per_jet_any(finite & (flat["E"] < 0)),
+    }
+    keep = np.ones(len(jets), bool)
+    for reason in SKIP_REASONS:
+        hit = reasons[reason] & keep
+        counts[f"skipped_{reason}"] += int(hit.sum())
+        keep &= ~hit
+    jets = jets[keep]
+
+    pt2 = jets["px"] ** 2 + jets["py"] ** 2
+    order = ak.argsort(pt2, axis=1, ascending=False, stable=True)[:, : cfg.max_constituents]
+    n_all = ak.to_numpy(ak.num(pt2, axis=1))
+    truncated = n_all - np.minimum(n_all, cfg.max_constituents)
+    counts["truncated_jets"] += int((truncated > 0).sum())
+    counts["truncated_constituents"] += int(truncated.sum())
+    cols = {}
+    for k in ("px", "py", "pz", "E"):
+        cols[k], offsets = _flat_offsets(ak.values_astype(jets[k][order], np.float64))
+
+    trees = cluster_flat(cols["px"], cols["py"], cols["pz"], cols["E"], offsets, cfg.scheme, cfg.R)
+    split = trees["split"]
+    counts["split_jets"] += int(split.sum())
+    n_leaves = np.diff(offsets)
+    if cfg.on_split == "drop" and split.any():
+        counts["dropped_split"] += int(split.sum())
+        trees = _select_jets(trees, ~split)
+        jets, n_leaves = jets[~split], n_leaves[~split]
+    elif cfg.on_split == "hardest" and split.any():
+        trees, n_leaves = _replace_by_hardest(trees, cols, offsets, split, cfg, counts)
+
+    table = _to_table(trees, n_leaves, jets, cfg)
+    counts["trees_written"] += table.num_rows
+    return table, counts
+
+
+def _select_jets(trees: dict, mask: np.ndarray) -> dict:
+    """Keep the trees of jets where ``mask`` is true (flat arrays re-sliced)."""
+    off = trees["node_offsets"]
+    node_mask = np.repeat(mask, np.diff(off))
+    out = {k: v[node_mask] for k, v in trees.items() if k not in ("node_offsets", "split")}
+    new_off = np.zeros(int(mask.sum()) + 1, np.int64)
+    np.cumsum(np.diff(off)[mask], out=new_off[1:])
+    out["node_offsets"] = new_off
+    out["split"] = trees["split"][mask]
+    return out
+
+
+def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> tuple[dict, np.ndarray]:
+    """Re-cluster split jets from the constituents of their hardest inclusive jet at R."""
+    jet_ids = np.flatnonzero(split)
+    starts, ends = offsets[:-1][jet_ids], offsets[1:][jet_ids]
+    gather = segment_indices(starts, ends - starts)
+    sub_off = np.zeros(len(jet_ids) + 1, np.int64)
+    np.cumsum(ends - starts, out=sub_off[1:])
+    sub = {k: cols[k][gather] for k in ("px", "py", "pz", "E")}
+    keep_idx, keep_off = _hardest_subsets(sub["px"], sub["py"], sub["pz"], sub["E"], sub_off, cfg.R, cfg.scheme)
+    base = np.repeat(sub_off[:-1], np.diff(keep_off))
+    pick = base + keep_idx
+    counts["hardest_lost_constituents"] += int((ends - starts).sum() - len(pick))
+    re = cluster_flat(*(sub[k][pick] for k in ("px", "py", "pz", "E")), keep_off, cfg.scheme, cfg.R)
+    # leaf_index must point into the jet's original pT-ordered constituents
+    leaf = re["leaf_index"]
+    is_leaf = leaf >= 0
+    node_jet = np.repeat(np.arange(len(jet_ids)), np.diff(re["node_offsets"]))
+    leaf[is_leaf] = keep_idx[keep_off[node_jet[is_leaf]] + leaf[is_leaf]]
+
+    kept = _select_jets(trees, ~split)
+    order = np.argsort(np.concatenate([np.flatnonzero(~split), jet_ids]), kind="stable")
+    merged = {}
+    sizes = np.concatenate([np.diff(kept["node_offsets"]), np.diff(re["node_offsets"])])
+    starts_all = np.concatenate([kept["node_offsets"][:-1], len(kept["left"]) + re["node_offsets"][:-1]])
+    node_order = segment_indices(starts_all[order], sizes[order])
+    for k in ("p", *NODE_INT_FIELDS):
+        merged[k] = np.concatenate([kept[k], re[k]])[node_order]
+    merged["node_offsets"] = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(sizes[order], out=merged["node_offsets"][1:])
+    merged["split"] = np.concatenate([kept["split"], re["split"]])[order]
+    n_leaves = (merged["node_offsets"][1:] - merged["node_offsets"][:-1] + 1) // 2
+    return merged, n_leaves
+
+
+def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for every (s, n), without a Python loop."""
+    sizes = np.asarray(sizes, np.int64)
+    if sizes.sum() == 0:
+        return np.zeros(0, np.int64)
+    shift = np.asarray(starts, np.int64) - (np.cumsum(sizes) - sizes)
+    return np.repeat(shift, sizes) + np.arange(int(sizes.sum()))
+
+
+def _strings(array: ak.Array) -> pa.Array:
+    return ak.to_arrow(array, extensionarray=False).cast(pa.string()).dictionary_encode()
+
+
+def _list(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
+def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterConfig) -> pa.Table:
+    off = trees["node_offsets"]
+    p = trees["p"]
+    root = p[off[:-1]] if len(off) > 1 else np.zeros((0, 4))
+    pt = np.hypot(root[:, 0], root[:, 1])
+    pabs = np.sqrt(pt**2 + root[:, 2] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.where(pt > 0, np.arcsinh(np.where(pt > 0, root[:, 2] / pt, 0.0)), 0.0)
+    mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pabs**2, 0.0))
+    ftype = np.dtype(cfg.precision)
+    columns = {k: _list(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
+    for k in NODE_INT_FIELDS:
+        columns[k] = _list(trees[k], off)
+    columns.update(
+        n_constituents=pa.array(n_leaves.astype(np.int32)),
+        jet_pt=pa.array(pt.astype(ftype)),
+        jet_eta=pa.array(eta.astype(ftype)),
+        jet_phi=pa.array(np.arctan2(root[:, 1], root[:, 0]).astype(ftype)),
+        jet_mass=pa.array(mass.astype(ftype)),
+        label=_strings(jets["label"]),
+        source=_strings(jets["source"]),
+        entry=pa.array(ak.to_numpy(jets["entry"]).astype(np.int64)),
+    )
+    schema_meta = {b"jetevo": json.dumps(cfg.metadata()).encode()}
+    return pa.table(columns).replace_schema_metadata(schema_meta)
