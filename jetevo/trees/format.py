@@ -62,15 +62,23 @@ def read_metadata(path: str | Path) -> dict:
 
 def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = None) -> ak.Array:
     """Load tree files (or folders of them) into one awkward array, one record per jet."""
-    arrays = []
+    import pyarrow as pa
+
+    tables = []
     for f in tree_files(paths):
         read_metadata(f)
         names = set(pq.read_schema(f).names)
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
         if missing:
             raise InputError(f, f"missing tree column(s) {', '.join(missing)}")
-        arrays.append(ak.from_parquet(f, columns=columns))
-    return arrays[0] if len(arrays) == 1 else ak.concatenate(arrays)
+        table = pq.read_table(f, columns=columns)
+        # dictionary-encoded strings (label, source) become plain strings so files concatenate
+        for i, field in enumerate(table.schema):
+            if pa.types.is_dictionary(field.type):
+                plain = pa.field(field.name, field.type.value_type, nullable=field.nullable)
+                table = table.set_column(i, plain, table.column(i).cast(field.type.value_type))
+        tables.append(table.replace_schema_metadata(None))
+    return ak.from_arrow(pa.concat_tables(tables))
 
 
 def triplets(trees: ak.Array) -> ak.Array:
@@ -87,3 +95,70 @@ def triplets(trees: ak.Array) -> ak.Array:
     rows = np.stack([local[internal], flat_left[internal], flat_right[internal]], axis=1).astype(np.int32)
     per_jet = np.bincount(np.repeat(np.arange(len(counts)), counts)[internal], minlength=len(counts))
     return ak.unflatten(rows, per_jet)
+
+
+def _flat(trees: ak.Array, field: str) -> np.ndarray:
+    return ak.to_numpy(ak.flatten(trees[field]))
+
+
+def validate(trees: ak.Array, scheme: str | None = None, rtol: float = 1e-5, subset_leaves: bool = False) -> None:
+    """Raise ``ValueError`` naming the first jet that breaks the tree format.
+
+    Checks: 2N-1 nodes; full binary tree in depth-first pre-order (left child right after
+    its parent, right child after the whole left subtree); consistent parent/depth;
+    leaves map one-to-one onto constituents 0..N-1; larger-pT child left; finite
+    kinematics (``subset_leaves``: trees kept by ``on_split="hardest"`` hold a subset of
+    the input, so leaf indices are distinct but may exceed N-1); and, for ``scheme="E"``, parent four-momentum = sum of the children's
+    (within ``rtol`` of the parent energy) or, for ``"wta_pt"``, parent pT = sum of the
+    children's pT.
+    """
+    counts = ak.to_numpy(ak.num(trees["left"], axis=1)).astype(np.int64)
+    n_const = ak.to_numpy(trees["n_constituents"]).astype(np.int64)
+    first = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=first[1:])
+    jet_of = np.repeat(np.arange(len(counts)), counts)
+    local = np.arange(first[-1]) - first[jet_of]
+
+    def fail(node_mask: np.ndarray, rule: str) -> None:
+        if np.any(node_mask):
+            raise ValueError(f"jet {int(jet_of[np.flatnonzero(node_mask)[0]])}: {rule}")
+
+    bad = np.flatnonzero(counts != 2 * n_const - 1)
+    if len(bad):
+        raise ValueError(f"jet {int(bad[0])}: number of nodes is not 2N-1")
+    left, right, parent = (_flat(trees, k).astype(np.int64) for k in ("left", "right", "parent"))
+    depth, leaf = _flat(trees, "depth").astype(np.int64), _flat(trees, "leaf_index").astype(np.int64)
+    p = np.stack([_flat(trees, k).astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
+    fail(~np.all(np.isfinite(p), axis=1), "non-finite kinematics")
+    internal = left >= 0
+    fail(internal != (right >= 0), "a node with exactly one child")
+    fail((local == 0) & ((parent != -1) | (depth != 0)), "root must have parent -1 and depth 0")
+    fail(internal & (left != local + 1), "left child does not follow its parent (not pre-order)")
+    size = _subtree_sizes(left, right, first)
+    li, ri = first[jet_of] + np.where(internal, left, 0), first[jet_of] + np.where(internal, right, 0)
+    fail(internal & (right != local + 1 + size[li]), "right child does not follow the left subtree (not pre-order)")
+    fail(internal & ((parent[li] != local) | (parent[ri] != local)), "children do not point back to their parent")
+    fail(internal & ((depth[li] != depth + 1) | (depth[ri] != depth + 1)), "child depth is not parent depth + 1")
+    fail(internal != (leaf < 0), "leaf_index must be set exactly on leaves")
+    limit = np.iinfo(np.int64).max if subset_leaves else n_const[jet_of]
+    fail(~internal & (leaf >= limit), "leaf_index out of range")
+    key = jet_of[~internal] * (int(leaf.max(initial=0)) + 1) + leaf[~internal]
+    if len(np.unique(key)) != len(key):
+        raise ValueError("a constituent appears in more than one leaf")
+    pt = np.hypot(p[:, 0], p[:, 1])
+    fail(internal & (pt[li] < pt[ri] * (1 - rtol)), "softer child placed left")
+    if scheme == "E":
+        resid = np.abs(p - p[li] - p[ri]).max(axis=1)
+        fail(internal & (resid > rtol * np.maximum(p[:, 3], 1e-12)), "parent four-momentum != sum of children (E-scheme)")
+    elif scheme == "wta_pt":
+        fail(internal & (np.abs(pt - pt[li] - pt[ri]) > rtol * np.maximum(pt, 1e-12)), "parent pT != sum of children pT (WTA)")
+        rap = 0.5 * np.log((p[:, 3] + p[:, 2]) / np.maximum(p[:, 3] - p[:, 2], 1e-300))
+        dphi = np.angle(np.exp(1j * (np.arctan2(p[:, 1], p[:, 0]) - np.arctan2(p[li, 1], p[li, 0]))))
+        off_axis = (np.abs(rap - rap[li]) > 1e-4) | (np.abs(dphi) > 1e-4)
+        fail(internal & off_axis, "parent direction != harder child's (WTA)")
+
+
+def _subtree_sizes(left: np.ndarray, right: np.ndarray, first: np.ndarray) -> np.ndarray:
+    from jetevo.trees.kernel import subtree_sizes
+
+    return subtree_sizes(left, right, first)

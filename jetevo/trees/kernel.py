@@ -214,3 +214,20 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
             nxt += 1
 
     return out_p, out_left, out_right, out_parent, out_depth, out_leaf, node_offsets, split, status
+
+
+@nb.njit(cache=True)
+def subtree_sizes(left, right, first):
+    """Number of nodes below and including each node (flat arrays, jet starts in ``first``).
+
+    Children always come after their parent in pre-order, so a reverse pass suffices;
+    out-of-range child indices count as size 0 (the validator reports them).
+    """
+    size = np.ones(left.shape[0], np.int64)
+    for j in range(first.shape[0] - 1):
+        a, b = first[j], first[j + 1]
+        for q in range(b - 1, a - 1, -1):
+            for c in (left[q], right[q]):
+                if c > q - a and a + c < b:
+                    size[q] += size[a + c]
+    return size

@@ -232,7 +232,16 @@ def _strings(array: ak.Array) -> pa.Array:
 
 
 def _list(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    """Arrow list column; non-nullable items so awkward reads plain (not option) types."""
+    item = pa.from_numpy_dtype(values.dtype)
+    list_type = pa.list_(pa.field("item", item, nullable=False))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values), type=list_type)
+
+
+def non_nullable_table(columns: dict[str, pa.Array], metadata: dict) -> pa.Table:
+    """Table whose fields are all non-nullable (no missing values exist in jetevo files)."""
+    schema = pa.schema([pa.field(k, v.type, nullable=False) for k, v in columns.items()], metadata=metadata)
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
 def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterConfig) -> pa.Table:
@@ -259,4 +268,4 @@ def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterC
         entry=pa.array(ak.to_numpy(jets["entry"]).astype(np.int64)),
     )
     schema_meta = {b"jetevo": json.dumps(cfg.metadata()).encode()}
-    return pa.table(columns).replace_schema_metadata(schema_meta)
+    return non_nullable_table(columns, schema_meta)

@@ -1,0 +1,51 @@
+"""Shared fixtures: small Pythia samples in the real layouts, and hand-made jets."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+
+
+def make_jets(particles: list[np.ndarray], label: str = "QCD", source: str = "hand-made") -> ak.Array:
+    """Reader common form from a list of (n, 4) px,py,pz,E arrays (float32)."""
+    counts = np.array([len(p) for p in particles], np.int64)
+    flat = np.concatenate([np.asarray(p, np.float32).reshape(-1, 4) for p in particles]) if len(particles) else np.zeros((0, 4), np.float32)
+    n = len(particles)
+    fields = {k: ak.unflatten(flat[:, i], counts) for i, k in enumerate(("px", "py", "pz", "E"))}
+    return ak.zip(
+        {
+            **fields,
+            "charge": ak.unflatten(np.zeros(len(flat), np.int8), counts),
+            "pid": ak.unflatten(np.full(len(flat), 211, np.int32), counts),
+            "jet_pt": np.zeros(n, np.float32),
+            "jet_eta": np.zeros(n, np.float32),
+            "jet_phi": np.zeros(n, np.float32),
+            "jet_mass": np.zeros(n, np.float32),
+            "label": ak.Array([label] * n) if n else ak.Array(np.zeros(0, dtype=str)),
+            "source": ak.Array([source] * n) if n else ak.Array(np.zeros(0, dtype=str)),
+            "entry": np.arange(n, dtype=np.int64),
+        },
+        depth_limit=1,
+    )
+
+
+def random_particles(rng: np.random.Generator, n: int, spread: float = 0.4, eta0: float = 0.0) -> np.ndarray:
+    """n massless particles around (eta0, 0) with a falling pT spectrum."""
+    pt = rng.exponential(30.0, n) + 0.5
+    eta = eta0 + rng.normal(0.0, spread, n)
+    phi = rng.normal(0.0, spread, n)
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    return np.stack([px, py, pz, np.sqrt(px**2 + py**2 + pz**2)], axis=1)
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory):
+    """Small simulated JetClass (top, QCD) and AOJ (QCD-wide) files, seeded."""
+    from jetevo.io.simulate import simulate
+
+    d = tmp_path_factory.mktemp("sim")
+    simulate("top", 30, d / "jetclass", seed=5, progress=False)
+    simulate("qcd", 40, d / "jetclass", seed=6, progress=False)
+    simulate("qcd-wide", 40, d / "aoj", seed=7, progress=False)
+    return d
