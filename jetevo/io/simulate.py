@@ -127,6 +127,7 @@ def _generate_block(proc: Process, n_jets: int, seed: int) -> ak.Array:
     for line in (
         "Beams:eCM = 13000.",
         *proc.pythia,
+        "Print:quiet = on",
         "Next:numberCount = 0",
         "Next:numberShowEvent = 0",
         "Next:numberShowInfo = 0",

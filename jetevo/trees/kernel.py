@@ -54,6 +54,46 @@ def _rap_phi(px, py, pz, E):
     return rap, phi
 
 
+@nb.njit(cache=True, inline="always")
+def _heap_push(key, ids, n, k, i):
+    """Push (k, i) onto the binary min-heap stored in key[:n], ids[:n]; return new size."""
+    pos = n
+    while pos > 0:
+        up = (pos - 1) // 2
+        if key[up] <= k:
+            break
+        key[pos] = key[up]
+        ids[pos] = ids[up]
+        pos = up
+    key[pos] = k
+    ids[pos] = i
+    return n + 1
+
+
+@nb.njit(cache=True, inline="always")
+def _heap_pop(key, ids, n):
+    """Remove the minimum of the heap; return the new size."""
+    n -= 1
+    k = key[n]
+    i = ids[n]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and key[child + 1] < key[child]:
+            child += 1
+        if key[child] >= k:
+            break
+        key[pos] = key[child]
+        ids[pos] = ids[child]
+        pos = child
+    if n > 0:
+        key[pos] = k
+        ids[pos] = i
+    return n
+
+
 @nb.njit(cache=True)
 def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     """Build pre-order trees for every jet of a chunk.
@@ -139,15 +179,21 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
         root = stack[0]
 
         # replay merges in time order: would kt at r_split have sent something to the beam?
+        # The softest alive pseudojet comes from a min-heap with lazy deletion: O(N log N).
         if n > 1:
             pt2 = np.empty(size, np.float64)
             rap = np.empty(size, np.float64)
             phi = np.empty(size, np.float64)
             alive = np.zeros(size, np.bool_)
+            heap_key = np.empty(size, np.float64)
+            heap_id = np.empty(size, np.int64)
+            n_heap = 0
             for i in range(size):
                 pt2[i] = hp[i, 0] ** 2 + hp[i, 1] ** 2
                 rap[i], phi[i] = _rap_phi(hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3])
-            alive[:n] = True
+            for i in range(n):
+                alive[i] = True
+                n_heap = _heap_push(heap_key, heap_id, n_heap, pt2[i], i)
             for h in range(n, size):
                 a = hl[h]
                 b = hr[h]
@@ -156,16 +202,15 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
                     dphi = TWO_PI - dphi
                 drap = rap[a] - rap[b]
                 dij = min(pt2[a], pt2[b]) * (drap * drap + dphi * dphi) * inv_r2
-                dib = np.inf
-                for i in range(size):
-                    if alive[i] and pt2[i] < dib:
-                        dib = pt2[i]
-                if dib < dij:
+                while not alive[heap_id[0]]:
+                    n_heap = _heap_pop(heap_key, heap_id, n_heap)
+                if heap_key[0] < dij:
                     split[j] = True
                     break
                 alive[a] = False
                 alive[b] = False
                 alive[h] = True
+                n_heap = _heap_push(heap_key, heap_id, n_heap, pt2[h], h)
 
         # depth-first pre-order, harder (larger pT) child first
         q0 = node_offsets[j]

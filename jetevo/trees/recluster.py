@@ -228,7 +228,13 @@ def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def _strings(array: ak.Array) -> pa.Array:
-    return ak.to_arrow(array, extensionarray=False).cast(pa.string()).dictionary_encode()
+    """Dictionary-encoded Arrow strings (a handful of distinct labels and sources per chunk)."""
+    arrow = ak.to_arrow(array, extensionarray=False)
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    if pa.types.is_dictionary(arrow.type):
+        return pa.DictionaryArray.from_arrays(arrow.indices.cast(pa.int32()), arrow.dictionary.cast(pa.string()))
+    return arrow.cast(pa.string()).dictionary_encode()
 
 
 def _list(values: np.ndarray, offsets: np.ndarray) -> pa.Array:

@@ -26,6 +26,14 @@ from jetevo.trees.recluster import SKIP_REASONS, ReclusterConfig, recluster_chun
 
 INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
 COUNTS_KEY = b"jetevo_counts"
+# measured on top-jet trees: dictionary encoding of float columns and statistics cost 3x the
+# write time for a 25% smaller file; zstd level 1 keeps most of the compression
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "use_dictionary": ["label", "source"],
+    "write_statistics": False,
+}
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,11 @@ def process_shard(shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=
     with atomic_path(shard.output) as tmp:
         writer = None
         try:
-            for jets in iter_jets(shard.source, chunk_size, shard.start, shard.stop):
+            for jets in iter_jets(shard.source, chunk_size, shard.start, shard.stop, particle_ids=False):
                 table, c = recluster_chunk(jets, cfg)
                 counts.update(c)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
                 if table.num_rows:
                     writer.write_table(table)
                 if progress is not None:
