@@ -85,13 +85,13 @@ def main() -> None:
     ap.add_argument("--n-sim", type=int, default=1000, help="Pythia top jets to simulate")
     ap.add_argument("--copies", type=int, default=20, help="rotated copies of each jet")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--chunk-size", type=int, default=5000)
+    ap.add_argument("--chunk-size", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=2025)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     path = make_sample(args.work, args.n_sim, args.copies, args.seed)
     n_jets = args.n_sim * args.copies
-    shard = -(-n_jets // (2 * args.workers))
+    shard = -(-n_jets // args.workers)  # the same shards for the 1-worker and N-worker runs
 
     time_jetevo(path, args.work / "warmup", 1, args.chunk_size, n_jets)  # numba cache, imports
     t_fj, n = time_fastjet(path, args.chunk_size)

@@ -144,14 +144,21 @@ def _iter_jetclass(path: Path, chunk_size: int, start: int, stop: int | None, pa
         wanted = (*JETCLASS_LABELS, "part_charge", *JETCLASS_TYPE_FLAGS) if particle_ids else JETCLASS_LABELS
         optional = [b for b in wanted if b in available]
         stop = tree.num_entries if stop is None else min(stop, tree.num_entries)
-        for begin in range(start, stop, chunk_size):
-            end = min(begin + chunk_size, stop)
+        if start >= stop:
+            return
+        # TTree.iterate keeps baskets that straddle chunk boundaries instead of re-reading them
+        chunks = tree.iterate(
+            [*JETCLASS_REQUIRED, *optional], step_size=chunk_size, entry_start=start, entry_stop=stop, library="ak", report=True
+        )
+        while True:
             try:
-                arrays = tree.arrays(
-                    [*JETCLASS_REQUIRED, *optional], entry_start=begin, entry_stop=end, library="ak"
-                )
+                item = next(chunks, None)
             except Exception as exc:
-                raise InputError(path, f"cannot read entries {begin}-{end} ({type(exc).__name__}: {exc})") from None
+                raise InputError(path, f"cannot read entries from {start} on ({type(exc).__name__}: {exc})") from None
+            if item is None:
+                return
+            arrays, report = item
+            begin = report.tree_entry_start
             yield _jetclass_common(arrays, path, begin, particle_ids)
 
 

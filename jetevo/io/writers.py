@@ -31,6 +31,7 @@ JETCLASS_LABEL_DTYPES = {
     **{k: np.bool_ for k in ("label_Hbb", "label_Hcc", "label_Hgg", "label_H4q", "label_Hqql")},
     **{k: np.int32 for k in ("label_Zqq", "label_Wqq", "label_Tbqq", "label_Tbl")},
 }
+ROOT_BASKET_ENTRIES = 2000
 JETCLASS_ZERO_BRANCHES = ("part_d0val", "part_d0err", "part_dzval", "part_dzerr")
 
 
@@ -96,7 +97,10 @@ def write_jetclass(path: str | Path, jets: ak.Array, label: str) -> None:
     )
     with uproot.recreate(path) as f:
         types = {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in branches.items()}
-        f.mktree("tree", types).extend(branches)
+        tree = f.mktree("tree", types)
+        # one basket per extend call: keep baskets near the few-thousand-entry size of real files
+        for start in range(0, max(n, 1), ROOT_BASKET_ENTRIES):
+            tree.extend({k: v[start : start + ROOT_BASKET_ENTRIES] for k, v in branches.items()})
 
 
 def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:

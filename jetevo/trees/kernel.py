@@ -94,7 +94,7 @@ def _heap_pop(key, ids, n):
     return n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     """Build pre-order trees for every jet of a chunk.
 
@@ -276,3 +276,64 @@ def subtree_sizes(left, right, first):
                 if c > q - a and a + c < b:
                     size[q] += size[a + c]
     return size
+
+
+JET_OK = 0
+JET_EMPTY = 1
+JET_NON_FINITE = 2
+JET_NEGATIVE_ENERGY = 3
+
+
+@nb.njit(cache=True, nogil=True)
+def prepare_constituents(px, py, pz, E, offsets, max_constituents):
+    """Check, pT-order (stable, descending) and cap every jet's constituents in one pass.
+
+    Returns float64 flat arrays of the kept constituents of the good jets, their offsets,
+    a per-jet status (``JET_*``; only ``JET_OK`` jets are kept) and the number of
+    constituents cut by the cap per jet.
+    """
+    n_jets = offsets.shape[0] - 1
+    status = np.zeros(n_jets, np.int8)
+    n_keep = np.zeros(n_jets, np.int64)
+    truncated = np.zeros(n_jets, np.int64)
+    for j in range(n_jets):
+        a, b = offsets[j], offsets[j + 1]
+        if b == a:
+            status[j] = JET_EMPTY
+            continue
+        for i in range(a, b):
+            if not (np.isfinite(px[i]) and np.isfinite(py[i]) and np.isfinite(pz[i]) and np.isfinite(E[i])):
+                status[j] = JET_NON_FINITE
+                break
+        if status[j] == JET_OK:
+            for i in range(a, b):
+                if E[i] < 0:
+                    status[j] = JET_NEGATIVE_ENERGY
+                    break
+        if status[j] == JET_OK:
+            n_keep[j] = min(b - a, max_constituents)
+            truncated[j] = (b - a) - n_keep[j]
+    out_offsets = np.zeros(n_jets + 1, np.int64)
+    for j in range(n_jets):
+        out_offsets[j + 1] = out_offsets[j] + n_keep[j]
+    total = out_offsets[n_jets]
+    opx = np.empty(total, np.float64)
+    opy = np.empty(total, np.float64)
+    opz = np.empty(total, np.float64)
+    oE = np.empty(total, np.float64)
+    for j in range(n_jets):
+        if n_keep[j] == 0:
+            continue
+        a, b = offsets[j], offsets[j + 1]
+        pt2 = np.empty(b - a, np.float64)
+        for i in range(a, b):
+            pt2[i - a] = np.float64(px[i]) ** 2 + np.float64(py[i]) ** 2
+        order = np.argsort(-pt2, kind="mergesort")
+        o = out_offsets[j]
+        for k in range(n_keep[j]):
+            i = a + order[k]
+            opx[o + k] = px[i]
+            opy[o + k] = py[i]
+            opz[o + k] = pz[i]
+            oE[o + k] = E[i]
+    return opx, opy, opz, oE, out_offsets, status, truncated

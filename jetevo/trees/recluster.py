@@ -25,12 +25,23 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-from jetevo.trees.kernel import SCHEME_E, SCHEME_WTA_PT, STATUS_OK, build_trees
+from jetevo.trees.kernel import (
+    JET_EMPTY,
+    JET_NEGATIVE_ENERGY,
+    JET_NON_FINITE,
+    JET_OK,
+    SCHEME_E,
+    SCHEME_WTA_PT,
+    STATUS_OK,
+    build_trees,
+    prepare_constituents,
+)
 
 CLUSTER_R = 100.0
 SCHEMES = {"E": SCHEME_E, "wta_pt": SCHEME_WTA_PT}
 ON_SPLIT = ("merge", "hardest", "drop")
-SKIP_REASONS = ("no_constituents", "non_finite", "negative_energy")
+SKIP_CODES = {"no_constituents": JET_EMPTY, "non_finite": JET_NON_FINITE, "negative_energy": JET_NEGATIVE_ENERGY}
+SKIP_REASONS = tuple(SKIP_CODES)
 NODE_FLOAT_FIELDS = ("px", "py", "pz", "E")
 NODE_INT_FIELDS = ("left", "right", "parent", "depth", "leaf_index")
 FORMAT_NAME = "jetevo-trees"
@@ -126,35 +137,20 @@ def _hardest_subsets(px, py, pz, E, offsets, R: float, scheme: str) -> tuple[np.
 def recluster_chunk(jets: ak.Array, cfg: ReclusterConfig) -> tuple[pa.Table, Counter]:
     """Turn one chunk of jets (reader common form) into a table of trees, with counts."""
     counts: Counter = Counter(jets_read=len(jets))
-    n_const = ak.to_numpy(ak.num(jets["px"], axis=1))
-    flat = {k: ak.to_numpy(ak.flatten(jets[k])) for k in ("px", "py", "pz", "E")}
-    seg = np.repeat(np.arange(len(jets)), n_const)
-
-    def per_jet_any(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(seg[mask], minlength=len(jets)) > 0
-
-    finite = np.isfinite(flat["px"]) & np.isfinite(flat["py"]) & np.isfinite(flat["pz"]) & np.isfinite(flat["E"])
-    reasons = {
-        "no_constituents": n_const == 0,
-        "non_finite": per_jet_any(~finite),
-        "negative_energy": per_jet_any(finite & (flat["E"] < 0)),
-    }
-    keep = np.ones(len(jets), bool)
-    for reason in SKIP_REASONS:
-        hit = reasons[reason] & keep
-        counts[f"skipped_{reason}"] += int(hit.sum())
-        keep &= ~hit
-    jets = jets[keep]
-
-    pt2 = jets["px"] ** 2 + jets["py"] ** 2
-    order = ak.argsort(pt2, axis=1, ascending=False, stable=True)[:, : cfg.max_constituents]
-    n_all = ak.to_numpy(ak.num(pt2, axis=1))
-    truncated = n_all - np.minimum(n_all, cfg.max_constituents)
-    counts["truncated_jets"] += int((truncated > 0).sum())
-    counts["truncated_constituents"] += int(truncated.sum())
-    cols = {}
+    flat = {}
     for k in ("px", "py", "pz", "E"):
-        cols[k], offsets = _flat_offsets(ak.values_astype(jets[k][order], np.float64))
+        flat[k], offsets = _flat_offsets(jets[k])
+    px, py, pz, E, offsets, status, truncated = prepare_constituents(
+        flat["px"], flat["py"], flat["pz"], flat["E"], offsets, cfg.max_constituents
+    )
+    for reason, code in SKIP_CODES.items():
+        counts[f"skipped_{reason}"] += int(np.count_nonzero(status == code))
+    keep = status == JET_OK
+    jets = jets[keep]
+    offsets = np.concatenate([[0], offsets[1:][keep]])  # skipped jets hold no constituents
+    counts["truncated_jets"] += int(np.count_nonzero(truncated))
+    counts["truncated_constituents"] += int(truncated.sum())
+    cols = {"px": px, "py": py, "pz": pz, "E": E}
 
     trees = cluster_flat(cols["px"], cols["py"], cols["pz"], cols["E"], offsets, cfg.scheme, cfg.R)
     split = trees["split"]

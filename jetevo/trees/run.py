@@ -13,7 +13,7 @@ import multiprocessing as mp
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,21 +76,43 @@ def plan_shards(files: list[Path], out_dir: Path, shard_size: int) -> list[Shard
     return shards
 
 
+def _prefetch(iterator, pool: ThreadPoolExecutor):
+    """Yield from ``iterator`` while its next item is already being produced in ``pool``."""
+    future = pool.submit(next, iterator, None)
+    while True:
+        item = future.result()
+        if item is None:
+            return
+        future = pool.submit(next, iterator, None)
+        yield item
+
+
 def process_shard(shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=None) -> Counter:
-    """Recluster one shard into its Parquet file; return its counts."""
+    """Recluster one shard into its Parquet file; return its counts.
+
+    Reading (decompression) and Parquet encoding release the GIL, so they run in two I/O
+    threads, overlapped with the FastJet + numba work on the current chunk.
+    """
     counts: Counter = Counter()
     with atomic_path(shard.output) as tmp:
         writer = None
+        pending = None
         try:
-            for jets in iter_jets(shard.source, chunk_size, shard.start, shard.stop, particle_ids=False):
-                table, c = recluster_chunk(jets, cfg)
-                counts.update(c)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
-                if table.num_rows:
-                    writer.write_table(table)
-                if progress is not None:
-                    progress(len(jets))
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jetevo-io") as io:
+                chunks = iter_jets(shard.source, chunk_size, shard.start, shard.stop, particle_ids=False)
+                for jets in _prefetch(chunks, io):
+                    table, c = recluster_chunk(jets, cfg)
+                    counts.update(c)
+                    if pending is not None:
+                        pending.result()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
+                    if table.num_rows:
+                        pending = io.submit(writer.write_table, table)
+                    if progress is not None:
+                        progress(len(jets))
+                if pending is not None:
+                    pending.result()
             writer.add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
         finally:
             if writer is not None:
