@@ -183,24 +183,29 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
         if n > 1:
             pt2 = np.empty(size, np.float64)
             rap = np.empty(size, np.float64)
-            phi = np.empty(size, np.float64)
             alive = np.zeros(size, np.bool_)
             heap_key = np.empty(size, np.float64)
             heap_id = np.empty(size, np.int64)
             n_heap = 0
             for i in range(size):
                 pt2[i] = hp[i, 0] ** 2 + hp[i, 1] ** 2
-                rap[i], phi[i] = _rap_phi(hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3])
             for i in range(n):
                 alive[i] = True
                 n_heap = _heap_push(heap_key, heap_id, n_heap, pt2[i], i)
             for h in range(n, size):
                 a = hl[h]
                 b = hr[h]
-                dphi = abs(phi[a] - phi[b])
-                if dphi > math.pi:
-                    dphi = TWO_PI - dphi
-                drap = rap[a] - rap[b]
+                # azimuthal distance from one atan2 of the transverse cross and dot products
+                cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
+                dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
+                dphi = math.atan2(abs(cross), dot)
+                # rapidity difference from one logarithm; FastJet's own formula where that is singular
+                num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
+                den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
+                if num > 0.0 and den > 0.0:
+                    drap = 0.5 * math.log(num / den)
+                else:
+                    drap = _rap_phi(hp[a, 0], hp[a, 1], hp[a, 2], hp[a, 3])[0] - _rap_phi(hp[b, 0], hp[b, 1], hp[b, 2], hp[b, 3])[0]
                 dij = min(pt2[a], pt2[b]) * (drap * drap + dphi * dphi) * inv_r2
                 while not alive[heap_id[0]]:
                     n_heap = _heap_pop(heap_key, heap_id, n_heap)
