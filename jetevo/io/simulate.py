@@ -1,8 +1,9 @@
 """Embedded default data: Pythia 8 jets written in the real JetClass / AspenOpenJets layouts.
 
 Real physics rather than toy data: pp collisions at 13 TeV, anti-kt R=0.8 jets from the
-visible final-state particles (neutrinos removed, pT > 0.5 GeV as a crude stand-in for
-detector thresholds; there is no detector simulation). Processes:
+visible final-state particles (neutrinos removed; charged pT > 0.3 GeV and neutral
+pT > 0.5 GeV as a crude stand-in for tracking and calorimeter thresholds; there is no
+detector simulation). Processes:
 
 - ``top``: t tbar, jets matched to a hadronic top whose b, q, q' all lie within
   dR < 0.8 of the jet axis; 500 < pT < 1000 GeV, |eta| < 2 -> JetClass ``TTBar_NNN.root``;
@@ -34,7 +35,8 @@ from jetevo.io.writers import write_aoj, write_jetclass
 
 BLOCK_JETS = 250
 NEUTRINOS = (12, 14, 16)
-MIN_PARTICLE_PT = 0.5
+MIN_CHARGED_PT = 0.3
+MIN_NEUTRAL_PT = 0.5
 JET_R = 0.8
 
 
@@ -161,7 +163,9 @@ def _generate_block(proc: Process, n_jets: int, seed: int) -> ak.Array:
 def _visible_particles(event) -> np.ndarray:
     rows = []
     for p in event:
-        if p.isFinal() and p.idAbs() not in NEUTRINOS and p.pT() > MIN_PARTICLE_PT and abs(p.eta()) < 3.5:
+        if not p.isFinal() or p.idAbs() in NEUTRINOS or abs(p.eta()) > 3.5:
+            continue
+        if p.pT() > (MIN_CHARGED_PT if p.isCharged() else MIN_NEUTRAL_PT):
             rows.append((p.px(), p.py(), p.pz(), p.e(), p.charge(), p.id()))
     return np.array(rows, dtype=np.float64).reshape(-1, 6)
 
