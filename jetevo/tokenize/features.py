@@ -1,0 +1,129 @@
+"""Per-node features for the tokenizer, and their exact inverse.
+
+A node is described relative to its parent, which generation always knows:
+
+- ``log_z``: log of pT / pT(parent), the momentum fraction;
+- ``log_dr``: log of the (rapidity, azimuth) distance to the parent axis;
+- ``cos_psi, sin_psi``: the direction of that offset around the parent axis;
+- ``log_mass``: log(m / pT + MASS_EPS), the node's mass scale.
+
+The root has no parent: it is described relative to a virtual parent of pT ``ROOT_PT_REF``
+on the jet axis, so its offset is zero and only its pT and mass are encoded; decoded jets
+live in the jet frame (axis at rapidity 0, azimuth 0).
+
+Why relative to the parent: pseudojets near the jet axis all share nearly the same
+axis-relative position and collapsed onto a few tokens in the 2025 thesis, while their
+offset from their own parent, in log scale, is resolved at every depth. The feature set is
+recorded in the checkpoint; see the README for the alternatives that were measured.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+
+FEATURES = ("log_z", "log_dr", "cos_psi", "sin_psi", "log_mass")
+FEATURE_SET = "parent-relative-v1"
+ROOT_PT_REF = 1000.0
+MIN_DR = 1e-6
+MASS_EPS = 1e-3
+
+
+def pt_y_phi_m(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pT, rapidity, azimuth, mass) of (n, 4) px, py, pz, E rows."""
+    p = np.asarray(p, np.float64)
+    pt = np.hypot(p[:, 0], p[:, 1])
+    e = np.maximum(p[:, 3], np.abs(p[:, 2]) + 1e-12)
+    y = 0.5 * np.log((e + p[:, 2]) / (e - p[:, 2]))
+    phi = np.arctan2(p[:, 1], p[:, 0])
+    m = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0.0))
+    return pt, y, phi, m
+
+
+def four_momentum(pt, y, phi, m) -> np.ndarray:
+    mt = np.sqrt(pt**2 + m**2)
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)], axis=1)
+
+
+def wrap(dphi: np.ndarray) -> np.ndarray:
+    return (dphi + np.pi) % (2 * np.pi) - np.pi
+
+
+def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
+    """Flat per-node arrays of a tree batch: four-momenta, global parent index, leaf flag, depth."""
+    counts = ak.to_numpy(ak.num(trees["px"], axis=1)).astype(np.int64)
+    if counts.sum() == 0:
+        raise ValueError("no nodes to tokenize (empty input)")
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    p = np.stack([ak.to_numpy(ak.flatten(trees[k])).astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
+    if not np.all(np.isfinite(p)):
+        bad = int(np.repeat(np.arange(len(counts)), counts)[~np.all(np.isfinite(p), axis=1)][0])
+        raise ValueError(f"non-finite node kinematics in jet {bad}")
+    parent_local = ak.to_numpy(ak.flatten(trees["parent"])).astype(np.int64)
+    parent = np.where(parent_local >= 0, first + parent_local, -1)
+    is_leaf = ak.to_numpy(ak.flatten(trees["left"])) < 0
+    return {"p": p, "parent": parent, "is_leaf": is_leaf, "counts": counts}
+
+
+def parent_context(p: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """(n, 3) pT, rapidity, azimuth of each node's parent; the virtual root parent for roots."""
+    pt, y, phi, _ = pt_y_phi_m(p)
+    ctx = np.empty((len(p), 3))
+    has = parent >= 0
+    ctx[has] = np.stack([pt, y, phi], axis=1)[parent[has]]
+    # roots: a virtual parent on the root's own axis (the jet frame)
+    ctx[~has] = np.stack([np.full((~has).sum(), ROOT_PT_REF), y[~has], phi[~has]], axis=1)
+    return ctx
+
+
+def features(p: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """(n, 5) float64 features of nodes with four-momenta ``p`` given parent context ``ctx``."""
+    pt, y, phi, m = pt_y_phi_m(p)
+    pt = np.maximum(pt, 1e-9)
+    dy, dphi = y - ctx[:, 1], wrap(phi - ctx[:, 2])
+    dr = np.hypot(dy, dphi)
+    psi = np.arctan2(dphi, dy)
+    return np.stack(
+        [np.log(pt / ctx[:, 0]), np.log(np.maximum(dr, MIN_DR)), np.cos(psi), np.sin(psi), np.log(m / pt + MASS_EPS)],
+        axis=1,
+    )
+
+
+def invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """Four-momenta from features and parent context (exact inverse of :func:`features`
+    for nodes with dR >= MIN_DR; closer nodes come back on the parent axis)."""
+    f = np.asarray(f, np.float64)
+    pt = ctx[:, 0] * np.exp(f[:, 0])
+    dr = np.exp(f[:, 1])
+    dr = np.where(dr <= MIN_DR * (1 + 1e-6), 0.0, dr)
+    norm = np.maximum(np.hypot(f[:, 2], f[:, 3]), 1e-12)
+    y = ctx[:, 1] + dr * f[:, 2] / norm
+    phi = wrap(ctx[:, 2] + dr * f[:, 3] / norm)
+    m = pt * np.maximum(np.exp(f[:, 4]) - MASS_EPS, 0.0)
+    return four_momentum(pt, y, phi, m)
+
+
+class Standardizer:
+    """Invertible affine preprocessing: (x - mean) / std * weight, stored in the checkpoint.
+
+    The weights let the quantizer spend resolution where the physics needs it (pT).
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray):
+        self.mean = np.asarray(mean, np.float64)
+        self.std = np.asarray(std, np.float64)
+        self.weight = np.asarray(weight, np.float64)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, weight) -> Standardizer:
+        std = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(std > 0, std, 1.0), np.asarray(weight, np.float64))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std * self.weight
+
+    def inverse(self, t: np.ndarray) -> np.ndarray:
+        return np.asarray(t, np.float64) / self.weight * self.std + self.mean
+
+    def state(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weight": self.weight.tolist()}

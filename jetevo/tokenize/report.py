@@ -1,0 +1,115 @@
+"""Tokenizer resolution report: decode every node from its token and compare.
+
+Each node is decoded relative to its *true* parent (the context generation would have
+for a correctly generated parent), so the numbers measure the tokenizer alone. The jet
+mass is rebuilt from the decoded leaves. The same metrics for the k-means quantizer the
+codebook was initialised with give the floor (``kmeans_floor``): the best any single
+token per node can do with these features and K codes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jetevo.tokenize import features as F
+from jetevo.tokenize.kmeans import nearest
+from jetevo.tokenize.tokenizer import Tokenizer
+from jetevo.tokenize.train import node_features
+
+GROUPS = ("leaves", "internal", "root")
+
+
+def _eta(p: np.ndarray) -> np.ndarray:
+    pt = np.maximum(np.hypot(p[:, 0], p[:, 1]), 1e-12)
+    return np.arcsinh(p[:, 2] / pt)
+
+
+def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
+    pt_t, _, phi_t, m_t = F.pt_y_phi_m(true_p)
+    pt_r, _, phi_r, m_r = F.pt_y_phi_m(reco_p)
+    rel = np.abs(pt_r - pt_t) / np.maximum(pt_t, 1e-12)
+    deta = np.abs(_eta(reco_p) - _eta(true_p))
+    dphi = np.abs(F.wrap(phi_r - phi_t))
+    dm = np.abs(m_r - m_t)
+    root = a["parent"] < 0
+    masks = {"leaves": a["is_leaf"], "internal": ~a["is_leaf"] & ~root, "root": root}
+    out = {}
+    for g, m in masks.items():
+        if not m.any():
+            out[g] = {k: None for k in ("pt_rel_err_mean", "pt_rel_err_median", "eta_abs_err_median", "phi_abs_err_median", "mass_abs_err_median")}
+            continue
+        out[g] = {
+            "pt_rel_err_mean": float(rel[m].mean()),
+            "pt_rel_err_median": float(np.median(rel[m])),
+            "eta_abs_err_median": float(np.median(deta[m])),
+            "phi_abs_err_median": float(np.median(dphi[m])),
+            "mass_abs_err_median": float(np.median(dm[m])),
+        }
+    jet = np.repeat(np.arange(len(a["counts"])), a["counts"])
+    leaf = a["is_leaf"]
+    sums_t = np.zeros((len(a["counts"]), 4))
+    sums_r = np.zeros_like(sums_t)
+    np.add.at(sums_t, jet[leaf], true_p[leaf])
+    np.add.at(sums_r, jet[leaf], reco_p[leaf])
+    mt, mr = F.pt_y_phi_m(sums_t)[3], F.pt_y_phi_m(sums_r)[3]
+    out["jet_mass_rel_err_median"] = float(np.median(np.abs(mr - mt) / np.maximum(mt, 1e-12)))
+    return out
+
+
+def evaluate(tok: Tokenizer, tree_paths, plots_dir: str | Path | None = None) -> dict:
+    feats, a = node_features(tree_paths)
+    ctx = F.parent_context(a["p"], a["parent"])
+    codes = tok.codes_from_features(feats)
+    reco = F.invert(tok.features_from_codes(codes), ctx)
+    report = resolution(a["p"], reco, a)
+    usage = np.bincount(codes, minlength=tok.cfg.n_codes) / len(codes)
+    nz = usage[usage > 0]
+    report.update(
+        codebook_utilization=float((usage > 0).mean()),
+        perplexity=float(np.exp(-(nz * np.log(nz)).sum())),
+        n_nodes=int(len(codes)),
+        n_codes=tok.cfg.n_codes,
+    )
+    if tok.floor_centroids is not None:
+        c = np.asarray(tok.floor_centroids, np.float64)
+        floor_reco = F.invert(tok.standardizer.inverse(c[nearest(c, tok.standardizer.forward(feats))]), ctx)
+        report["kmeans_floor"] = resolution(a["p"], floor_reco, a)
+        ratios = {g: report[g]["pt_rel_err_mean"] / report["kmeans_floor"][g]["pt_rel_err_mean"]
+                  for g in GROUPS if report[g]["pt_rel_err_mean"] and report["kmeans_floor"][g]["pt_rel_err_mean"]}  # fmt: skip
+        report["pt_rel_err_mean_over_floor"] = ratios
+    if plots_dir is not None:
+        _plots(a, feats, tok.standardizer.inverse(tok.standardizer.forward(tok.features_from_codes(codes))), Path(plots_dir))
+    return report
+
+
+def _plots(a: dict, true_f: np.ndarray, reco_f: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    plt.style.use(mplhep.style.CMS)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(F.FEATURES), figsize=(6 * len(F.FEATURES), 6))
+    for i, (ax, name) in enumerate(zip(axes, F.FEATURES, strict=True)):
+        res = reco_f[:, i] - true_f[:, i]
+        lo, hi = np.percentile(res, [1, 99])
+        bins = np.linspace(lo, hi, 60) if hi > lo else 60
+        for label, m in (("leaves", a["is_leaf"]), ("internal", ~a["is_leaf"])):
+            ax.hist(res[m], bins=bins, histtype="step", density=True, label=label, lw=2)
+        ax.set_xlabel(f"{name}: decoded - true")
+        ax.legend(fontsize=14)
+    fig.tight_layout()
+    fig.savefig(out / "tokenizer_residuals.png", dpi=60)
+    plt.close(fig)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    from jetevo.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,245 @@
+"""``Tokenizer``: node kinematics <-> integer tokens, one node at a time.
+
+A node's token is a function of its own four-momentum and its parent's (the context that
+generation always has), never of other nodes of the jet, so any single node, real or
+generated, encodes and decodes alone. Batch-friendly: every method takes flat arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+
+from jetevo.errors import InputError
+from jetevo.tokenize import features as F
+from jetevo.tokenize.vocab import Vocab
+
+CHECKPOINT_KIND = "jetevo-tokenizer"
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer settings (``configs/tokenizer.yaml``); every field can be overridden."""
+
+    n_codes: int = 8192
+    hidden: int = 64
+    n_layers: int = 2
+    feature_weights: list[float] = field(default_factory=lambda: [3.0, 1.0, 0.7, 0.7, 1.5])
+    batch_size: int = 4096
+    lr: float = 1e-3
+    max_steps: int = 2000
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_fraction: float = 0.03
+    root_fraction: float = 0.05
+    kmeans_sample: int = 300_000
+    kmeans_iters: int = 15
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenizer setting(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+class Tokenizer:
+    """A trained node tokenizer: standardizer + VQ-VAE + vocabulary."""
+
+    def __init__(self, cfg: TokenizerConfig, standardizer: F.Standardizer, model, floor_centroids: np.ndarray | None = None):
+        self.cfg = cfg
+        self.standardizer = standardizer
+        self.model = model.eval()
+        self.vocab = Vocab(cfg.n_codes)
+        self.floor_centroids = floor_centroids
+        self._code_index = None
+        self.path: str | None = None
+
+    # ------------------------------------------------------------- construction, I/O
+    @staticmethod
+    def build_model(cfg: TokenizerConfig):
+        from jetevo.tokenize.vqvae import NodeVQVAE, VQVAEConfig
+
+        return NodeVQVAE(
+            VQVAEConfig(
+                n_features=len(F.FEATURES),
+                n_codes=cfg.n_codes,
+                hidden=cfg.hidden,
+                n_layers=cfg.n_layers,
+                commitment_weight=cfg.commitment_weight,
+                ema_decay=cfg.ema_decay,
+                dead_code_fraction=cfg.dead_code_fraction,
+            )
+        )
+
+    def state(self, extra: dict | None = None) -> dict:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "feature_set": F.FEATURE_SET,
+            "features": list(F.FEATURES),
+            "config": asdict(self.cfg),
+            "standardizer": self.standardizer.state(),
+            "model": self.model.state_dict(),
+            "floor_centroids": self.floor_centroids,
+            "identity": self.identity,
+            **(extra or {}),
+        }
+
+    @property
+    def identity(self) -> str:
+        """Hash of everything that fixes the token <-> kinematics map."""
+        import torch
+
+        h = hashlib.sha256()
+        h.update(F.FEATURE_SET.encode())
+        h.update(np.asarray(self.standardizer.state()["mean"] + self.standardizer.state()["std"] + self.standardizer.state()["weight"]).tobytes())
+        for k, v in sorted(self.model.state_dict().items()):
+            if torch.is_tensor(v) and (k.startswith(("encoder", "decoder")) or k == "vq.embed"):
+                h.update(v.detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        import torch
+
+        from jetevo.io.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(self.state(extra), tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        state = read_checkpoint(path)
+        tok = cls.from_state(state, path)
+        tok.path = str(path)
+        return tok
+
+    @classmethod
+    def from_state(cls, state: dict, path: str | Path = "<memory>") -> Tokenizer:
+        if state.get("feature_set") != F.FEATURE_SET or state.get("features") != list(F.FEATURES):
+            raise InputError(path, f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}")
+        cfg = TokenizerConfig.from_dict(state["config"])
+        model = cls.build_model(cfg)
+        embed = state["model"].get("vq.embed")
+        if embed is None or embed.shape[-2] != cfg.n_codes:
+            raise InputError(path, f"codebook size in the weights does not match the config ({cfg.n_codes})")
+        model.load_state_dict(state["model"])
+        s = state["standardizer"]
+        return cls(cfg, F.Standardizer(s["mean"], s["std"], s["weight"]), model, state.get("floor_centroids"))
+
+    # ------------------------------------------------------------- token <-> features
+    def _latent(self, f: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.as_tensor(self.standardizer.forward(f), dtype=torch.float32)
+            return self.model.encoder(x).numpy()
+
+    def _nearest_code(self, z: np.ndarray) -> np.ndarray:
+        from scipy.spatial import cKDTree
+
+        if self._code_index is None:
+            self._code_index = cKDTree(self.model.codebook.detach().cpu().numpy().astype(np.float64))
+        return self._code_index.query(z, k=1, workers=-1)[1].astype(np.int64)
+
+    def codes_from_features(self, f: np.ndarray) -> np.ndarray:
+        """Codebook index of each feature row (exact nearest code, like the quantizer)."""
+        return self._nearest_code(self._latent(f))
+
+    def features_from_codes(self, codes: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            t = self.model.decode_codes(torch.as_tensor(np.asarray(codes, np.int64))).numpy()
+        return self.standardizer.inverse(t)
+
+    # ------------------------------------------------------------- public API
+    def encode(self, p: np.ndarray, parent: np.ndarray | None, is_leaf: np.ndarray) -> np.ndarray:
+        """Tokens of nodes with four-momenta ``p`` (n, 4), their parents' four-momenta
+        ``parent`` (n, 4; NaN rows or ``None`` mark roots) and leaf flags."""
+        p = _check_p(p, "node four-momenta")
+        ctx = self._context(parent, len(p))
+        return self.vocab.token(self.codes_from_features(F.features(p, ctx)), is_leaf)
+
+    def decode(self, tokens: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
+        """Four-momenta (n, 4) of node tokens given their parents' four-momenta (NaN rows or
+        ``None``: roots, decoded in the jet frame)."""
+        tokens = np.asarray(tokens, np.int64)
+        if not np.all(self.vocab.is_node(tokens)):
+            raise ValueError("decode() takes node tokens only (no START/STOP/PAD)")
+        ctx = self._context(parent, len(tokens))
+        return F.invert(self.features_from_codes(self.vocab.code(tokens)), ctx)
+
+    def encode_trees(self, trees: ak.Array) -> np.ndarray:
+        """Flat tokens of every node of a tree batch (pre-order, as stored)."""
+        a = F.node_arrays(trees)
+        ctx = F.parent_context(a["p"], a["parent"])
+        return self.vocab.token(self.codes_from_features(F.features(a["p"], ctx)), a["is_leaf"])
+
+    def decode_trees(self, tokens: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Four-momenta of whole trees from their flat tokens, top-down: every node is
+        decoded relative to its *decoded* parent, as for generated trees (jet frame).
+        ``parent``: global parent index per node (-1 for roots); ``depth``: root 0."""
+        f = self.features_from_codes(self.vocab.code(np.asarray(tokens, np.int64)))
+        return decode_top_down(f, np.asarray(parent, np.int64), np.asarray(depth, np.int64))
+
+    def _context(self, parent: np.ndarray | None, n: int) -> np.ndarray:
+        if parent is None:
+            return np.column_stack([np.full(n, F.ROOT_PT_REF), np.zeros(n), np.zeros(n)])
+        parent = _check_p(parent, "parent four-momenta", allow_nan_rows=True)
+        is_root = np.isnan(parent[:, 0])
+        pt, y, phi, _ = F.pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
+        ctx = np.column_stack([pt, y, phi])
+        ctx[is_root] = (F.ROOT_PT_REF, 0.0, 0.0)
+        return ctx
+
+
+def decode_top_down(f: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Invert features level by level, so that each node uses its decoded parent."""
+    p = np.zeros((len(f), 4))
+    for d in range(int(depth.max(initial=0)) + 1):
+        at = np.flatnonzero(depth == d)
+        if d == 0:
+            ctx = np.column_stack([np.full(len(at), F.ROOT_PT_REF), np.zeros(len(at)), np.zeros(len(at))])
+        else:
+            pt, y, phi, _ = F.pt_y_phi_m(p[parent[at]])
+            ctx = np.column_stack([pt, y, phi])
+        p[at] = F.invert(f[at], ctx)
+    return p
+
+
+def _check_p(p, what: str, allow_nan_rows: bool = False) -> np.ndarray:
+    p = np.asarray(p, np.float64)
+    if p.ndim != 2 or p.shape[1] != 4:
+        raise ValueError(f"{what} must have shape (n, 4), got {p.shape}")
+    if len(p) == 0:
+        raise ValueError(f"{what}: empty input")
+    bad = ~np.isfinite(p)
+    if allow_nan_rows:
+        bad &= ~np.all(np.isnan(p), axis=1, keepdims=True)
+    if np.any(bad):
+        raise ValueError(f"{what}: non-finite values in row {int(np.flatnonzero(bad.any(axis=1))[0])}")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a tokenizer checkpoint; one-line errors for anything else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such tokenizer checkpoint")
+    try:
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise InputError(path, "not a jetevo tokenizer checkpoint")
+    return state

@@ -1,0 +1,116 @@
+"""Tokenizer training: k-means-initialised codebook, then VQ-VAE steps over real nodes.
+
+Only real nodes enter the losses (trees have no padding; OmniJet-alpha quantized and
+reconstructed its zero padding too). Resumable: the checkpoint at ``out`` carries the
+optimizer state and step, and a rerun continues to ``max_steps``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jetevo.errors import InputError
+from jetevo.tokenize import features as F
+from jetevo.tokenize.kmeans import kmeans
+from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig, read_checkpoint
+from jetevo.trees.format import load
+
+TREE_COLUMNS = ["px", "py", "pz", "E", "left", "parent"]
+
+
+def node_features(paths) -> tuple[np.ndarray, dict]:
+    """Features (n, 5) of every node of the tree files, plus the node arrays."""
+    a = F.node_arrays(load(paths, columns=TREE_COLUMNS))
+    return F.features(a["p"], F.parent_context(a["p"], a["parent"])), a
+
+
+def train_tokenizer(
+    tree_paths,
+    out: str | Path,
+    cfg: TokenizerConfig = TokenizerConfig(),
+    device: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> Tokenizer:
+    import torch
+    from tqdm import tqdm
+
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    feats, nodes = node_features(tree_paths)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(feats))
+    n_val = max(1, len(feats) // 20)
+    val, train = feats[order[:n_val]], feats[order[n_val:]]
+    train_is_root = nodes["parent"][order[n_val:]] < 0
+    if len(train) < cfg.n_codes:
+        raise InputError(tree_paths[0] if isinstance(tree_paths, list) else tree_paths, f"only {len(train)} training nodes for {cfg.n_codes} codes")
+
+    step = 0
+    resume = read_checkpoint(out) if out.exists() else None
+    if resume is not None:
+        tok = Tokenizer.from_state(resume, out)
+        if tok.cfg.n_codes != cfg.n_codes:
+            raise InputError(out, f"existing checkpoint has {tok.cfg.n_codes} codes, the config asks for {cfg.n_codes}")
+        step = int(resume.get("step", 0))
+        log(f"resuming {out} at step {step}")
+    else:
+        std = F.Standardizer.fit(train, cfg.feature_weights)
+        t0 = time.perf_counter()
+        sample = std.forward(train[: cfg.kmeans_sample])
+        centroids = kmeans(sample, cfg.n_codes, iters=cfg.kmeans_iters, seed=cfg.seed)
+        log(f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s")
+        model = Tokenizer.build_model(cfg)
+        model.set_codebook(torch.as_tensor(centroids, dtype=torch.float32), cfg.batch_size)
+        tok = Tokenizer(cfg, std, model, floor_centroids=centroids.astype(np.float32))
+
+    model = tok.model.to(device).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    if resume is not None and resume.get("optimizer"):
+        opt.load_state_dict(resume["optimizer"])
+    x_train = torch.as_tensor(tok.standardizer.forward(train), dtype=torch.float32, device=device)
+    x_val = torch.as_tensor(tok.standardizer.forward(val), dtype=torch.float32, device=device)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
+    # roots are ~1% of nodes but fix the jet's pT and mass: give them a fixed share of each batch
+    root_idx = torch.as_tensor(np.flatnonzero(train_is_root))
+    n_root = int(round(cfg.root_fraction * cfg.batch_size)) if len(root_idx) else 0
+
+    def checkpoint(final: bool) -> None:
+        model.eval()
+        tok._code_index = None
+        with torch.no_grad():
+            recon, _, _ = model(x_val)
+            val_mse = float(torch.mean((recon - x_val) ** 2))
+        tok.model = model.cpu()
+        tok.save(out, {"step": step, "optimizer": opt.state_dict(), "val_mse": val_mse, "n_train_nodes": len(train)})
+        tok.model = model.to(device)
+        model.train()
+        if final:
+            log(f"step {step}: validation MSE (standardized features) {val_mse:.4f}; saved {out}")
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, file=sys.stderr, desc="tokenizer")
+    while step < cfg.max_steps:
+        idx = torch.randint(0, len(x_train), (cfg.batch_size - n_root,), generator=gen)
+        if n_root:
+            idx = torch.cat([idx, root_idx[torch.randint(0, len(root_idx), (n_root,), generator=gen)]])
+        idx = idx.to(device)
+        x = x_train[idx]
+        recon, _, commit = model(x)
+        loss = torch.mean((recon - x) ** 2) + commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            checkpoint(final=False)
+    bar.close()
+    checkpoint(final=True)
+    tok.model = model.cpu().eval()
+    tok.path = str(out)
+    return tok
