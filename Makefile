@@ -28,14 +28,22 @@ lint: $(STAMP)
 
 # Main job end to end on the embedded default (small Pythia samples, CPU).
 demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
 	$(BIN)/jetevo simulate --process top --n-jets $(DEMO_JETS) --seed 11 --out $(DEMO_DIR)/jetclass --workers $(WORKERS) --quiet
 	$(BIN)/jetevo simulate --process qcd --n-jets $(DEMO_JETS) --seed 12 --out $(DEMO_DIR)/jetclass --workers $(WORKERS) --quiet
 	$(BIN)/jetevo simulate --process qcd-wide --n-jets $(DEMO_JETS) --seed 13 --out $(DEMO_DIR)/aoj --workers $(WORKERS) --quiet
 	$(BIN)/jetevo recluster $(DEMO_DIR)/jetclass $(DEMO_DIR)/aoj --out $(DEMO_DIR)/trees --workers $(WORKERS) --shard-size 500 --quiet
 	$(BIN)/python scripts/summarize_trees.py $(DEMO_DIR)/trees
+	# tokenizer: trained on AOJ-like QCD + QCD + the first half of the top jets, evaluated on the held-out half
+	$(BIN)/jetevo tokenizer train --config configs/tokenizer_demo.yaml --out $(DEMO_DIR)/tokenizer/tok.ckpt --quiet \
+		--trees $(DEMO_DIR)/trees/RunG_batch0.*.parquet $(DEMO_DIR)/trees/ZJetsToNuNu_000.*.parquet $(DEMO_DIR)/trees/TTBar_000.0000.trees.parquet
+	$(BIN)/jetevo tokenizer eval --ckpt $(DEMO_DIR)/tokenizer/tok.ckpt --trees $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
+		--json $(DEMO_DIR)/tokenizer/report.json
+	$(BIN)/jetevo tokenizer encode --ckpt $(DEMO_DIR)/tokenizer/tok.ckpt --trees $(DEMO_DIR)/trees --out $(DEMO_DIR)/tokens > /dev/null
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py
+	$(BIN)/python scripts/bench_tokenizer.py
 
 clean:
 	rm -rf $(DEMO_DIR) bench_out .pytest_cache

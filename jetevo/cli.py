@@ -29,6 +29,56 @@ def _recluster(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in keys}))
 
 
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from jetevo.config import apply_overrides, load_config
+    from jetevo.tokenize.tokenizer import TokenizerConfig
+    from jetevo.tokenize.train import train_tokenizer
+
+    overrides = list(args.overrides) + ([f"max_steps={args.max_steps}"] if args.max_steps is not None else [])
+    settings = load_config(args.config, overrides) if args.config else apply_overrides({}, overrides)
+    cfg = TokenizerConfig.from_dict(settings)
+    train_tokenizer(args.trees, args.out, cfg, device=args.device, progress=not args.quiet)
+
+
+def _tokenizer_encode(args: argparse.Namespace) -> None:
+    from jetevo.tokenize.tokenizer import Tokenizer
+    from jetevo.tokenize.tokens import encode_files
+
+    for path in encode_files(Tokenizer.load(args.ckpt), args.trees, args.out):
+        print(path)
+
+
+def _tokenizer_decode(args: argparse.Namespace) -> None:
+    from jetevo.tokenize.tokenizer import Tokenizer
+    from jetevo.tokenize.tokens import decode_files
+
+    for path in decode_files(Tokenizer.load(args.ckpt), args.tokens, args.out):
+        print(path)
+
+
+def _tokenizer_eval(args: argparse.Namespace) -> None:
+    
+    from pathlib import Path
+
+    from jetevo.tokenize.report import evaluate, write_report
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    plots = Path(args.plots) if args.plots else Path(args.json).parent
+    report = evaluate(Tokenizer.load(args.ckpt), args.trees, plots_dir=plots)
+    write_report(report, args.json)
+    rows = [("leaves", report["leaves"]), ("internal", report["internal"]), ("root", report["root"])]
+    floor = report.get("kmeans_floor", {})
+    print(f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}")
+    for name, r in rows:
+        f = floor.get(name, {}).get("pt_rel_err_mean")
+        print(f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f} {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}")
+    print(
+        f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "
+        f"codebook utilization {report['codebook_utilization']:.3f}; perplexity {report['perplexity']:.0f}; "
+        f"{report['n_nodes']} nodes; report {args.json}, plots in {plots}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetevo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=100_000, help="jets per output file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_recluster)
+
+    tok = sub.add_parser("tokenizer", help="per-node VQ-VAE tokenizer: train, encode, decode, eval")
+    tsub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    p = tsub.add_parser("train", help="train a tokenizer on tree files")
+    p.add_argument("--trees", nargs="+", required=True, help="tree Parquet files or folders")
+    p.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
+    p.add_argument("--config", help="YAML config (e.g. configs/tokenizer.yaml); default: built-in defaults")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.set_defaults(func=_tokenizer_train)
+    p = tsub.add_parser("encode", help="add a token column to tree files")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--trees", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_tokenizer_encode)
+    p = tsub.add_parser("decode", help="rebuild node kinematics from token files")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--tokens", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_tokenizer_decode)
+    p = tsub.add_parser("eval", help="resolution report (JSON) and residual plots")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--trees", nargs="+", required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--plots", help="folder for plots (default: next to the JSON)")
+    p.set_defaults(func=_tokenizer_eval)
     return parser
 
 

@@ -49,3 +49,25 @@ def sim_dir(tmp_path_factory):
     simulate("qcd", 40, d / "jetclass", seed=6, progress=False)
     simulate("qcd-wide", 40, d / "aoj", seed=7, progress=False)
     return d
+
+
+@pytest.fixture(scope="session")
+def tree_dir(sim_dir, tmp_path_factory):
+    """Trees of the simulated samples (all three files)."""
+    from jetevo.trees.run import recluster_files
+
+    out = tmp_path_factory.mktemp("trees")
+    recluster_files([sim_dir / "jetclass", sim_dir / "aoj"], out, progress=False)
+    return out
+
+
+TINY_TOKENIZER = {"n_codes": 64, "hidden": 16, "max_steps": 5, "batch_size": 256, "kmeans_sample": 5000, "kmeans_iters": 5}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tree_dir, tmp_path_factory):
+    from jetevo.tokenize.tokenizer import TokenizerConfig
+    from jetevo.tokenize.train import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tok.ckpt"
+    return train_tokenizer([tree_dir], path, TokenizerConfig(**TINY_TOKENIZER), progress=False, log=lambda *a: None)

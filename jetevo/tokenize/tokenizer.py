@@ -31,11 +31,11 @@ class TokenizerConfig:
     n_layers: int = 2
     feature_weights: list[float] = field(default_factory=lambda: [3.0, 1.0, 0.7, 0.7, 1.5])
     batch_size: int = 4096
-    lr: float = 1e-3
+    lr: float = 1e-4
     max_steps: int = 2000
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
-    dead_code_fraction: float = 0.03
+    dead_code_fraction: float = 0.003
     root_fraction: float = 0.05
     kmeans_sample: int = 300_000
     kmeans_iters: int = 15
@@ -61,6 +61,7 @@ class Tokenizer:
         self.vocab = Vocab(cfg.n_codes)
         self.floor_centroids = floor_centroids
         self._code_index = None
+        self._decoded_codes = None
         self.path: str | None = None
 
     # ------------------------------------------------------------- construction, I/O
@@ -146,7 +147,7 @@ class Tokenizer:
         from scipy.spatial import cKDTree
 
         if self._code_index is None:
-            self._code_index = cKDTree(self.model.codebook.detach().cpu().numpy().astype(np.float64))
+            self._code_index = cKDTree(self.model.codebook.detach().cpu().numpy().astype(np.float64), leafsize=8)
         return self._code_index.query(z, k=1, workers=-1)[1].astype(np.int64)
 
     def codes_from_features(self, f: np.ndarray) -> np.ndarray:
@@ -154,11 +155,15 @@ class Tokenizer:
         return self._nearest_code(self._latent(f))
 
     def features_from_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Decoded features of codes: a code always decodes to the same vector, so the
+        decoder runs once per code and decoding is a table lookup."""
         import torch
 
-        with torch.no_grad():
-            t = self.model.decode_codes(torch.as_tensor(np.asarray(codes, np.int64))).numpy()
-        return self.standardizer.inverse(t)
+        if self._decoded_codes is None:
+            with torch.no_grad():
+                all_codes = torch.arange(self.cfg.n_codes)
+                self._decoded_codes = self.standardizer.inverse(self.model.decode_codes(all_codes).numpy())
+        return self._decoded_codes[np.asarray(codes, np.int64)]
 
     # ------------------------------------------------------------- public API
     def encode(self, p: np.ndarray, parent: np.ndarray | None, is_leaf: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jetevo.errors import InputError
+from jetevo.io.atomic import ensure_writable_dir
 from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import kmeans
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig, read_checkpoint
@@ -40,6 +41,7 @@ def train_tokenizer(
     from tqdm import tqdm
 
     out = Path(out)
+    ensure_writable_dir(out.parent)
     torch.manual_seed(cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     feats, nodes = node_features(tree_paths)
@@ -82,7 +84,7 @@ def train_tokenizer(
 
     def checkpoint(final: bool) -> None:
         model.eval()
-        tok._code_index = None
+        tok._code_index = tok._decoded_codes = None
         with torch.no_grad():
             recon, _, _ = model(x_val)
             val_mse = float(torch.mean((recon - x_val) ** 2))
@@ -112,5 +114,6 @@ def train_tokenizer(
     bar.close()
     checkpoint(final=True)
     tok.model = model.cpu().eval()
+    tok._code_index = tok._decoded_codes = None
     tok.path = str(out)
     return tok

@@ -30,15 +30,15 @@ class VQVAEConfig:
     n_layers: int = 2
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
-    dead_code_fraction: float = 0.03
+    dead_code_fraction: float = 0.003
 
 
 class ResidualMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, n_layers: int):
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(dim, hidden), nn.GELU()]
+        layers: list[nn.Module] = [nn.Linear(dim, hidden), nn.SiLU()]
         for _ in range(n_layers - 1):
-            layers += [nn.Linear(hidden, hidden), nn.GELU()]
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
         out = nn.Linear(hidden, dim)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)

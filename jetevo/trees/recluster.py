@@ -25,6 +25,7 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
+from jetevo.trees.format import list_column, non_nullable_table
 from jetevo.trees.kernel import (
     JET_EMPTY,
     JET_NEGATIVE_ENERGY,
@@ -233,19 +234,6 @@ def _strings(array: ak.Array) -> pa.Array:
     return arrow.cast(pa.string()).dictionary_encode()
 
 
-def _list(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """Arrow list column; non-nullable items so awkward reads plain (not option) types."""
-    item = pa.from_numpy_dtype(values.dtype)
-    list_type = pa.list_(pa.field("item", item, nullable=False))
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values), type=list_type)
-
-
-def non_nullable_table(columns: dict[str, pa.Array], metadata: dict) -> pa.Table:
-    """Table whose fields are all non-nullable (no missing values exist in jetevo files)."""
-    schema = pa.schema([pa.field(k, v.type, nullable=False) for k, v in columns.items()], metadata=metadata)
-    return pa.Table.from_arrays(list(columns.values()), schema=schema)
-
-
 def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterConfig) -> pa.Table:
     off = trees["node_offsets"]
     p = trees["p"]
@@ -256,9 +244,9 @@ def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterC
         eta = np.where(pt > 0, np.arcsinh(np.where(pt > 0, root[:, 2] / pt, 0.0)), 0.0)
     mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pabs**2, 0.0))
     ftype = np.dtype(cfg.precision)
-    columns = {k: _list(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
+    columns = {k: list_column(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
     for k in NODE_INT_FIELDS:
-        columns[k] = _list(trees[k], off)
+        columns[k] = list_column(trees[k], off)
     columns.update(
         n_constituents=pa.array(n_leaves.astype(np.int32)),
         jet_pt=pa.array(pt.astype(ftype)),

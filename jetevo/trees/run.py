@@ -22,18 +22,11 @@ import pyarrow.parquet as pq
 from jetevo.errors import InputError
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.io.readers import count_jets, detect_format, iter_jets
+from jetevo.trees.format import PARQUET_OPTIONS
 from jetevo.trees.recluster import SKIP_REASONS, ReclusterConfig, recluster_chunk
 
 INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
 COUNTS_KEY = b"jetevo_counts"
-# Measured on top-jet trees (scripts/bench_recluster.py): dictionary encoding of the float
-# columns and statistics tripled the write time for a 25% smaller file; lz4 costs 0.6x the
-# CPU of zstd level 1 for a 17% larger file.
-PARQUET_OPTIONS = {
-    "compression": "lz4",
-    "use_dictionary": ["label", "source"],
-    "write_statistics": False,
-}
 
 
 @dataclass(frozen=True)

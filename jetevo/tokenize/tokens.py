@@ -1,0 +1,88 @@
+"""Token files: the tree Parquet format plus a ``token`` column (one per node, pre-order).
+
+Encoding keeps every tree column and adds the tokens; the tokenizer's identity and path
+are stored in the schema metadata (``jetevo_tokenizer``) so later stages can check that
+their tokens and tokenizer match. Decoding rebuilds node kinematics top-down from the
+tokens alone (as for generated trees) and writes ordinary tree files in the jet frame.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jetevo.errors import InputError
+from jetevo.io.atomic import ensure_writable_dir
+from jetevo.tokenize.tokenizer import Tokenizer
+from jetevo.trees.format import list_column, read_metadata, tree_files, write_table
+
+TOKENIZER_KEY = b"jetevo_tokenizer"
+
+
+def tokenizer_metadata(path: str | Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    if TOKENIZER_KEY not in meta:
+        raise InputError(path, "not a token file (no tokenizer metadata; run 'jetevo tokenizer encode')")
+    return json.loads(meta[TOKENIZER_KEY])
+
+
+def _offsets(table: pa.Table) -> np.ndarray:
+    col = table.column("px").combine_chunks()
+    return np.asarray(col.offsets, np.int64)
+
+
+def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
+    out = ensure_writable_dir(out_dir)
+    written = []
+    for f in tree_files(tree_paths):
+        read_metadata(f)
+        table = pq.read_table(f)
+        if "token" in table.column_names:
+            table = table.drop_columns(["token"])
+        tokens = tok.encode_trees(ak.from_arrow(table.select(["px", "py", "pz", "E", "left", "parent"])))
+        column = list_column(tokens.astype(np.int32), _offsets(table))
+        table = table.append_column(pa.field("token", column.type, nullable=False), column)
+        meta = dict(table.schema.metadata or {})
+        meta[TOKENIZER_KEY] = json.dumps({"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}).encode()
+        target = out / f.name
+        write_table(table.replace_schema_metadata(meta), target)
+        written.append(target)
+    return written
+
+
+def decode_files(tok: Tokenizer, token_paths, out_dir: str | Path) -> list[Path]:
+    out = ensure_writable_dir(out_dir)
+    written = []
+    for f in tree_files(token_paths):
+        info = tokenizer_metadata(f)
+        if info["n_codes"] != tok.cfg.n_codes:
+            raise InputError(f, f"tokens were made with {info['n_codes']} codes, the tokenizer has {tok.cfg.n_codes}")
+        table = pq.read_table(f)
+        offsets = _offsets(table)
+        flat = {k: np.asarray(table.column(k).combine_chunks().flatten()) for k in ("token", "parent", "depth")}
+        first = np.repeat(offsets[:-1], np.diff(offsets))
+        parent = np.where(flat["parent"] >= 0, first + flat["parent"], -1)
+        p = tok.decode_trees(flat["token"], parent, flat["depth"])
+        dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
+        for i, k in enumerate(("px", "py", "pz", "E")):
+            table = table.set_column(table.column_names.index(k), pa.field(k, table.schema.field(k).type, nullable=False), list_column(p[:, i].astype(dtype), offsets))
+        root = p[offsets[:-1]]
+        pt = np.hypot(root[:, 0], root[:, 1])
+        jet = {
+            "jet_pt": pt,
+            "jet_eta": np.arcsinh(root[:, 2] / np.maximum(pt, 1e-12)),
+            "jet_phi": np.arctan2(root[:, 1], root[:, 0]),
+            "jet_mass": np.sqrt(np.maximum(root[:, 3] ** 2 - (root[:, :3] ** 2).sum(axis=1), 0.0)),
+        }
+        for k, v in jet.items():
+            i = table.column_names.index(k)
+            table = table.set_column(i, table.schema.field(k), pa.array(v.astype(table.schema.field(k).type.to_pandas_dtype())))
+        target = out / f.name
+        write_table(table, target)
+        written.append(target)
+    return written
