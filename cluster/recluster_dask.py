@@ -23,7 +23,9 @@ def main() -> None:
     ap.add_argument("inputs", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--scheduler", help="address of a running Dask scheduler")
-    ap.add_argument("--local-workers", type=int, default=4, help="LocalCluster size without --scheduler")
+    ap.add_argument(
+        "--local-workers", type=int, default=4, help="LocalCluster size without --scheduler"
+    )
     ap.add_argument("--R", type=float, default=0.8)
     ap.add_argument("--scheme", choices=("E", "wta_pt"), default="E")
     ap.add_argument("--on-split", choices=("merge", "hardest", "drop"), default="merge")
@@ -34,19 +36,41 @@ def main() -> None:
 
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cfg = ReclusterConfig(R=args.R, scheme=args.scheme, on_split=args.on_split, max_constituents=args.max_constituents)
+    cfg = ReclusterConfig(
+        R=args.R, scheme=args.scheme, on_split=args.on_split, max_constituents=args.max_constituents
+    )
     out = ensure_writable_dir(args.out)
     files = input_files(args.inputs)
     shards = plan_shards(files, out, args.shard_size)
     todo = [s for s in shards if not s.output.exists()]
-    client = Client(args.scheduler) if args.scheduler else Client(LocalCluster(n_workers=args.local_workers, threads_per_worker=1))
+    client = (
+        Client(args.scheduler)
+        if args.scheduler
+        else Client(LocalCluster(n_workers=args.local_workers, threads_per_worker=1))
+    )
     t0 = time.perf_counter()
     futures = client.map(process_shard, todo, cfg=cfg, chunk_size=args.chunk_size, pure=False)
     jets = 0
     for fut in as_completed(futures):
         jets += fut.result()["jets_read"]
-    summary = write_summary(out, cfg, files, shards, len(shards) - len(todo), jets, len(client.scheduler_info()["workers"]), time.perf_counter() - t0)
-    print(json.dumps({k: summary[k] for k in ("jets_read", "trees_written", "skipped", "dropped", "jets_per_s")}))
+    summary = write_summary(
+        out,
+        cfg,
+        files,
+        shards,
+        len(shards) - len(todo),
+        jets,
+        len(client.scheduler_info()["workers"]),
+        time.perf_counter() - t0,
+    )
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("jets_read", "trees_written", "skipped", "dropped", "jets_per_s")
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ from jetevo.errors import JetevoError
 def _simulate(args: argparse.Namespace) -> None:
     from jetevo.io.simulate import simulate
 
-    path = simulate(args.process, args.n_jets, args.out, seed=args.seed, index=args.index, workers=args.workers, progress=not args.quiet)
+    path = simulate(
+        args.process,
+        args.n_jets,
+        args.out,
+        seed=args.seed,
+        index=args.index,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     print(path)
 
 
@@ -21,11 +29,31 @@ def _recluster(args: argparse.Namespace) -> None:
     from jetevo.trees.recluster import ReclusterConfig
     from jetevo.trees.run import recluster_files
 
-    cfg = ReclusterConfig(R=args.R, scheme=args.scheme, on_split=args.on_split, max_constituents=args.max_constituents, precision=args.precision)
-    summary = recluster_files(
-        args.inputs, args.out, cfg, workers=args.workers, chunk_size=args.chunk_size, shard_size=args.shard_size, progress=not args.quiet
+    cfg = ReclusterConfig(
+        R=args.R,
+        scheme=args.scheme,
+        on_split=args.on_split,
+        max_constituents=args.max_constituents,
+        precision=args.precision,
     )
-    keys = ("jets_read", "trees_written", "skipped", "dropped", "truncated", "split_jets", "jets_per_s")
+    summary = recluster_files(
+        args.inputs,
+        args.out,
+        cfg,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        shard_size=args.shard_size,
+        progress=not args.quiet,
+    )
+    keys = (
+        "jets_read",
+        "trees_written",
+        "skipped",
+        "dropped",
+        "truncated",
+        "split_jets",
+        "jets_per_s",
+    )
     print(json.dumps({k: summary[k] for k in keys}))
 
 
@@ -34,8 +62,12 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     from jetevo.tokenize.tokenizer import TokenizerConfig
     from jetevo.tokenize.train import train_tokenizer
 
-    overrides = list(args.overrides) + ([f"max_steps={args.max_steps}"] if args.max_steps is not None else [])
-    settings = load_config(args.config, overrides) if args.config else apply_overrides({}, overrides)
+    overrides = list(args.overrides) + (
+        [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
+    )
+    settings = (
+        load_config(args.config, overrides) if args.config else apply_overrides({}, overrides)
+    )
     cfg = TokenizerConfig.from_dict(settings)
     train_tokenizer(args.trees, args.out, cfg, device=args.device, progress=not args.quiet)
 
@@ -57,7 +89,7 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
-    
+
     from pathlib import Path
 
     from jetevo.tokenize.report import evaluate, write_report
@@ -66,12 +98,18 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
     plots = Path(args.plots) if args.plots else Path(args.json).parent
     report = evaluate(Tokenizer.load(args.ckpt), args.trees, plots_dir=plots)
     write_report(report, args.json)
-    rows = [("leaves", report["leaves"]), ("internal", report["internal"]), ("root", report["root"])]
+    rows = [
+        ("leaves", report["leaves"]),
+        ("internal", report["internal"]),
+        ("root", report["root"]),
+    ]
     floor = report.get("kmeans_floor", {})
     print(f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}")
     for name, r in rows:
         f = floor.get(name, {}).get("pt_rel_err_mean")
-        print(f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f} {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}")
+        print(
+            f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f} {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}"
+        )
     print(
         f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "
         f"codebook utilization {report['codebook_utilization']:.3f}; perplexity {report['perplexity']:.0f}; "
@@ -83,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetevo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="generate Pythia 8 jets in the JetClass or AspenOpenJets layout")
+    p = sub.add_parser(
+        "simulate", help="generate Pythia 8 jets in the JetClass or AspenOpenJets layout"
+    )
     p.add_argument("--process", choices=("top", "qcd", "qcd-wide"), required=True)
     p.add_argument("--n-jets", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder")
@@ -93,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("recluster", help="recluster JetClass/AOJ jets into kt declustering trees (Parquet)")
+    p = sub.add_parser(
+        "recluster", help="recluster JetClass/AOJ jets into kt declustering trees (Parquet)"
+    )
     p.add_argument("inputs", nargs="+", help="JetClass .root / AOJ .h5 files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--R", type=float, default=0.8, help="analysis radius (default 0.8)")
@@ -112,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("train", help="train a tokenizer on tree files")
     p.add_argument("--trees", nargs="+", required=True, help="tree Parquet files or folders")
     p.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
-    p.add_argument("--config", help="YAML config (e.g. configs/tokenizer.yaml); default: built-in defaults")
+    p.add_argument(
+        "--config", help="YAML config (e.g. configs/tokenizer.yaml); default: built-in defaults"
+    )
     p.add_argument("--max-steps", type=int)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true")
@@ -148,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jetevo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"jetevo {args.command}: interrupted; complete outputs are kept, partial ones removed", file=sys.stderr)
+        print(
+            f"jetevo {args.command}: interrupted; complete outputs are kept, partial ones removed",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

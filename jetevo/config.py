@@ -24,7 +24,9 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, _seen: tuple = ()) -> dict[str, Any]:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, _seen: tuple = ()
+) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such config file")

@@ -57,7 +57,10 @@ def time_fastjet(path: Path, chunk_size: int) -> tuple[float, float, int]:
     from jetevo.io.readers import iter_jets
 
     chunks = [
-        ak.zip({k: ak.values_astype(j[k], np.float64) for k in ("px", "py", "pz", "E")}, with_name="Momentum4D")
+        ak.zip(
+            {k: ak.values_astype(j[k], np.float64) for k in ("px", "py", "pz", "E")},
+            with_name="Momentum4D",
+        )
         for j in iter_jets(path, chunk_size)
     ]
     jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, 0.8)
@@ -70,12 +73,16 @@ def time_fastjet(path: Path, chunk_size: int) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, n
 
 
-def time_jetevo(path: Path, out: Path, workers: int, chunk_size: int, shard_size: int) -> tuple[float, dict]:
+def time_jetevo(
+    path: Path, out: Path, workers: int, chunk_size: int, shard_size: int
+) -> tuple[float, dict]:
     from jetevo.trees.run import recluster_files
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = recluster_files([path], out, workers=workers, chunk_size=chunk_size, shard_size=shard_size, progress=False)
+    summary = recluster_files(
+        [path], out, workers=workers, chunk_size=chunk_size, shard_size=shard_size, progress=False
+    )
     return time.perf_counter() - t0, summary
 
 
@@ -106,11 +113,17 @@ def main() -> None:
         t, summary = time_jetevo(path, args.work / "trees1", 1, args.chunk_size, shard)
         cpu_1 = min(cpu_1, time.process_time() - c0)
         t1 = min(t1, t)
-        t, _ = time_jetevo(path, args.work / f"trees{args.workers}", args.workers, args.chunk_size, shard)
+        t, _ = time_jetevo(
+            path, args.work / f"trees{args.workers}", args.workers, args.chunk_size, shard
+        )
         tn = min(tn, t)
     from jetevo.io.readers import iter_jets
 
-    mean_n = float(np.mean(np.concatenate([ak.to_numpy(ak.num(j.px)) for j in iter_jets(path, args.chunk_size)])))
+    mean_n = float(
+        np.mean(
+            np.concatenate([ak.to_numpy(ak.num(j.px)) for j in iter_jets(path, args.chunk_size)])
+        )
+    )
     result = {
         "jets": n,
         "mean_constituents": round(mean_n, 1),

@@ -64,7 +64,10 @@ def main() -> None:
     f = F.features(p, ctx)
     std = F.Standardizer.fit(f, cfg.feature_weights)
     model = Tokenizer.build_model(cfg)
-    model.set_codebook(torch.as_tensor(kmeans(std.forward(f), args.n_codes, iters=5), dtype=torch.float32), cfg.batch_size)
+    model.set_codebook(
+        torch.as_tensor(kmeans(std.forward(f), args.n_codes, iters=5), dtype=torch.float32),
+        cfg.batch_size,
+    )
     tok = Tokenizer(cfg, std, model)
     tok.codes_from_features(f[:10])  # build the code index once
 
@@ -95,7 +98,13 @@ def main() -> None:
     try:
         from vector_quantize_pytorch import VectorQuantize
 
-        vq = VectorQuantize(dim=x.shape[1], codebook_size=args.n_codes, decay=0.99, commitment_weight=0.25, threshold_ema_dead_code=2)
+        vq = VectorQuantize(
+            dim=x.shape[1],
+            codebook_size=args.n_codes,
+            decay=0.99,
+            commitment_weight=0.25,
+            threshold_ema_dead_code=2,
+        )
         vq.train()
 
         def vqp_step():

@@ -22,11 +22,22 @@ def main() -> None:
     summary_path = args.trees / "summary.json"
     if summary_path.exists():
         s = json.loads(summary_path.read_text())
-        keys = ("jets_read", "trees_written", "skipped", "dropped", "truncated", "split_jets", "jets_per_s", "workers")
+        keys = (
+            "jets_read",
+            "trees_written",
+            "skipped",
+            "dropped",
+            "truncated",
+            "split_jets",
+            "jets_per_s",
+            "workers",
+        )
         print("summary.json:", json.dumps({k: s[k] for k in keys}))
     trees = load(args.trees)
     validate(trees, scheme=None)
-    print(f"{'label':<10} {'trees':>6} {'<N const>':>10} {'<depth max>':>12} {'mass p16/p50/p84 [GeV]':>26}")
+    print(
+        f"{'label':<10} {'trees':>6} {'<N const>':>10} {'<depth max>':>12} {'mass p16/p50/p84 [GeV]':>26}"
+    )
     for label in sorted(set(ak.to_list(trees.label))):
         t = trees[trees.label == label]
         mass = np.percentile(ak.to_numpy(t.jet_mass), [16, 50, 84])

@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 
 
-def make_jets(particles: list[np.ndarray], label: str = "QCD", source: str = "hand-made") -> ak.Array:
+def make_jets(
+    particles: list[np.ndarray], label: str = "QCD", source: str = "hand-made"
+) -> ak.Array:
     """Reader common form from a list of (n, 4) px,py,pz,E arrays (float32)."""
     counts = np.array([len(p) for p in particles], np.int64)
-    flat = np.concatenate([np.asarray(p, np.float32).reshape(-1, 4) for p in particles]) if len(particles) else np.zeros((0, 4), np.float32)
+    flat = (
+        np.concatenate([np.asarray(p, np.float32).reshape(-1, 4) for p in particles])
+        if len(particles)
+        else np.zeros((0, 4), np.float32)
+    )
     n = len(particles)
     fields = {k: ak.unflatten(flat[:, i], counts) for i, k in enumerate(("px", "py", "pz", "E"))}
     return ak.zip(
@@ -30,7 +36,9 @@ def make_jets(particles: list[np.ndarray], label: str = "QCD", source: str = "ha
     )
 
 
-def random_particles(rng: np.random.Generator, n: int, spread: float = 0.4, eta0: float = 0.0) -> np.ndarray:
+def random_particles(
+    rng: np.random.Generator, n: int, spread: float = 0.4, eta0: float = 0.0
+) -> np.ndarray:
     """n massless particles around (eta0, 0) with a falling pT spectrum."""
     pt = rng.exponential(30.0, n) + 0.5
     eta = eta0 + rng.normal(0.0, spread, n)
@@ -61,7 +69,14 @@ def tree_dir(sim_dir, tmp_path_factory):
     return out
 
 
-TINY_TOKENIZER = {"n_codes": 64, "hidden": 16, "max_steps": 5, "batch_size": 256, "kmeans_sample": 5000, "kmeans_iters": 5}
+TINY_TOKENIZER = {
+    "n_codes": 64,
+    "hidden": 16,
+    "max_steps": 5,
+    "batch_size": 256,
+    "kmeans_sample": 5000,
+    "kmeans_iters": 5,
+}
 
 
 @pytest.fixture(scope="session")
@@ -70,4 +85,6 @@ def tiny_tokenizer(tree_dir, tmp_path_factory):
     from jetevo.tokenize.train import train_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tok.ckpt"
-    return train_tokenizer([tree_dir], path, TokenizerConfig(**TINY_TOKENIZER), progress=False, log=lambda *a: None)
+    return train_tokenizer(
+        [tree_dir], path, TokenizerConfig(**TINY_TOKENIZER), progress=False, log=lambda *a: None
+    )

@@ -10,12 +10,44 @@ import uproot
 from jetevo.io.readers import count_jets, detect_format, iter_jets
 
 JETCLASS_BRANCHES = {
-    **{f"part_{k}": "float32" for k in ("px", "py", "pz", "energy", "deta", "dphi", "d0val", "d0err", "dzval", "dzerr", "charge")},
-    **{f"part_is{k}": "int32" for k in ("ChargedHadron", "NeutralHadron", "Photon", "Electron", "Muon")},
+    **{
+        f"part_{k}": "float32"
+        for k in (
+            "px",
+            "py",
+            "pz",
+            "energy",
+            "deta",
+            "dphi",
+            "d0val",
+            "d0err",
+            "dzval",
+            "dzerr",
+            "charge",
+        )
+    },
+    **{
+        f"part_is{k}": "int32"
+        for k in ("ChargedHadron", "NeutralHadron", "Photon", "Electron", "Muon")
+    },
     "label_QCD": "float32",
     **{f"label_{k}": "bool" for k in ("Hbb", "Hcc", "Hgg", "H4q", "Hqql")},
     **{f"label_{k}": "int32" for k in ("Zqq", "Wqq", "Tbqq", "Tbl")},
-    **{f"jet_{k}": "float32" for k in ("pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")},
+    **{
+        f"jet_{k}": "float32"
+        for k in (
+            "pt",
+            "eta",
+            "phi",
+            "energy",
+            "nparticles",
+            "sdmass",
+            "tau1",
+            "tau2",
+            "tau3",
+            "tau4",
+        )
+    },
 }
 
 
@@ -31,12 +63,16 @@ def test_jetclass_layout(sim_dir):
     pt = np.hypot(arrays["part_px"], arrays["part_py"])
     assert ak.all(pt[:, :-1] >= pt[:, 1:]), "particles must be pT-ordered"
     jet_pt = ak.to_numpy(arrays["jet_pt"])
-    assert np.all((jet_pt > 500) & (jet_pt < 1000)) and np.all(np.abs(ak.to_numpy(arrays["jet_eta"])) < 2)
+    assert np.all((jet_pt > 500) & (jet_pt < 1000)) and np.all(
+        np.abs(ak.to_numpy(arrays["jet_eta"])) < 2
+    )
     # part_deta is sign-flipped with the jet
     eta = np.arcsinh(arrays["part_pz"] / pt)
     jet_eta = arrays["jet_eta"]
     expected = ak.where(jet_eta > 0, eta - jet_eta, -(eta - jet_eta))
-    assert np.allclose(ak.to_numpy(ak.flatten(arrays["part_deta"])), ak.to_numpy(ak.flatten(expected)), atol=1e-3)
+    assert np.allclose(
+        ak.to_numpy(ak.flatten(arrays["part_deta"])), ak.to_numpy(ak.flatten(expected)), atol=1e-3
+    )
     sd = ak.to_numpy(arrays["jet_sdmass"])
     assert 120 < np.median(sd) < 220, "hadronic top jets peak near the top mass"
 
@@ -68,13 +104,29 @@ def test_readers_common_form(sim_dir):
         chunks = list(iter_jets(path, chunk_size=7))
         jets = ak.concatenate(chunks)
         assert len(jets) == n and len(chunks) == -(-n // 7)
-        assert set(jets.fields) >= {"px", "py", "pz", "E", "charge", "pid", "jet_pt", "jet_eta", "jet_phi", "jet_mass", "label", "source", "entry"}
+        assert set(jets.fields) >= {
+            "px",
+            "py",
+            "pz",
+            "E",
+            "charge",
+            "pid",
+            "jet_pt",
+            "jet_eta",
+            "jet_phi",
+            "jet_mass",
+            "label",
+            "source",
+            "entry",
+        }
         assert ak.all(jets.label == label)
         assert ak.to_list(jets.entry) == list(range(n))
         assert ak.all(jets.source == str(path))
         assert ak.all(ak.num(jets.px) > 0)
         # jet pT from the file agrees with the constituent sum (no detector, E-scheme anti-kt)
-        pt_sum = np.hypot(ak.to_numpy(ak.sum(jets.px, axis=1)), ak.to_numpy(ak.sum(jets.py, axis=1)))
+        pt_sum = np.hypot(
+            ak.to_numpy(ak.sum(jets.px, axis=1)), ak.to_numpy(ak.sum(jets.py, axis=1))
+        )
         assert np.allclose(pt_sum, ak.to_numpy(jets.jet_pt), rtol=1e-3) or label == "unlabeled"
         pids = set(np.abs(ak.to_numpy(ak.flatten(jets.pid))).tolist())
         assert pids <= {11, 13, 22, 130, 211} or label == "unlabeled"

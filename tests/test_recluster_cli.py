@@ -22,7 +22,12 @@ def run_cli(*args) -> int:
 
 def test_recluster_all_inputs(sim_dir, tmp_path, capsys):
     out = tmp_path / "trees"
-    assert run_cli(sim_dir / "jetclass", sim_dir / "aoj", "--out", out, "--workers", 2, "--shard-size", 16) == 0
+    assert (
+        run_cli(
+            sim_dir / "jetclass", sim_dir / "aoj", "--out", out, "--workers", 2, "--shard-size", 16
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["jets_read"] == 110 == summary["trees_written"]
     assert summary["skipped"] == {"no_constituents": 0, "non_finite": 0, "negative_energy": 0}
@@ -33,7 +38,12 @@ def test_recluster_all_inputs(sim_dir, tmp_path, capsys):
     tree_format.validate(trees, scheme="E")
     assert set(ak.to_list(trees.label)) == {"Tbqq", "QCD", "unlabeled"}
     meta = tree_format.read_metadata(out / files[0])
-    assert meta["algorithm"] == "kt" and meta["R"] == 0.8 and meta["scheme"] == "E" and meta["on_split"] == "merge"
+    assert (
+        meta["algorithm"] == "kt"
+        and meta["R"] == 0.8
+        and meta["scheme"] == "E"
+        and meta["on_split"] == "merge"
+    )
     # top jets: mass of the root near the top mass
     top = trees[trees.label == "Tbqq"]
     assert 140 < np.median(ak.to_numpy(top.jet_mass)) < 220
@@ -70,7 +80,9 @@ def test_interrupted_run_leaves_no_partial_file(sim_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tree_run, "recluster_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
-        tree_run.recluster_files([sim_dir / "jetclass" / "ZJetsToNuNu_000.root"], out, chunk_size=10, progress=False)
+        tree_run.recluster_files(
+            [sim_dir / "jetclass" / "ZJetsToNuNu_000.root"], out, chunk_size=10, progress=False
+        )
     assert list(out.iterdir()) == [], "no partial or temporary output may remain"
 
 
@@ -105,8 +117,14 @@ def test_root_missing_branch(tmp_path, capsys):
     path = tmp_path / "HToBB_000.root"
     with uproot.recreate(path) as f:
         part = ak.zip({"px": ak.Array([[1.0]]), "py": ak.Array([[1.0]]), "pz": ak.Array([[1.0]])})
-        data = {"part": part, **{f"jet_{k}": np.ones(1, np.float32) for k in ("pt", "eta", "phi", "energy")}}
-        f.mktree("tree", {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}).extend(data)
+        data = {
+            "part": part,
+            **{f"jet_{k}": np.ones(1, np.float32) for k in ("pt", "eta", "phi", "energy")},
+        }
+        f.mktree(
+            "tree",
+            {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in data.items()},
+        ).extend(data)
     err = one_line_error(capsys, path, "--out", tmp_path / "o")
     assert "HToBB_000.root" in err and "part_energy" in err
 
@@ -139,7 +157,11 @@ def test_aoj_bad_jets_counted(tmp_path):
         pt = np.sort(rng.exponential(20, k))[::-1] + 1
         phi = rng.normal(0, 0.2, k)
         eta = rng.normal(0, 0.2, k)
-        cands[j, :k, 0], cands[j, :k, 1], cands[j, :k, 2] = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+        cands[j, :k, 0], cands[j, :k, 1], cands[j, :k, 2] = (
+            pt * np.cos(phi),
+            pt * np.sin(phi),
+            pt * np.sinh(eta),
+        )
         cands[j, :k, 3] = pt * np.cosh(eta)
     cands[1] = 0  # no constituents
     cands[2, 5, 0] = np.nan  # non-finite
@@ -179,4 +201,9 @@ def test_cli_module_does_not_import_torch():
     import sys
 
     code = "import sys, jetevo.cli, jetevo.trees.run, jetevo.io.simulate; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )

@@ -105,7 +105,11 @@ def test_token_files_from_another_tokenizer_are_refused(tiny_tokenizer, tree_dir
     from jetevo.tokenize.tokens import decode_files, encode_files
 
     encode_files(tiny_tokenizer, [tree_dir], tmp_path / "tokens")
-    other = Tokenizer(TokenizerConfig(**{**TINY_TOKENIZER, "n_codes": 32}), tiny_tokenizer.standardizer, Tokenizer.build_model(TokenizerConfig(n_codes=32)))
+    other = Tokenizer(
+        TokenizerConfig(**{**TINY_TOKENIZER, "n_codes": 32}),
+        tiny_tokenizer.standardizer,
+        Tokenizer.build_model(TokenizerConfig(n_codes=32)),
+    )
     with pytest.raises(InputError, match="32"):
         decode_files(other, [tmp_path / "tokens"], tmp_path / "decoded")
 
@@ -126,27 +130,120 @@ def test_empty_and_non_finite_input_rejected(tiny_tokenizer):
 def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     ckpt = tmp_path / "tok.ckpt"
     overrides = [f"{k}={v}" for k, v in TINY_TOKENIZER.items()]
-    assert main(["tokenizer", "train", "--trees", str(tree_dir), "--out", str(ckpt), "--quiet", *overrides]) == 0
-    assert main(["tokenizer", "train", "--trees", str(tree_dir), "--out", str(ckpt), "--quiet", *overrides, "max_steps=7"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--trees",
+                str(tree_dir),
+                "--out",
+                str(ckpt),
+                "--quiet",
+                *overrides,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--trees",
+                str(tree_dir),
+                "--out",
+                str(ckpt),
+                "--quiet",
+                *overrides,
+                "max_steps=7",
+            ]
+        )
+        == 0
+    )
     import torch
 
     assert torch.load(ckpt, weights_only=False)["step"] == 7, "a rerun resumes to the new max_steps"
-    assert main(["tokenizer", "encode", "--ckpt", str(ckpt), "--trees", str(tree_dir), "--out", str(tmp_path / "tok")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "encode",
+                "--ckpt",
+                str(ckpt),
+                "--trees",
+                str(tree_dir),
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     tokens = load(tmp_path / "tok")
     assert "token" in tokens.fields and ak.all(ak.num(tokens.token) == ak.num(tokens.px))
-    assert main(["tokenizer", "decode", "--ckpt", str(ckpt), "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "dec")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "decode",
+                "--ckpt",
+                str(ckpt),
+                "--tokens",
+                str(tmp_path / "tok"),
+                "--out",
+                str(tmp_path / "dec"),
+            ]
+        )
+        == 0
+    )
     from jetevo.trees.format import validate
 
     validate(load(tmp_path / "dec"), harder_first=False)
     report_path = tmp_path / "report.json"
-    assert main(["tokenizer", "eval", "--ckpt", str(ckpt), "--trees", str(tree_dir), "--json", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "eval",
+                "--ckpt",
+                str(ckpt),
+                "--trees",
+                str(tree_dir),
+                "--json",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
-    keys = {"pt_rel_err_mean", "pt_rel_err_median", "eta_abs_err_median", "phi_abs_err_median", "mass_abs_err_median"}
+    keys = {
+        "pt_rel_err_mean",
+        "pt_rel_err_median",
+        "eta_abs_err_median",
+        "phi_abs_err_median",
+        "mass_abs_err_median",
+    }
     for group in ("leaves", "internal", "root"):
         assert set(report[group]) == keys and set(report["kmeans_floor"][group]) == keys
     for k in ("jet_mass_rel_err_median", "codebook_utilization", "perplexity", "n_nodes"):
         assert k in report
-    assert 0 < report["codebook_utilization"] <= 1 and (tmp_path / "tokenizer_residuals.png").exists()
+    assert (
+        0 < report["codebook_utilization"] <= 1 and (tmp_path / "tokenizer_residuals.png").exists()
+    )
     capsys.readouterr()
-    assert main(["tokenizer", "eval", "--ckpt", str(tmp_path / "missing.ckpt"), "--trees", str(tree_dir), "--json", str(report_path)]) == 2
+    assert (
+        main(
+            [
+                "tokenizer",
+                "eval",
+                "--ckpt",
+                str(tmp_path / "missing.ckpt"),
+                "--trees",
+                str(tree_dir),
+                "--json",
+                str(report_path),
+            ]
+        )
+        == 2
+    )
     assert "missing.ckpt" in capsys.readouterr().err

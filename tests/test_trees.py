@@ -28,7 +28,12 @@ jet_sizes = st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_siz
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sizes=jet_sizes, seed=st.integers(0, 2**31 - 1), spread=st.sampled_from([0.05, 0.3, 0.8]), scheme=st.sampled_from(["E", "wta_pt"]))
+@given(
+    sizes=jet_sizes,
+    seed=st.integers(0, 2**31 - 1),
+    spread=st.sampled_from([0.05, 0.3, 0.8]),
+    scheme=st.sampled_from(["E", "wta_pt"]),
+)
 def test_tree_properties_random_jets(sizes, seed, spread, scheme):
     rng = np.random.default_rng(seed)
     particles = [random_particles(rng, n, spread=spread, eta0=rng.uniform(-2, 2)) for n in sizes]
@@ -49,7 +54,10 @@ def test_tree_properties_random_jets(sizes, seed, spread, scheme):
 def test_tree_properties_simulated(sim_dir):
     from jetevo.io.readers import iter_jets
 
-    for path in sorted((sim_dir / "jetclass").glob("*.root")) + [sim_dir / "aoj" / "RunG_batch0.h5"]:
+    for path in [
+        *sorted((sim_dir / "jetclass").glob("*.root")),
+        sim_dir / "aoj" / "RunG_batch0.h5",
+    ]:
         jets = next(iter_jets(path))
         for scheme in ("E", "wta_pt"):
             table, counts = recluster_chunk(jets, ReclusterConfig(scheme=scheme))
@@ -129,7 +137,10 @@ def test_split_detection_matches_fastjet_inclusive_jets():
 
 def test_on_split_policies_account_for_every_jet():
     rng = np.random.default_rng(8)
-    particles = [random_particles(rng, int(rng.integers(2, 40)), spread=0.5).astype(np.float32) for _ in range(40)]
+    particles = [
+        random_particles(rng, int(rng.integers(2, 40)), spread=0.5).astype(np.float32)
+        for _ in range(40)
+    ]
     split = np.array([n_inclusive(p, 0.8) > 1 for p in particles])
     merged, c_merge = cluster(particles, on_split="merge")
     assert len(merged) == 40 and c_merge["split_jets"] == split.sum()
@@ -146,7 +157,9 @@ def test_on_split_policies_account_for_every_jet():
     # the kept tree is exactly the hardest inclusive kt jet at R=0.8
     for j in np.flatnonzero(split):
         p = particles[j].astype(np.float64)
-        cs = fastjet.ClusterSequence([fastjet.PseudoJet(*r) for r in p], fastjet.JetDefinition(fastjet.kt_algorithm, 0.8))
+        cs = fastjet.ClusterSequence(
+            [fastjet.PseudoJet(*r) for r in p], fastjet.JetDefinition(fastjet.kt_algorithm, 0.8)
+        )
         hardest_jet = max(cs.inclusive_jets(), key=lambda x: x.pt())
         assert np.isclose(float(hardest.jet_pt[j]), hardest_jet.pt(), rtol=1e-5)
         assert len(hardest_jet.constituents()) == n_kept[j]
@@ -171,7 +184,11 @@ def test_constituent_cap_truncates_and_counts():
     assert ak.to_list(trees.n_constituents) == [20, 10]
     assert counts["truncated_jets"] == 1 and counts["truncated_constituents"] == 30
     # the 20 kept are the hardest
-    kept_pt = np.sort(np.hypot(*(np.asarray(trees[k][0])[np.asarray(trees.leaf_index[0]) >= 0] for k in ("px", "py"))))
+    kept_pt = np.sort(
+        np.hypot(
+            *(np.asarray(trees[k][0])[np.asarray(trees.leaf_index[0]) >= 0] for k in ("px", "py"))
+        )
+    )
     top20 = np.sort(np.sort(np.hypot(particles[0][:, 0], particles[0][:, 1]))[-20:])
     assert np.allclose(kept_pt, top20, rtol=1e-5)
 

@@ -82,7 +82,9 @@ def detect_format(path: str | Path) -> str:
         return "jetclass"
     if head.startswith(HDF5_MAGIC):
         return "aoj"
-    raise InputError(p, "neither a ROOT nor an HDF5 file (JetClass .root or AspenOpenJets .h5 expected)")
+    raise InputError(
+        p, "neither a ROOT nor an HDF5 file (JetClass .root or AspenOpenJets .h5 expected)"
+    )
 
 
 def count_jets(path: str | Path) -> int:
@@ -122,7 +124,9 @@ class _open_jetclass:
         try:
             self.file = uproot.open(self.path)
         except Exception as exc:  # uproot raises many types for damaged files
-            raise InputError(self.path, f"not a readable ROOT file ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                self.path, f"not a readable ROOT file ({type(exc).__name__}: {exc})"
+            ) from None
         if JETCLASS_TREE not in self.file:
             keys = ", ".join(sorted({k.split(";")[0] for k in self.file.keys()})) or "none"
             self.file.close()
@@ -131,30 +135,45 @@ class _open_jetclass:
         missing = [b for b in JETCLASS_REQUIRED if b not in tree]
         if missing:
             self.file.close()
-            raise InputError(self.path, f"tree '{JETCLASS_TREE}' is missing branch(es) {', '.join(missing)}")
+            raise InputError(
+                self.path, f"tree '{JETCLASS_TREE}' is missing branch(es) {', '.join(missing)}"
+            )
         return tree
 
     def __exit__(self, *exc):
         self.file.close()
 
 
-def _iter_jetclass(path: Path, chunk_size: int, start: int, stop: int | None, particle_ids: bool) -> Iterator[ak.Array]:
+def _iter_jetclass(
+    path: Path, chunk_size: int, start: int, stop: int | None, particle_ids: bool
+) -> Iterator[ak.Array]:
     with _open_jetclass(path) as tree:
         available = set(tree.keys())
-        wanted = (*JETCLASS_LABELS, "part_charge", *JETCLASS_TYPE_FLAGS) if particle_ids else JETCLASS_LABELS
+        wanted = (
+            (*JETCLASS_LABELS, "part_charge", *JETCLASS_TYPE_FLAGS)
+            if particle_ids
+            else JETCLASS_LABELS
+        )
         optional = [b for b in wanted if b in available]
         stop = tree.num_entries if stop is None else min(stop, tree.num_entries)
         if start >= stop:
             return
         # TTree.iterate keeps baskets that straddle chunk boundaries instead of re-reading them
         chunks = tree.iterate(
-            [*JETCLASS_REQUIRED, *optional], step_size=chunk_size, entry_start=start, entry_stop=stop, library="ak", report=True
+            [*JETCLASS_REQUIRED, *optional],
+            step_size=chunk_size,
+            entry_start=start,
+            entry_stop=stop,
+            library="ak",
+            report=True,
         )
         while True:
             try:
                 item = next(chunks, None)
             except Exception as exc:
-                raise InputError(path, f"cannot read entries from {start} on ({type(exc).__name__}: {exc})") from None
+                raise InputError(
+                    path, f"cannot read entries from {start} on ({type(exc).__name__}: {exc})"
+                ) from None
             if item is None:
                 return
             arrays, report = item
@@ -176,7 +195,9 @@ def _jetclass_common(a: ak.Array, path: Path, first_entry: int, particle_ids: bo
             "charge": ak.unflatten(charge_flat, counts),
             "pid": ak.unflatten(_jetclass_pid(a, fields, charge_flat), counts),
         }
-    pt, eta, phi, energy = (ak.to_numpy(a[k]).astype(np.float64) for k in ("jet_pt", "jet_eta", "jet_phi", "jet_energy"))
+    pt, eta, phi, energy = (
+        ak.to_numpy(a[k]).astype(np.float64) for k in ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
+    )
     pz = pt * np.sinh(eta)
     mass = np.sqrt(np.maximum(energy**2 - pt**2 - pz**2, 0.0))
     return _common_form(
@@ -233,11 +254,16 @@ class _open_aoj:
         try:
             self.file = h5py.File(self.path, "r")
         except Exception as exc:
-            raise InputError(self.path, f"not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                self.path, f"not a readable HDF5 file ({type(exc).__name__}: {exc})"
+            ) from None
         missing = [d for d in AOJ_REQUIRED if d not in self.file]
         if missing:
             self.file.close()
-            raise InputError(self.path, f"missing dataset(s) {', '.join(missing)} (AspenOpenJets layout expected)")
+            raise InputError(
+                self.path,
+                f"missing dataset(s) {', '.join(missing)} (AspenOpenJets layout expected)",
+            )
         shape = self.file["PFCands"].shape
         if len(shape) != 3 or shape[2] != 11:
             self.file.close()
@@ -251,7 +277,9 @@ class _open_aoj:
         self.file.close()
 
 
-def _iter_aoj(path: Path, chunk_size: int, start: int, stop: int | None, particle_ids: bool) -> Iterator[ak.Array]:
+def _iter_aoj(
+    path: Path, chunk_size: int, start: int, stop: int | None, particle_ids: bool
+) -> Iterator[ak.Array]:
     with _open_aoj(path) as h5:
         n = h5["PFCands"].shape[0]
         stop = n if stop is None else min(stop, n)
@@ -262,7 +290,9 @@ def _iter_aoj(path: Path, chunk_size: int, start: int, stop: int | None, particl
             yield _aoj_common(cands, kin, path, begin, particle_ids)
 
 
-def _aoj_common(cands: np.ndarray, kin: np.ndarray, path: Path, first_entry: int, particle_ids: bool) -> ak.Array:
+def _aoj_common(
+    cands: np.ndarray, kin: np.ndarray, path: Path, first_entry: int, particle_ids: bool
+) -> ak.Array:
     # Zero padding is an all-zero four-momentum; anything else (even E <= 0 or NaN) is a
     # real entry, so that bad candidates are seen and counted downstream, not hidden.
     real = np.any(cands[:, :, :4] != 0, axis=2)
@@ -270,7 +300,11 @@ def _aoj_common(cands: np.ndarray, kin: np.ndarray, path: Path, first_entry: int
     flat = cands[real]  # row-major: jets in order, candidates in stored order
     pt, eta, phi = kin[:, 0], kin[:, 1], kin[:, 2]
     p4 = flat[:, :4].astype(np.float64)
-    sums = np.add.reduceat(p4, np.r_[0, np.cumsum(counts)[:-1]], axis=0) if len(flat) else np.zeros((len(counts), 4))
+    sums = (
+        np.add.reduceat(p4, np.r_[0, np.cumsum(counts)[:-1]], axis=0)
+        if len(flat)
+        else np.zeros((len(counts), 4))
+    )
     sums[counts == 0] = 0.0
     mass = np.sqrt(np.maximum(sums[:, 3] ** 2 - (sums[:, :3] ** 2).sum(axis=1), 0.0))
 
@@ -282,7 +316,9 @@ def _aoj_common(cands: np.ndarray, kin: np.ndarray, path: Path, first_entry: int
         py=jag(AOJ_PY, np.float32),
         pz=jag(AOJ_PZ, np.float32),
         E=jag(AOJ_E, np.float32),
-        ids={"charge": jag(AOJ_CHARGE, np.int8), "pid": jag(AOJ_PDGID, np.int32)} if particle_ids else {},
+        ids={"charge": jag(AOJ_CHARGE, np.int8), "pid": jag(AOJ_PDGID, np.int32)}
+        if particle_ids
+        else {},
         jet=(pt, eta, phi, mass),
         label=np.full(len(counts), AOJ_UNLABELED, dtype=object),
         source=str(path),
@@ -297,12 +333,20 @@ def string_array(values: np.ndarray) -> ak.Array:
     """Awkward strings built straight from bytes (``ak.Array(list)`` is ~100x slower)."""
     uniques, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
     encoded = [u.encode() for u in uniques.tolist()]
-    lengths = np.array([len(e) for e in encoded], np.int64)[codes] if len(codes) else np.zeros(0, np.int64)
+    lengths = (
+        np.array([len(e) for e in encoded], np.int64)[codes]
+        if len(codes)
+        else np.zeros(0, np.int64)
+    )
     offsets = np.zeros(len(codes) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     content = np.frombuffer(b"".join(encoded[c] for c in codes.tolist()), dtype=np.uint8)
     chars = ak.contents.NumpyArray(content, parameters={"__array__": "char"})
-    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), chars, parameters={"__array__": "string"}))
+    return ak.Array(
+        ak.contents.ListOffsetArray(
+            ak.index.Index64(offsets), chars, parameters={"__array__": "string"}
+        )
+    )
 
 
 def _common_form(*, px, py, pz, E, ids, jet, label, source, first_entry) -> ak.Array:

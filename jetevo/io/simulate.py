@@ -93,8 +93,13 @@ def simulate(
         raise ValueError("n_jets must be >= 1")
     proc = PROCESSES[process]
     out = ensure_writable_dir(out_dir) / output_name(process, index)
-    blocks = [(proc, min(BLOCK_JETS, n_jets - s), _block_seed(seed, k)) for k, s in enumerate(range(0, n_jets, BLOCK_JETS))]
-    bar = tqdm(total=n_jets, unit="jet", disable=not progress, file=sys.stderr, desc=f"simulate {process}")
+    blocks = [
+        (proc, min(BLOCK_JETS, n_jets - s), _block_seed(seed, k))
+        for k, s in enumerate(range(0, n_jets, BLOCK_JETS))
+    ]
+    bar = tqdm(
+        total=n_jets, unit="jet", disable=not progress, file=sys.stderr, desc=f"simulate {process}"
+    )
     results = []
     if workers <= 1 or len(blocks) == 1:
         for b in blocks:
@@ -103,7 +108,9 @@ def simulate(
     else:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for b, res in zip(blocks, pool.map(_generate_block, *zip(*blocks, strict=True)), strict=True):
+            for b, res in zip(
+                blocks, pool.map(_generate_block, *zip(*blocks, strict=True)), strict=True
+            ):
                 results.append(res)
                 bar.update(b[1])
     bar.close()
@@ -190,13 +197,18 @@ def _hadronic_top_partons(event) -> list[np.ndarray]:
     return out
 
 
-def _select_jets(batch: list[np.ndarray], partons: list[list[np.ndarray]], proc: Process) -> ak.Array:
+def _select_jets(
+    batch: list[np.ndarray], partons: list[list[np.ndarray]], proc: Process
+) -> ak.Array:
     import fastjet
 
     counts = np.array([len(b) for b in batch])
     flat = np.concatenate(batch) if batch else np.zeros((0, 6))
     events = ak.unflatten(
-        ak.zip({k: flat[:, i] for i, k in enumerate(("px", "py", "pz", "E"))}, with_name="Momentum4D"), counts
+        ak.zip(
+            {k: flat[:, i] for i, k in enumerate(("px", "py", "pz", "E"))}, with_name="Momentum4D"
+        ),
+        counts,
     )
     cs = fastjet.ClusterSequence(events, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
     jets = cs.inclusive_jets(min_pt=proc.pt_min)
@@ -220,8 +232,13 @@ def _select_jets(batch: list[np.ndarray], partons: list[list[np.ndarray]], proc:
     jet_id = np.repeat(np.arange(len(n_per_jet)), n_per_jet)
     order = np.lexsort((-np.hypot(parts[:, 0], parts[:, 1]), jet_id))
     parts = parts[order]
-    fields = {k: ak.unflatten(parts[:, i], n_per_jet) for i, k in enumerate(("px", "py", "pz", "E", "charge", "pid"))}
-    return ak.zip({**fields, "jet_pt": pt[ok], "jet_eta": eta[ok], "jet_phi": phi[ok]}, depth_limit=1)
+    fields = {
+        k: ak.unflatten(parts[:, i], n_per_jet)
+        for i, k in enumerate(("px", "py", "pz", "E", "charge", "pid"))
+    }
+    return ak.zip(
+        {**fields, "jet_pt": pt[ok], "jet_eta": eta[ok], "jet_phi": phi[ok]}, depth_limit=1
+    )
 
 
 def _all_within(partons: np.ndarray, eta: float, phi: float) -> bool:

@@ -39,10 +39,17 @@ def substructure(jets: ak.Array) -> dict[str, np.ndarray]:
     """Soft-drop mass and tau1..tau4 per jet (FastJet, batch over all jets)."""
     import fastjet
 
-    constituents = ak.zip({k: ak.values_astype(jets[k], np.float64) for k in ("px", "py", "pz", "E")}, with_name="Momentum4D")
-    cs = fastjet.ClusterSequence(constituents, fastjet.JetDefinition(fastjet.cambridge_algorithm, 10.0))
+    constituents = ak.zip(
+        {k: ak.values_astype(jets[k], np.float64) for k in ("px", "py", "pz", "E")},
+        with_name="Momentum4D",
+    )
+    cs = fastjet.ClusterSequence(
+        constituents, fastjet.JetDefinition(fastjet.cambridge_algorithm, 10.0)
+    )
     sd = cs.exclusive_jets_softdrop_grooming(1, beta=0.0, symmetry_cut=0.1, R0=0.8)
-    taus = ak.fill_none(ak.pad_none(cs.njettiness(njets=[1, 2, 3, 4], R0=0.8, beta=1.0), 4, axis=1, clip=True), 0.0)
+    taus = ak.fill_none(
+        ak.pad_none(cs.njettiness(njets=[1, 2, 3, 4], R0=0.8, beta=1.0), 4, axis=1, clip=True), 0.0
+    )
     out = {"sdmass": ak.to_numpy(sd.msoftdrop).astype(np.float32)}
     for k in range(4):
         out[f"tau{k + 1}"] = ak.to_numpy(taus[:, k]).astype(np.float32)
@@ -96,7 +103,9 @@ def write_jetclass(path: str | Path, jets: ak.Array, label: str) -> None:
         **{f"jet_tau{k}": sub[f"tau{k}"] for k in range(1, 5)},
     )
     with uproot.recreate(path) as f:
-        types = {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in branches.items()}
+        types = {
+            k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in branches.items()
+        }
         tree = f.mktree("tree", types)
         # one basket per extend call: keep baskets near the few-thousand-entry size of real files
         for start in range(0, max(n, 1), ROOT_BASKET_ENTRIES):
@@ -111,7 +120,9 @@ def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:
     cands = np.zeros((n, AOJ_MAX_CANDIDATES, 11), np.float32)
     n_const = np.minimum(ak.to_numpy(ak.num(jets["px"])), AOJ_MAX_CANDIDATES)
     padded = {
-        k: ak.to_numpy(ak.fill_none(ak.pad_none(jets[k], AOJ_MAX_CANDIDATES, clip=True), 0.0)).astype(np.float32)
+        k: ak.to_numpy(
+            ak.fill_none(ak.pad_none(jets[k], AOJ_MAX_CANDIDATES, clip=True), 0.0)
+        ).astype(np.float32)
         for k in ("px", "py", "pz", "E", "charge", "pid")
     }
     for col, k in enumerate(("px", "py", "pz", "E")):
@@ -125,7 +136,11 @@ def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:
     tagging[:, 0] = ak.to_numpy(ak.num(jets["px"]))
     for k in range(1, 5):
         tagging[:, k] = sub[f"tau{k}"]
-    kin = np.stack([np.asarray(jets[k], np.float32) for k in ("jet_pt", "jet_eta", "jet_phi")] + [sub["sdmass"]], axis=1)
+    kin = np.stack(
+        [np.asarray(jets[k], np.float32) for k in ("jet_pt", "jet_eta", "jet_phi")]
+        + [sub["sdmass"]],
+        axis=1,
+    )
     info = np.stack([np.full(n, run), np.zeros(n, np.int64), np.arange(n)], axis=1).astype(np.int64)
     with h5py.File(path, "w") as f:
         opts = {"compression": "gzip", "chunks": True}

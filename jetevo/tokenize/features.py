@@ -55,7 +55,10 @@ def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
     if counts.sum() == 0:
         raise ValueError("no nodes to tokenize (empty input)")
     first = np.repeat(np.cumsum(counts) - counts, counts)
-    p = np.stack([ak.to_numpy(ak.flatten(trees[k])).astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
+    p = np.stack(
+        [ak.to_numpy(ak.flatten(trees[k])).astype(np.float64) for k in ("px", "py", "pz", "E")],
+        axis=1,
+    )
     if not np.all(np.isfinite(p)):
         bad = int(np.repeat(np.arange(len(counts)), counts)[~np.all(np.isfinite(p), axis=1)][0])
         raise ValueError(f"non-finite node kinematics in jet {bad}")
@@ -84,7 +87,13 @@ def features(p: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     dr = np.hypot(dy, dphi)
     psi = np.arctan2(dphi, dy)
     return np.stack(
-        [np.log(pt / ctx[:, 0]), np.log(np.maximum(dr, MIN_DR)), np.cos(psi), np.sin(psi), np.log(m / pt + MASS_EPS)],
+        [
+            np.log(pt / ctx[:, 0]),
+            np.log(np.maximum(dr, MIN_DR)),
+            np.cos(psi),
+            np.sin(psi),
+            np.log(m / pt + MASS_EPS),
+        ],
         axis=1,
     )
 
@@ -126,4 +135,8 @@ class Standardizer:
         return np.asarray(t, np.float64) / self.weight * self.std + self.mean
 
     def state(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weight": self.weight.tolist()}
+        return {
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "weight": self.weight.tolist(),
+        }

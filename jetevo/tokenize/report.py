@@ -39,7 +39,16 @@ def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
     out = {}
     for g, m in masks.items():
         if not m.any():
-            out[g] = {k: None for k in ("pt_rel_err_mean", "pt_rel_err_median", "eta_abs_err_median", "phi_abs_err_median", "mass_abs_err_median")}
+            out[g] = {
+                k: None
+                for k in (
+                    "pt_rel_err_mean",
+                    "pt_rel_err_median",
+                    "eta_abs_err_median",
+                    "phi_abs_err_median",
+                    "mass_abs_err_median",
+                )
+            }
             continue
         out[g] = {
             "pt_rel_err_mean": float(rel[m].mean()),
@@ -70,18 +79,25 @@ def evaluate(tok: Tokenizer, tree_paths, plots_dir: str | Path | None = None) ->
     report.update(
         codebook_utilization=float((usage > 0).mean()),
         perplexity=float(np.exp(-(nz * np.log(nz)).sum())),
-        n_nodes=int(len(codes)),
+        n_nodes=len(codes),
         n_codes=tok.cfg.n_codes,
     )
     if tok.floor_centroids is not None:
         c = np.asarray(tok.floor_centroids, np.float64)
-        floor_reco = F.invert(tok.standardizer.inverse(c[nearest(c, tok.standardizer.forward(feats))]), ctx)
+        floor_reco = F.invert(
+            tok.standardizer.inverse(c[nearest(c, tok.standardizer.forward(feats))]), ctx
+        )
         report["kmeans_floor"] = resolution(a["p"], floor_reco, a)
         ratios = {g: report[g]["pt_rel_err_mean"] / report["kmeans_floor"][g]["pt_rel_err_mean"]
                   for g in GROUPS if report[g]["pt_rel_err_mean"] and report["kmeans_floor"][g]["pt_rel_err_mean"]}  # fmt: skip
         report["pt_rel_err_mean_over_floor"] = ratios
     if plots_dir is not None:
-        _plots(a, feats, tok.standardizer.inverse(tok.standardizer.forward(tok.features_from_codes(codes))), Path(plots_dir))
+        _plots(
+            a,
+            feats,
+            tok.standardizer.inverse(tok.standardizer.forward(tok.features_from_codes(codes))),
+            Path(plots_dir),
+        )
     return report
 
 

@@ -54,7 +54,13 @@ class TokenizerConfig:
 class Tokenizer:
     """A trained node tokenizer: standardizer + VQ-VAE + vocabulary."""
 
-    def __init__(self, cfg: TokenizerConfig, standardizer: F.Standardizer, model, floor_centroids: np.ndarray | None = None):
+    def __init__(
+        self,
+        cfg: TokenizerConfig,
+        standardizer: F.Standardizer,
+        model,
+        floor_centroids: np.ndarray | None = None,
+    ):
         self.cfg = cfg
         self.standardizer = standardizer
         self.model = model.eval()
@@ -101,7 +107,13 @@ class Tokenizer:
 
         h = hashlib.sha256()
         h.update(F.FEATURE_SET.encode())
-        h.update(np.asarray(self.standardizer.state()["mean"] + self.standardizer.state()["std"] + self.standardizer.state()["weight"]).tobytes())
+        h.update(
+            np.asarray(
+                self.standardizer.state()["mean"]
+                + self.standardizer.state()["std"]
+                + self.standardizer.state()["weight"]
+            ).tobytes()
+        )
         for k, v in sorted(self.model.state_dict().items()):
             if torch.is_tensor(v) and (k.startswith(("encoder", "decoder")) or k == "vq.embed"):
                 h.update(v.detach().cpu().numpy().tobytes())
@@ -125,15 +137,25 @@ class Tokenizer:
     @classmethod
     def from_state(cls, state: dict, path: str | Path = "<memory>") -> Tokenizer:
         if state.get("feature_set") != F.FEATURE_SET or state.get("features") != list(F.FEATURES):
-            raise InputError(path, f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}")
+            raise InputError(
+                path,
+                f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}",
+            )
         cfg = TokenizerConfig.from_dict(state["config"])
         model = cls.build_model(cfg)
         embed = state["model"].get("vq.embed")
         if embed is None or embed.shape[-2] != cfg.n_codes:
-            raise InputError(path, f"codebook size in the weights does not match the config ({cfg.n_codes})")
+            raise InputError(
+                path, f"codebook size in the weights does not match the config ({cfg.n_codes})"
+            )
         model.load_state_dict(state["model"])
         s = state["standardizer"]
-        return cls(cfg, F.Standardizer(s["mean"], s["std"], s["weight"]), model, state.get("floor_centroids"))
+        return cls(
+            cfg,
+            F.Standardizer(s["mean"], s["std"], s["weight"]),
+            model,
+            state.get("floor_centroids"),
+        )
 
     # ------------------------------------------------------------- token <-> features
     def _latent(self, f: np.ndarray) -> np.ndarray:
@@ -147,7 +169,9 @@ class Tokenizer:
         from scipy.spatial import cKDTree
 
         if self._code_index is None:
-            self._code_index = cKDTree(self.model.codebook.detach().cpu().numpy().astype(np.float64), leafsize=8)
+            self._code_index = cKDTree(
+                self.model.codebook.detach().cpu().numpy().astype(np.float64), leafsize=8
+            )
         return self._code_index.query(z, k=1, workers=-1)[1].astype(np.int64)
 
     def codes_from_features(self, f: np.ndarray) -> np.ndarray:
@@ -162,7 +186,9 @@ class Tokenizer:
         if self._decoded_codes is None:
             with torch.no_grad():
                 all_codes = torch.arange(self.cfg.n_codes)
-                self._decoded_codes = self.standardizer.inverse(self.model.decode_codes(all_codes).numpy())
+                self._decoded_codes = self.standardizer.inverse(
+                    self.model.decode_codes(all_codes).numpy()
+                )
         return self._decoded_codes[np.asarray(codes, np.int64)]
 
     # ------------------------------------------------------------- public API
@@ -212,7 +238,9 @@ def decode_top_down(f: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.
     for d in range(int(depth.max(initial=0)) + 1):
         at = np.flatnonzero(depth == d)
         if d == 0:
-            ctx = np.column_stack([np.full(len(at), F.ROOT_PT_REF), np.zeros(len(at)), np.zeros(len(at))])
+            ctx = np.column_stack(
+                [np.full(len(at), F.ROOT_PT_REF), np.zeros(len(at)), np.zeros(len(at))]
+            )
         else:
             pt, y, phi, _ = F.pt_y_phi_m(p[parent[at]])
             ctx = np.column_stack([pt, y, phi])
@@ -230,7 +258,9 @@ def _check_p(p, what: str, allow_nan_rows: bool = False) -> np.ndarray:
     if allow_nan_rows:
         bad &= ~np.all(np.isnan(p), axis=1, keepdims=True)
     if np.any(bad):
-        raise ValueError(f"{what}: non-finite values in row {int(np.flatnonzero(bad.any(axis=1))[0])}")
+        raise ValueError(
+            f"{what}: non-finite values in row {int(np.flatnonzero(bad.any(axis=1))[0])}"
+        )
     return p
 
 

@@ -27,7 +27,9 @@ TOKENIZER_KEY = b"jetevo_tokenizer"
 def tokenizer_metadata(path: str | Path) -> dict:
     meta = pq.read_schema(path).metadata or {}
     if TOKENIZER_KEY not in meta:
-        raise InputError(path, "not a token file (no tokenizer metadata; run 'jetevo tokenizer encode')")
+        raise InputError(
+            path, "not a token file (no tokenizer metadata; run 'jetevo tokenizer encode')"
+        )
     return json.loads(meta[TOKENIZER_KEY])
 
 
@@ -44,11 +46,15 @@ def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
         table = pq.read_table(f)
         if "token" in table.column_names:
             table = table.drop_columns(["token"])
-        tokens = tok.encode_trees(ak.from_arrow(table.select(["px", "py", "pz", "E", "left", "parent"])))
+        tokens = tok.encode_trees(
+            ak.from_arrow(table.select(["px", "py", "pz", "E", "left", "parent"]))
+        )
         column = list_column(tokens.astype(np.int32), _offsets(table))
         table = table.append_column(pa.field("token", column.type, nullable=False), column)
         meta = dict(table.schema.metadata or {})
-        meta[TOKENIZER_KEY] = json.dumps({"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}).encode()
+        meta[TOKENIZER_KEY] = json.dumps(
+            {"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}
+        ).encode()
         target = out / f.name
         write_table(table.replace_schema_metadata(meta), target)
         written.append(target)
@@ -61,16 +67,26 @@ def decode_files(tok: Tokenizer, token_paths, out_dir: str | Path) -> list[Path]
     for f in tree_files(token_paths):
         info = tokenizer_metadata(f)
         if info["n_codes"] != tok.cfg.n_codes:
-            raise InputError(f, f"tokens were made with {info['n_codes']} codes, the tokenizer has {tok.cfg.n_codes}")
+            raise InputError(
+                f,
+                f"tokens were made with {info['n_codes']} codes, the tokenizer has {tok.cfg.n_codes}",
+            )
         table = pq.read_table(f)
         offsets = _offsets(table)
-        flat = {k: np.asarray(table.column(k).combine_chunks().flatten()) for k in ("token", "parent", "depth")}
+        flat = {
+            k: np.asarray(table.column(k).combine_chunks().flatten())
+            for k in ("token", "parent", "depth")
+        }
         first = np.repeat(offsets[:-1], np.diff(offsets))
         parent = np.where(flat["parent"] >= 0, first + flat["parent"], -1)
         p = tok.decode_trees(flat["token"], parent, flat["depth"])
         dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
         for i, k in enumerate(("px", "py", "pz", "E")):
-            table = table.set_column(table.column_names.index(k), pa.field(k, table.schema.field(k).type, nullable=False), list_column(p[:, i].astype(dtype), offsets))
+            table = table.set_column(
+                table.column_names.index(k),
+                pa.field(k, table.schema.field(k).type, nullable=False),
+                list_column(p[:, i].astype(dtype), offsets),
+            )
         root = p[offsets[:-1]]
         pt = np.hypot(root[:, 0], root[:, 1])
         jet = {
@@ -81,7 +97,11 @@ def decode_files(tok: Tokenizer, token_paths, out_dir: str | Path) -> list[Path]
         }
         for k, v in jet.items():
             i = table.column_names.index(k)
-            table = table.set_column(i, table.schema.field(k), pa.array(v.astype(table.schema.field(k).type.to_pandas_dtype())))
+            table = table.set_column(
+                i,
+                table.schema.field(k),
+                pa.array(v.astype(table.schema.field(k).type.to_pandas_dtype())),
+            )
         target = out / f.name
         write_table(table, target)
         written.append(target)

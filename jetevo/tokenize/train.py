@@ -32,7 +32,7 @@ def node_features(paths) -> tuple[np.ndarray, dict]:
 def train_tokenizer(
     tree_paths,
     out: str | Path,
-    cfg: TokenizerConfig = TokenizerConfig(),
+    cfg: TokenizerConfig | None = None,
     device: str | None = None,
     progress: bool = True,
     log=print,
@@ -40,6 +40,7 @@ def train_tokenizer(
     import torch
     from tqdm import tqdm
 
+    cfg = cfg or TokenizerConfig()
     out = Path(out)
     ensure_writable_dir(out.parent)
     torch.manual_seed(cfg.seed)
@@ -51,14 +52,20 @@ def train_tokenizer(
     val, train = feats[order[:n_val]], feats[order[n_val:]]
     train_is_root = nodes["parent"][order[n_val:]] < 0
     if len(train) < cfg.n_codes:
-        raise InputError(tree_paths[0] if isinstance(tree_paths, list) else tree_paths, f"only {len(train)} training nodes for {cfg.n_codes} codes")
+        raise InputError(
+            tree_paths[0] if isinstance(tree_paths, list) else tree_paths,
+            f"only {len(train)} training nodes for {cfg.n_codes} codes",
+        )
 
     step = 0
     resume = read_checkpoint(out) if out.exists() else None
     if resume is not None:
         tok = Tokenizer.from_state(resume, out)
         if tok.cfg.n_codes != cfg.n_codes:
-            raise InputError(out, f"existing checkpoint has {tok.cfg.n_codes} codes, the config asks for {cfg.n_codes}")
+            raise InputError(
+                out,
+                f"existing checkpoint has {tok.cfg.n_codes} codes, the config asks for {cfg.n_codes}",
+            )
         step = int(resume.get("step", 0))
         log(f"resuming {out} at step {step}")
     else:
@@ -66,7 +73,9 @@ def train_tokenizer(
         t0 = time.perf_counter()
         sample = std.forward(train[: cfg.kmeans_sample])
         centroids = kmeans(sample, cfg.n_codes, iters=cfg.kmeans_iters, seed=cfg.seed)
-        log(f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s")
+        log(
+            f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s"
+        )
         model = Tokenizer.build_model(cfg)
         model.set_codebook(torch.as_tensor(centroids, dtype=torch.float32), cfg.batch_size)
         tok = Tokenizer(cfg, std, model, floor_centroids=centroids.astype(np.float32))
@@ -80,7 +89,7 @@ def train_tokenizer(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
     # roots are ~1% of nodes but fix the jet's pT and mass: give them a fixed share of each batch
     root_idx = torch.as_tensor(np.flatnonzero(train_is_root))
-    n_root = int(round(cfg.root_fraction * cfg.batch_size)) if len(root_idx) else 0
+    n_root = round(cfg.root_fraction * cfg.batch_size) if len(root_idx) else 0
 
     def checkpoint(final: bool) -> None:
         model.eval()
@@ -89,17 +98,29 @@ def train_tokenizer(
             recon, _, _ = model(x_val)
             val_mse = float(torch.mean((recon - x_val) ** 2))
         tok.model = model.cpu()
-        tok.save(out, {"step": step, "optimizer": opt.state_dict(), "val_mse": val_mse, "n_train_nodes": len(train)})
+        tok.save(
+            out,
+            {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "val_mse": val_mse,
+                "n_train_nodes": len(train),
+            },
+        )
         tok.model = model.to(device)
         model.train()
         if final:
             log(f"step {step}: validation MSE (standardized features) {val_mse:.4f}; saved {out}")
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, file=sys.stderr, desc="tokenizer")
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, disable=not progress, file=sys.stderr, desc="tokenizer"
+    )
     while step < cfg.max_steps:
         idx = torch.randint(0, len(x_train), (cfg.batch_size - n_root,), generator=gen)
         if n_root:
-            idx = torch.cat([idx, root_idx[torch.randint(0, len(root_idx), (n_root,), generator=gen)]])
+            idx = torch.cat(
+                [idx, root_idx[torch.randint(0, len(root_idx), (n_root,), generator=gen)]]
+            )
         idx = idx.to(device)
         x = x_train[idx]
         recon, _, commit = model(x)

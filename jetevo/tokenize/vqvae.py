@@ -51,7 +51,14 @@ class ResidualMLP(nn.Module):
 class EMAQuantizer(nn.Module):
     """Nearest-code quantizer with an exponential-moving-average codebook."""
 
-    def __init__(self, dim: int, n_codes: int, decay: float, commitment_weight: float, dead_code_fraction: float):
+    def __init__(
+        self,
+        dim: int,
+        n_codes: int,
+        decay: float,
+        commitment_weight: float,
+        dead_code_fraction: float,
+    ):
         super().__init__()
         self.decay = decay
         self.commitment_weight = commitment_weight
@@ -67,7 +74,9 @@ class EMAQuantizer(nn.Module):
         self.embed_avg.copy_(centroids * expected_count)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        dist = (z * z).sum(1, keepdim=True) - 2 * z @ self.embed.T + (self.embed * self.embed).sum(1)
+        dist = (
+            (z * z).sum(1, keepdim=True) - 2 * z @ self.embed.T + (self.embed * self.embed).sum(1)
+        )
         return dist.argmin(1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +113,13 @@ class NodeVQVAE(nn.Module):
         self.cfg = cfg
         self.encoder = ResidualMLP(cfg.n_features, cfg.hidden, cfg.n_layers)
         self.decoder = ResidualMLP(cfg.n_features, cfg.hidden, cfg.n_layers)
-        self.vq = EMAQuantizer(cfg.n_features, cfg.n_codes, cfg.ema_decay, cfg.commitment_weight, cfg.dead_code_fraction)
+        self.vq = EMAQuantizer(
+            cfg.n_features,
+            cfg.n_codes,
+            cfg.ema_decay,
+            cfg.commitment_weight,
+            cfg.dead_code_fraction,
+        )
 
     @property
     def codebook(self) -> torch.Tensor:

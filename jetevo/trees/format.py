@@ -44,12 +44,16 @@ def list_column(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """Arrow list column; non-nullable items so awkward reads plain (not option) types."""
     item = pa.from_numpy_dtype(values.dtype)
     list_type = pa.list_(pa.field("item", item, nullable=False))
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values), type=list_type)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values), type=list_type
+    )
 
 
 def non_nullable_table(columns: dict[str, pa.Array], metadata: dict) -> pa.Table:
     """Table whose fields are all non-nullable (no missing values exist in jetevo files)."""
-    schema = pa.schema([pa.field(k, v.type, nullable=False) for k, v in columns.items()], metadata=metadata)
+    schema = pa.schema(
+        [pa.field(k, v.type, nullable=False) for k, v in columns.items()], metadata=metadata
+    )
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
@@ -120,8 +124,12 @@ def triplets(trees: ak.Array) -> ak.Array:
     flat_right = ak.to_numpy(ak.flatten(trees["right"]))
     local = np.arange(len(flat_left)) - np.repeat(np.cumsum(counts) - counts, counts)
     internal = flat_left >= 0
-    rows = np.stack([local[internal], flat_left[internal], flat_right[internal]], axis=1).astype(np.int32)
-    per_jet = np.bincount(np.repeat(np.arange(len(counts)), counts)[internal], minlength=len(counts))
+    rows = np.stack([local[internal], flat_left[internal], flat_right[internal]], axis=1).astype(
+        np.int32
+    )
+    per_jet = np.bincount(
+        np.repeat(np.arange(len(counts)), counts)[internal], minlength=len(counts)
+    )
     return ak.unflatten(rows, per_jet)
 
 
@@ -130,7 +138,11 @@ def _flat(trees: ak.Array, field: str) -> np.ndarray:
 
 
 def validate(
-    trees: ak.Array, scheme: str | None = None, rtol: float = 1e-5, subset_leaves: bool = False, harder_first: bool = True
+    trees: ak.Array,
+    scheme: str | None = None,
+    rtol: float = 1e-5,
+    subset_leaves: bool = False,
+    harder_first: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming the first jet that breaks the tree format.
 
@@ -158,7 +170,10 @@ def validate(
     if len(bad):
         raise ValueError(f"jet {int(bad[0])}: number of nodes is not 2N-1")
     left, right, parent = (_flat(trees, k).astype(np.int64) for k in ("left", "right", "parent"))
-    depth, leaf = _flat(trees, "depth").astype(np.int64), _flat(trees, "leaf_index").astype(np.int64)
+    depth, leaf = (
+        _flat(trees, "depth").astype(np.int64),
+        _flat(trees, "leaf_index").astype(np.int64),
+    )
     p = np.stack([_flat(trees, k).astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
     fail(~np.all(np.isfinite(p), axis=1), "non-finite kinematics")
     internal = left >= 0
@@ -166,10 +181,22 @@ def validate(
     fail((local == 0) & ((parent != -1) | (depth != 0)), "root must have parent -1 and depth 0")
     fail(internal & (left != local + 1), "left child does not follow its parent (not pre-order)")
     size = _subtree_sizes(left, right, first)
-    li, ri = first[jet_of] + np.where(internal, left, 0), first[jet_of] + np.where(internal, right, 0)
-    fail(internal & (right != local + 1 + size[li]), "right child does not follow the left subtree (not pre-order)")
-    fail(internal & ((parent[li] != local) | (parent[ri] != local)), "children do not point back to their parent")
-    fail(internal & ((depth[li] != depth + 1) | (depth[ri] != depth + 1)), "child depth is not parent depth + 1")
+    li, ri = (
+        first[jet_of] + np.where(internal, left, 0),
+        first[jet_of] + np.where(internal, right, 0),
+    )
+    fail(
+        internal & (right != local + 1 + size[li]),
+        "right child does not follow the left subtree (not pre-order)",
+    )
+    fail(
+        internal & ((parent[li] != local) | (parent[ri] != local)),
+        "children do not point back to their parent",
+    )
+    fail(
+        internal & ((depth[li] != depth + 1) | (depth[ri] != depth + 1)),
+        "child depth is not parent depth + 1",
+    )
     fail(internal != (leaf < 0), "leaf_index must be set exactly on leaves")
     limit = np.iinfo(np.int64).max if subset_leaves else n_const[jet_of]
     fail(~internal & (leaf >= limit), "leaf_index out of range")
@@ -181,11 +208,19 @@ def validate(
         fail(internal & (pt[li] < pt[ri] * (1 - rtol)), "softer child placed left")
     if scheme == "E":
         resid = np.abs(p - p[li] - p[ri]).max(axis=1)
-        fail(internal & (resid > rtol * np.maximum(p[:, 3], 1e-12)), "parent four-momentum != sum of children (E-scheme)")
+        fail(
+            internal & (resid > rtol * np.maximum(p[:, 3], 1e-12)),
+            "parent four-momentum != sum of children (E-scheme)",
+        )
     elif scheme == "wta_pt":
-        fail(internal & (np.abs(pt - pt[li] - pt[ri]) > rtol * np.maximum(pt, 1e-12)), "parent pT != sum of children pT (WTA)")
+        fail(
+            internal & (np.abs(pt - pt[li] - pt[ri]) > rtol * np.maximum(pt, 1e-12)),
+            "parent pT != sum of children pT (WTA)",
+        )
         rap = 0.5 * np.log((p[:, 3] + p[:, 2]) / np.maximum(p[:, 3] - p[:, 2], 1e-300))
-        dphi = np.angle(np.exp(1j * (np.arctan2(p[:, 1], p[:, 0]) - np.arctan2(p[li, 1], p[li, 0]))))
+        dphi = np.angle(
+            np.exp(1j * (np.arctan2(p[:, 1], p[:, 0]) - np.arctan2(p[li, 1], p[li, 0])))
+        )
         off_axis = (np.abs(rap - rap[li]) > 1e-4) | (np.abs(dphi) > 1e-4)
         fail(internal & off_axis, "parent direction != harder child's (WTA)")
 

@@ -205,7 +205,10 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
                 if num > 0.0 and den > 0.0:
                     drap = 0.5 * math.log(num / den)
                 else:
-                    drap = _rap_phi(hp[a, 0], hp[a, 1], hp[a, 2], hp[a, 3])[0] - _rap_phi(hp[b, 0], hp[b, 1], hp[b, 2], hp[b, 3])[0]
+                    drap = (
+                        _rap_phi(hp[a, 0], hp[a, 1], hp[a, 2], hp[a, 3])[0]
+                        - _rap_phi(hp[b, 0], hp[b, 1], hp[b, 2], hp[b, 3])[0]
+                    )
                 dij = min(pt2[a], pt2[b]) * (drap * drap + dphi * dphi) * inv_r2
                 while not alive[heap_id[0]]:
                     n_heap = _heap_pop(heap_key, heap_id, n_heap)
@@ -307,7 +310,12 @@ def prepare_constituents(px, py, pz, E, offsets, max_constituents):
             status[j] = JET_EMPTY
             continue
         for i in range(a, b):
-            if not (np.isfinite(px[i]) and np.isfinite(py[i]) and np.isfinite(pz[i]) and np.isfinite(E[i])):
+            if not (
+                np.isfinite(px[i])
+                and np.isfinite(py[i])
+                and np.isfinite(pz[i])
+                and np.isfinite(E[i])
+            ):
                 status[j] = JET_NON_FINITE
                 break
         if status[j] == JET_OK:

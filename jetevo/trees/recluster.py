@@ -41,7 +41,11 @@ from jetevo.trees.kernel import (
 CLUSTER_R = 100.0
 SCHEMES = {"E": SCHEME_E, "wta_pt": SCHEME_WTA_PT}
 ON_SPLIT = ("merge", "hardest", "drop")
-SKIP_CODES = {"no_constituents": JET_EMPTY, "non_finite": JET_NON_FINITE, "negative_energy": JET_NEGATIVE_ENERGY}
+SKIP_CODES = {
+    "no_constituents": JET_EMPTY,
+    "non_finite": JET_NON_FINITE,
+    "negative_energy": JET_NEGATIVE_ENERGY,
+}
 SKIP_REASONS = tuple(SKIP_CODES)
 NODE_FLOAT_FIELDS = ("px", "py", "pz", "E")
 NODE_INT_FIELDS = ("left", "right", "parent", "depth", "leaf_index")
@@ -110,7 +114,9 @@ def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[st
     )
     if np.any(status != STATUS_OK):
         bad = int(np.flatnonzero(status != STATUS_OK)[0])
-        raise RuntimeError(f"FastJet history of jet {bad} in this chunk is not a single binary tree")
+        raise RuntimeError(
+            f"FastJet history of jet {bad} in this chunk is not a single binary tree"
+        )
     return {
         "p": p, "left": left, "right": right, "parent": parent, "depth": depth,
         "leaf_index": leaf, "node_offsets": node_offsets, "split": split,
@@ -123,7 +129,9 @@ def _fastjet_scheme(scheme: str):
     return fastjet.E_scheme if scheme == "E" else fastjet.WTA_pt_scheme
 
 
-def _hardest_subsets(px, py, pz, E, offsets, R: float, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+def _hardest_subsets(
+    px, py, pz, E, offsets, R: float, scheme: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (within each jet, ascending = pT order) of the hardest inclusive kt jet at R."""
     import fastjet
 
@@ -189,7 +197,9 @@ def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> tuple[dict,
     sub_off = np.zeros(len(jet_ids) + 1, np.int64)
     np.cumsum(ends - starts, out=sub_off[1:])
     sub = {k: cols[k][gather] for k in ("px", "py", "pz", "E")}
-    keep_idx, keep_off = _hardest_subsets(sub["px"], sub["py"], sub["pz"], sub["E"], sub_off, cfg.R, cfg.scheme)
+    keep_idx, keep_off = _hardest_subsets(
+        sub["px"], sub["py"], sub["pz"], sub["E"], sub_off, cfg.R, cfg.scheme
+    )
     base = np.repeat(sub_off[:-1], np.diff(keep_off))
     pick = base + keep_idx
     counts["hardest_lost_constituents"] += int((ends - starts).sum() - len(pick))
@@ -204,7 +214,9 @@ def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> tuple[dict,
     order = np.argsort(np.concatenate([np.flatnonzero(~split), jet_ids]), kind="stable")
     merged = {}
     sizes = np.concatenate([np.diff(kept["node_offsets"]), np.diff(re["node_offsets"])])
-    starts_all = np.concatenate([kept["node_offsets"][:-1], len(kept["left"]) + re["node_offsets"][:-1]])
+    starts_all = np.concatenate(
+        [kept["node_offsets"][:-1], len(kept["left"]) + re["node_offsets"][:-1]]
+    )
     node_order = segment_indices(starts_all[order], sizes[order])
     for k in ("p", *NODE_INT_FIELDS):
         merged[k] = np.concatenate([kept[k], re[k]])[node_order]
@@ -230,7 +242,9 @@ def _strings(array: ak.Array) -> pa.Array:
     if isinstance(arrow, pa.ChunkedArray):
         arrow = arrow.combine_chunks()
     if pa.types.is_dictionary(arrow.type):
-        return pa.DictionaryArray.from_arrays(arrow.indices.cast(pa.int32()), arrow.dictionary.cast(pa.string()))
+        return pa.DictionaryArray.from_arrays(
+            arrow.indices.cast(pa.int32()), arrow.dictionary.cast(pa.string())
+        )
     return arrow.cast(pa.string()).dictionary_encode()
 
 

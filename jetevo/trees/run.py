@@ -64,7 +64,9 @@ def plan_shards(files: list[Path], out_dir: Path, shard_size: int) -> list[Shard
             raise InputError(f, "contains no jets")
         bounds = list(range(0, n, shard_size))
         for k, start in enumerate(bounds):
-            name = f"{f.stem}.trees.parquet" if len(bounds) == 1 else f"{f.stem}.{k:04d}.trees.parquet"
+            name = (
+                f"{f.stem}.trees.parquet" if len(bounds) == 1 else f"{f.stem}.{k:04d}.trees.parquet"
+            )
             shards.append(Shard(f, start, min(start + shard_size, n), out_dir / name))
     return shards
 
@@ -92,7 +94,9 @@ def process_shard(shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=
         pending = None
         try:
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jetevo-io") as io:
-                chunks = iter_jets(shard.source, chunk_size, shard.start, shard.stop, particle_ids=False)
+                chunks = iter_jets(
+                    shard.source, chunk_size, shard.start, shard.stop, particle_ids=False
+                )
                 for jets in _prefetch(chunks, io):
                     table, c = recluster_chunk(jets, cfg)
                     counts.update(c)
@@ -121,7 +125,7 @@ def _shard_counts(path: Path) -> Counter:
 def recluster_files(
     inputs: list[str | Path],
     out_dir: str | Path,
-    cfg: ReclusterConfig = ReclusterConfig(),
+    cfg: ReclusterConfig | None = None,
     workers: int = 1,
     chunk_size: int = 20_000,
     shard_size: int = 100_000,
@@ -130,13 +134,20 @@ def recluster_files(
     """Recluster JetClass/AOJ files into tree files in ``out_dir``; write and return the summary."""
     from tqdm import tqdm
 
+    cfg = cfg or ReclusterConfig()
     out = ensure_writable_dir(out_dir)
     files = input_files(inputs)
     shards = plan_shards(files, out, shard_size)
     todo = [s for s in shards if not s.output.exists()]
 
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(s.stop - s.start for s in todo), unit="jet", disable=not progress or not todo, file=sys.stderr, desc="recluster")
+    bar = tqdm(
+        total=sum(s.stop - s.start for s in todo),
+        unit="jet",
+        disable=not progress or not todo,
+        file=sys.stderr,
+        desc="recluster",
+    )
     new = Counter()
     if workers <= 1 or len(todo) <= 1:
         for s in todo:
@@ -150,11 +161,20 @@ def recluster_files(
                 bar.update(futures[fut].stop - futures[fut].start)
     bar.close()
     wall = time.perf_counter() - t0
-    return write_summary(out, cfg, files, shards, len(shards) - len(todo), new["jets_read"], workers, wall)
+    return write_summary(
+        out, cfg, files, shards, len(shards) - len(todo), new["jets_read"], workers, wall
+    )
 
 
 def write_summary(
-    out: Path, cfg: ReclusterConfig, files: list[Path], shards: list[Shard], n_resumed: int, jets_this_run: int, workers: int, wall: float
+    out: Path,
+    cfg: ReclusterConfig,
+    files: list[Path],
+    shards: list[Shard],
+    n_resumed: int,
+    jets_this_run: int,
+    workers: int,
+    wall: float,
 ) -> dict:
     """Write ``summary.json`` for a run whose every shard output now exists.
 
@@ -169,13 +189,18 @@ def write_summary(
     dropped = {"split": int(total["dropped_split"])}
     accounted = int(total["trees_written"]) + sum(skipped.values()) + sum(dropped.values())
     if accounted != int(total["jets_read"]):
-        raise RuntimeError(f"jet accounting broken: read {total['jets_read']}, accounted {accounted}")
+        raise RuntimeError(
+            f"jet accounting broken: read {total['jets_read']}, accounted {accounted}"
+        )
     summary = {
         "jets_read": int(total["jets_read"]),
         "trees_written": int(total["trees_written"]),
         "skipped": skipped,
         "dropped": dropped,
-        "truncated": {"jets": int(total["truncated_jets"]), "constituents": int(total["truncated_constituents"])},
+        "truncated": {
+            "jets": int(total["truncated_jets"]),
+            "constituents": int(total["truncated_constituents"]),
+        },
         "split_jets": int(total["split_jets"]),
         "hardest_lost_constituents": int(total["hardest_lost_constituents"]),
         "config": cfg.metadata(),
