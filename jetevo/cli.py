@@ -117,6 +117,28 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _train(args: argparse.Namespace) -> None:
+    from jetevo.config import load_config
+    from jetevo.model.train import train
+
+    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
+    train(load_config(args.config, overrides), args.train, args.val, args.out, tokenizer=args.tokenizer, progress=not args.quiet)
+
+
+def _evaluate_splits(args: argparse.Namespace) -> None:
+    from jetevo.io.atomic import atomic_path
+    from jetevo.model.splits import evaluate_splits
+
+    result = evaluate_splits(args.ckpt, args.tokens)
+    with atomic_path(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'':<8} {'nll':>8} {'top1':>7} {'top5':>7}")
+    print(f"{'model':<8} {result['nll']:>8.3f} {result['top1']:>7.3f} {result['top5']:>7.3f}")
+    print(f"{'bigram':<8} {result['bigram_nll']:>8.3f} {result['bigram_top1']:>7.3f} {result['bigram_top5']:>7.3f}")
+    print(f"{'unigram':<8} {result['unigram_nll']:>8.3f} {result['unigram_top1']:>7.3f} {result['unigram_top5']:>7.3f}")
+    print(f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets; {args.json}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetevo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--plots", help="folder for plots (default: next to the JSON)")
     p.set_defaults(func=_tokenizer_eval)
+
+    p = sub.add_parser("train", help="train the jet-evolution model on token files")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/tree_demo.yaml")
+    p.add_argument("--train", nargs="+", required=True, help="token Parquet files or folders")
+    p.add_argument("--val", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="run folder (resumed if it holds a run)")
+    p.add_argument("--init-from", help="pretrained model.ckpt (same as train.init_from=...)")
+    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the path stored in the token files)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="config overrides like train.max_steps=200")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate-splits", help="held-out split NLL/top-k of a model and its count baselines")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--tokens", nargs="+", required=True)
+    p.add_argument("--json", required=True)
+    p.set_defaults(func=_evaluate_splits)
     return parser
 
 

@@ -1,0 +1,69 @@
+"""Model checkpoints: config, weights, tokenizer identity and count baselines in one file.
+
+Loading refuses, in one line, a file that is not a jetevo model, and ``init_from`` lists
+every missing or unexpected key instead of ignoring it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from jetevo.errors import InputError
+from jetevo.model.gpt import CHECKPOINT_KIND, JetEvolutionModel, ModelConfig
+
+HEAD_PREFIXES = ("left_head.", "right_head.", "right_xattn.", "out_bias")
+
+
+def read_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such model checkpoint")
+    try:
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise InputError(path, "not a jetevo model checkpoint")
+    return state
+
+
+def load_model(path: str | Path) -> JetEvolutionModel:
+    state = read_state(path)
+    model = JetEvolutionModel(ModelConfig(**state["config"]))
+    model.load_state_dict(state["state_dict"])
+    model.tokenizer_identity = state.get("tokenizer_identity")
+    model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}
+    return model.eval()
+
+
+def save_model(model: JetEvolutionModel, path: str | Path, extra: dict | None = None) -> None:
+    from jetevo.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.checkpoint_state(extra), tmp)
+
+
+def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -> dict:
+    """Load pretrained weights into ``model``: the backbone always, the heads if ``heads="keep"``.
+
+    The vocabulary and tokenizer must match. Returns the missing and unexpected keys,
+    which the caller reports.
+    """
+    state = read_state(path)
+    cfg = state["config"]
+    if cfg["n_codes"] != model.cfg.n_codes:
+        raise InputError(path, f"pretrained model has a vocabulary of {2 * cfg['n_codes'] + 3} tokens, this one {model.cfg.vocab_size}")
+    if model.tokenizer_identity and state.get("tokenizer_identity") != model.tokenizer_identity:
+        raise InputError(path, f"pretrained on tokenizer {state.get('tokenizer_identity')}, these tokens come from {model.tokenizer_identity}")
+    weights = state["state_dict"]
+    if heads == "reinit":
+        weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIXES)}
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise InputError(path, f"shape mismatch for {', '.join(mismatched[:5])} (different model size?)")
+    result = model.load_state_dict(weights, strict=False)
+    return {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys)}

@@ -1,0 +1,318 @@
+"""The jet-evolution network: a GPT backbone over the nodes to expand, and two split heads.
+
+Sequence design (one order everywhere: training, ``predict`` and generation). A jet's
+internal nodes are expanded in depth-first pre-order, which is what a frontier stack gives
+(push right, then left; pop). The input is ``[START, t(root), t(n2), ..., t(n_{N-1})]``,
+one position per node to expand (N positions for N constituents). At the START position
+the left head predicts the root token; at the position of node p the left head predicts
+p's left child and the right head p's right child. A child token says whether the child
+is a leaf (never expanded) or a pseudojet (expanded later, at its own position).
+
+No target leaks into its own prediction: attention is causal and a node's children only
+ever appear as inputs at later positions. The right head cross-attends from the parent's
+state to the embedding of *this split's* left child (the true one in training, the sampled
+one at inference, through the same code path). Tree-aware embeddings add each position's
+depth and side (start/root/left/right) to the learned position embedding.
+
+Token embeddings and output weights are a learned table plus a projection of what each
+code decodes to (the tokenizer's five node features and the leaf flag, stored as a buffer),
+so tokens with similar kinematics share statistics from the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+SIDE_START, SIDE_ROOT, SIDE_LEFT, SIDE_RIGHT = 0, 1, 2, 3
+IGNORE = -100
+
+
+@dataclass
+class ModelConfig:
+    n_codes: int = 8192  # tokenizer codebook size K: 2K node tokens + START, STOP, PAD
+    n_code_features: int = 5
+    max_len: int = 128  # positions: START + up to 127 internal nodes (128 constituents)
+    n_layer: int = 3
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = True
+    token_features: bool = True
+
+    @property
+    def n_node_tokens(self) -> int:
+        return 2 * self.n_codes
+
+    @property
+    def vocab_size(self) -> int:
+        return 2 * self.n_codes + 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = nnf.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(nnf.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class ChildCrossAttention(nn.Module):
+    """Cross-attention from the parent state (query) to the left child's embedding (key/value)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.ln = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, h: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        """``h``, ``child``: (..., C). Each parent attends to its own left child only."""
+        shape = h.shape
+        c = shape[-1]
+        hd = c // self.n_head
+        q = self.q(h).reshape(-1, self.n_head, 1, hd)
+        k, v = (z.reshape(-1, self.n_head, 1, hd) for z in self.kv(child).split(c, dim=-1))
+        y = nnf.scaled_dot_product_attention(q, k, v).reshape(shape)
+        return self.ln(h + self.proj(y))
+
+
+class TokenTable(nn.Module):
+    """Per-token vectors: a learned table plus a projection of the code's decoded features."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.learned = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        nn.init.normal_(self.learned.weight, std=0.02)
+        # decoded features of every code (filled from the tokenizer) and the leaf flag
+        self.register_buffer("code_features", torch.zeros(cfg.n_codes, cfg.n_code_features))
+        if cfg.token_features:
+            n_in = 2 * 4 * (cfg.n_code_features + 1)
+            self.register_buffer("freqs", 2.0 ** torch.arange(4, dtype=torch.float32) * math.pi / 4)
+            self.feature_net = nn.Sequential(nn.Linear(n_in, cfg.n_embd), nn.GELU(), nn.Linear(cfg.n_embd, cfg.n_embd))
+
+    def table(self) -> torch.Tensor:
+        """(vocab_size, C) vectors for every token."""
+        w = self.learned.weight
+        if not self.cfg.token_features:
+            return w
+        k = self.cfg.n_codes
+        f = self.code_features
+        leaf = torch.cat([torch.zeros(k, 1, device=f.device), torch.ones(k, 1, device=f.device)])
+        x = torch.cat([f.repeat(2, 1), leaf], dim=1)
+        ang = x[:, :, None] * self.freqs
+        feats = self.feature_net(torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1))
+        return torch.cat([w[: 2 * k] + feats, w[2 * k :]], dim=0)
+
+
+class JetEvolutionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokens = TokenTable(cfg)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.n_embd)
+        self.depth_emb = nn.Embedding(cfg.max_len + 1, cfg.n_embd)
+        self.side_emb = nn.Embedding(4, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.left_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.right_xattn = ChildCrossAttention(cfg)
+        self.right_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_node_tokens))
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # identity of the tokenizer whose tokens this model speaks (set by training)
+        self.tokenizer_identity: str | None = None
+
+    # -------------------------------------------------------------- pieces
+    def backbone(self, tokens: torch.Tensor, depth: torch.Tensor, side: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, C) of a batch of expansion sequences."""
+        t = tokens.shape[1]
+        if t > self.cfg.max_len:
+            raise ValueError(f"sequence of {t} positions exceeds max_len={self.cfg.max_len}")
+        table = self.tokens.table() if table is None else table
+        pos = torch.arange(t, device=tokens.device)
+        x = table[tokens] + self.pos_emb(pos) + self.depth_emb(depth.clamp(max=self.cfg.max_len)) + self.side_emb(side)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def _logits(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return h @ table[: self.cfg.n_node_tokens].T + self.out_bias
+
+    def left_logits(self, h: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.tokens.table() if table is None else table
+        return self._logits(self.left_head(h), table)
+
+    def right_logits(self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Right-child logits given this split's left child tokens (same shape as h[..., 0])."""
+        table = self.tokens.table() if table is None else table
+        return self._logits(self.right_head(self.right_xattn(h, table[left_tokens])), table)
+
+    # -------------------------------------------------------------- training objective
+    def split_losses(self, batch: dict, permutation_min: bool = True) -> dict:
+        """Per-child cross-entropies of a batch (see :func:`split_nll`)."""
+        return split_nll(self, batch, permutation_min)
+
+    def forward(self, batch: dict, permutation_min: bool = True) -> torch.Tensor:
+        out = split_nll(self, batch, permutation_min)
+        return out["nll_sum"] / out["n_children"].clamp(min=1)
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(
+        self,
+        parent_tokens,
+        context: dict | None = None,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        parent_depth=None,
+        parent_side=None,
+        generator: torch.Generator | None = None,
+    ) -> dict:
+        """Children of a batch of parents: tokens ``left``, ``right`` and their probabilities.
+
+        Without ``context`` each parent is taken as a jet's root (sequence [START, parent]).
+        ``context`` holds ``tokens``, ``depth``, ``side`` (B, T) of the positions before the
+        parent, i.e. START and the nodes expanded so far in generation order.
+        """
+        device = self.out_bias.device
+        parent = torch.as_tensor(parent_tokens, device=device).long().reshape(-1)
+        b = len(parent)
+        start = torch.full((b, 1), self.cfg.n_node_tokens, device=device)
+        if context is None:
+            ctx_t, ctx_d, ctx_s = start, torch.zeros_like(start), torch.full_like(start, SIDE_START)
+        else:
+            ctx_t, ctx_d, ctx_s = (torch.as_tensor(context[k], device=device).long().reshape(b, -1) for k in ("tokens", "depth", "side"))
+        pd = torch.ones(b, 1, device=device).long() if parent_depth is None else torch.as_tensor(parent_depth, device=device).long().reshape(b, 1)
+        ps = torch.full((b, 1), SIDE_ROOT, device=device) if parent_side is None else torch.as_tensor(parent_side, device=device).long().reshape(b, 1)
+        tokens = torch.cat([ctx_t, parent[:, None]], 1)
+        depth = torch.cat([ctx_d, pd], 1)
+        side = torch.cat([ctx_s, ps], 1)
+        table = self.tokens.table()
+        h = self.backbone(tokens, depth, side, table)[:, -1]
+        left, p_left = choose(self.left_logits(h, table), sample, temperature, top_k, generator)
+        right, p_right = choose(self.right_logits(h, left, table), sample, temperature, top_k, generator)
+        return {"left": left, "right": right, "p_left": p_left, "p_right": p_right}
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_state(self, extra: dict | None = None) -> dict:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "config": self.cfg.to_dict(),
+            "state_dict": self.state_dict(),
+            "tokenizer_identity": self.tokenizer_identity,
+            **(extra or {}),
+        }
+
+    @classmethod
+    def load(cls, path) -> JetEvolutionModel:
+        from jetevo.model.checkpoint import load_model
+
+        return load_model(path)
+
+
+CHECKPOINT_KIND = "jetevo-model"
+
+
+def choose(logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy or sampled token per row, and its probability under the (tempered, top-k) softmax."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    token = torch.multinomial(probs, 1, generator=generator)[:, 0] if sample else probs.argmax(-1)
+    return token, probs.gather(-1, token[:, None])[:, 0]
+
+
+def split_nll(model: JetEvolutionModel, batch: dict, permutation_min: bool = True, stats: bool = False) -> dict:
+    """Cross-entropy per child, summed over the batch, with the permutation-min rule.
+
+    Per split: min(CE(L, l) + CE(R|l, r), CE(L, r) + CE(R|r, l)) when ``permutation_min``;
+    the canonical assignment otherwise. The root (START position) has a left target only.
+    Logits are computed only at positions that have targets. With ``stats``, also counts
+    the children whose target is the top-1 / within the top-5 of its head.
+    """
+    l_all, r_all = batch["left"], batch["right"]
+    table = model.tokens.table()
+    h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+    valid = l_all != IGNORE
+    h, l, r = h_all[valid], l_all[valid], r_all[valid]
+    has_r = r != IGNORE
+    r_safe = r.clamp(min=0)
+    lg = model.left_logits(h, table)
+    lg_r = model.right_logits(h, l, table)
+    ce = nnf.cross_entropy
+    ce_ll = ce(lg, l, reduction="none")
+    ce_rr = ce(lg_r, r_safe, reduction="none") * has_r
+    per_split = ce_ll + ce_rr
+    swapped = torch.zeros_like(has_r)
+    lg_sw = None
+    if permutation_min and has_r.any():
+        lg_sw = model.right_logits(h[has_r], r[has_r], table)
+        alt = ce(lg[has_r], r[has_r], reduction="none") + ce(lg_sw, l[has_r], reduction="none")
+        better = alt < per_split[has_r]
+        swapped[has_r] = better
+        per_split = per_split.clone()
+        per_split[has_r] = torch.where(better, alt, per_split[has_r])
+    out = {"nll_sum": per_split.sum(), "n_children": valid.sum() + has_r.sum(), "per_split": per_split}
+    if stats:
+        with torch.no_grad():
+            tgt_l = torch.where(swapped, r_safe, l)
+            tgt_r = torch.where(swapped, l, r_safe)
+            right = lg_r.clone()
+            if lg_sw is not None:
+                right[has_r] = torch.where(swapped[has_r][:, None], lg_sw, lg_r[has_r])
+            rank_l = (lg > lg.gather(-1, tgt_l[:, None])).sum(-1)
+            rank_r = (right > right.gather(-1, tgt_r[:, None])).sum(-1)
+            out["top1"] = (rank_l == 0).sum() + ((rank_r == 0) & has_r).sum()
+            out["top5"] = (rank_l < 5).sum() + ((rank_r < 5) & has_r).sum()
+    return out

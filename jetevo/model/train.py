@@ -1,0 +1,234 @@
+"""``jetevo train``: Lightning training of the jet-evolution model on token files.
+
+CPU and GPU (bf16 mixed precision on CUDA), one or many devices (DDP through torchrun, see
+``cluster/``), Ranger or AdamW, CSV logging (Comet optional, offline without a key, never a
+crash when missing), resumable from ``OUT/lightning/last.ckpt``. The final ``OUT/model.ckpt``
+embeds the config, the tokenizer identity and the count baselines of the training data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jetevo.errors import InputError
+from jetevo.io.atomic import ensure_writable_dir
+from jetevo.model.baselines import CountBaselines
+from jetevo.model.checkpoint import init_from as load_init, save_model
+from jetevo.model.data import Sequences, collate, token_file_info
+from jetevo.model.gpt import JetEvolutionModel, ModelConfig, split_nll
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    optimizer: str = "adamw"  # or "ranger"
+    permutation_min: bool = True
+    val_every: int = 200
+    val_batches: int = 50
+    precision: str = "auto"  # bf16-mixed on CUDA, 32-true on CPU
+    devices: str | int = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    logger: str = "csv"  # or "comet"
+    init_from: str | None = None
+    init_heads: str = "keep"  # or "reinit"
+
+
+def _section(cls, d: dict | None, name: str):
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s): {', '.join(unknown)}")
+    return d
+
+
+def parse_config(cfg: dict) -> tuple[dict, TrainConfig]:
+    unknown = sorted(set(cfg) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"unknown config section(s): {', '.join(unknown)} (expected model, train)")
+    model = _section(ModelConfig, cfg.get("model"), "model")
+    return model, TrainConfig(**_section(TrainConfig, cfg.get("train"), "train"))
+
+
+def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
+    import lightning as L
+
+    class SplitModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self._val = []
+
+        def training_step(self, batch, _):
+            out = split_nll(self.model, batch, tc.permutation_min)
+            loss = out["nll_sum"] / out["n_children"].clamp(min=1)
+            self.log("train_nll", loss, prog_bar=True, batch_size=int(out["n_children"]))
+            return loss
+
+        def validation_step(self, batch, _):
+            out = split_nll(self.model, batch, tc.permutation_min, stats=True)
+            self._val.append(torch.stack([out["nll_sum"].float(), out["n_children"].float(), out["top1"].float()]))
+
+        def on_validation_epoch_end(self):
+            if self._val:
+                s = torch.stack(self._val).sum(0)
+                s = self.all_gather(s).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else s
+                self.log("val_nll", s[0] / s[1], prog_bar=True, sync_dist=False)
+                self.log("val_top1", s[2] / s[1], sync_dist=False)
+            self._val = []
+
+        def configure_optimizers(self):
+            decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+            other = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+            groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
+            if tc.optimizer == "ranger":
+                from pytorch_optimizer import Ranger
+
+                opt = Ranger(groups, lr=tc.lr)
+            elif tc.optimizer == "adamw":
+                opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
+            else:
+                raise ValueError(f"optimizer must be ranger or adamw, got {tc.optimizer!r}")
+
+            def schedule(step: int) -> float:
+                if step < tc.warmup_steps:
+                    return (step + 1) / tc.warmup_steps
+                progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
+                return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return SplitModule()
+
+
+def _logger(kind: str, out: Path, log):
+    from lightning.pytorch.loggers import CSVLogger
+
+    if kind == "comet":
+        try:
+            import comet_ml  # noqa: F401
+            from lightning.pytorch.loggers import CometLogger
+
+            online = bool(os.environ.get("COMET_API_KEY"))
+            if not online:
+                log("comet: no COMET_API_KEY, logging offline")
+            return CometLogger(project="jetevo", online=online, offline_directory=str(out / "comet"))
+        except Exception as exc:  # missing package or no network: keep training, log to CSV
+            log(f"comet logger unavailable ({type(exc).__name__}: {exc}); logging to CSV instead")
+    elif kind != "csv":
+        raise ValueError(f"logger must be csv or comet, got {kind!r}")
+    return CSVLogger(str(out), name="logs")
+
+
+def code_feature_table(tokenizer) -> np.ndarray:
+    """Standardized decoded features of every code: what the model knows about each token."""
+    codes = np.arange(tokenizer.cfg.n_codes)
+    return tokenizer.standardizer.forward(tokenizer.features_from_codes(codes)).astype(np.float32)
+
+
+def find_tokenizer(info: dict, given: str | None, first_file: Path):
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    path = given or info.get("path")
+    if not path or not Path(path).is_file():
+        raise InputError(first_file, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
+    tok = Tokenizer.load(path)
+    if tok.identity != info["identity"]:
+        raise InputError(path, f"tokenizer identity {tok.identity} differs from the token files' {info['identity']}")
+    return tok
+
+
+def train(
+    cfg: dict,
+    train_paths,
+    val_paths,
+    out_dir: str | Path,
+    tokenizer: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> Path:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model_cfg, tc = parse_config(cfg)
+    out = ensure_writable_dir(out_dir)
+    files, info = token_file_info(train_paths)
+    tok = find_tokenizer(info, tokenizer, files[0])
+    mc = ModelConfig(**{**model_cfg, "n_codes": tok.cfg.n_codes})
+    L.seed_everything(tc.seed, workers=True, verbose=False)
+
+    train_seq = Sequences(train_paths, mc.n_codes, mc.max_len)
+    val_seq = Sequences(val_paths, mc.n_codes, mc.max_len)
+    if val_seq.tokenizer["identity"] != info["identity"]:
+        raise InputError(val_seq.files[0], "validation tokens come from another tokenizer than the training tokens")
+    model = JetEvolutionModel(mc)
+    with torch.no_grad():
+        model.tokens.code_features.copy_(torch.from_numpy(code_feature_table(tok)))
+    model.tokenizer_identity = info["identity"]
+    init_report = None
+    if tc.init_from:
+        init_report = load_init(model, tc.init_from, tc.init_heads)
+        log(f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}")
+
+    parents, children = train_seq.pairs()
+    baselines = CountBaselines.fit(parents, children, mc.n_node_tokens, mc.vocab_size, seed=tc.seed)
+    pad = mc.n_node_tokens + 2
+
+    def loader(seq: Sequences, shuffle: bool):
+        g = torch.Generator().manual_seed(tc.seed)
+        return torch.utils.data.DataLoader(
+            seq.subset(np.arange(len(seq))), batch_size=tc.batch_size, shuffle=shuffle, generator=g,
+            collate_fn=lambda items: collate(items, pad), num_workers=tc.num_workers, drop_last=False,
+        )  # fmt: skip
+
+    cuda = torch.cuda.is_available()
+    precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ckpt_cb = ModelCheckpoint(dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every)
+    trainer = L.Trainer(
+        max_steps=tc.max_steps,
+        accelerator="auto",
+        devices=tc.devices,
+        strategy="ddp" if world > 1 else "auto",
+        precision=precision,
+        logger=_logger(tc.logger, out, log),
+        callbacks=[ckpt_cb],
+        val_check_interval=min(tc.val_every, max(1, -(-len(train_seq) // tc.batch_size))),
+        check_val_every_n_epoch=None,
+        limit_val_batches=tc.val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    module = _lightning_module(model, tc)
+    last = out / "lightning" / "last.ckpt"
+    trainer.fit(module, loader(train_seq, True), loader(val_seq, False), ckpt_path=str(last) if last.exists() else None)
+    val = trainer.callback_metrics.get("val_nll")
+    final = out / "model.ckpt"
+    if trainer.is_global_zero:
+        save_model(
+            model.cpu(),
+            final,
+            {
+                "baselines": baselines.state(),
+                "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
+                "train": {"steps": trainer.global_step, "val_nll": float(val) if val is not None else None, "init_from": tc.init_from, "init_keys": init_report},
+                "train_config": cfg,
+            },
+        )
+        log(f"step {trainer.global_step}: val_nll {float(val) if val is not None else float('nan'):.4f}; saved {final}")
+    return final
