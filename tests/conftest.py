@@ -88,3 +88,12 @@ def tiny_tokenizer(tree_dir, tmp_path_factory):
     return train_tokenizer(
         [tree_dir], path, TokenizerConfig(**TINY_TOKENIZER), progress=False, log=lambda *a: None
     )
+
+
+@pytest.fixture(scope="session")
+def token_dir(tiny_tokenizer, tree_dir, tmp_path_factory):
+    from jetevo.tokenize.tokens import encode_files
+
+    out = tmp_path_factory.mktemp("tokens")
+    encode_files(tiny_tokenizer, [tree_dir], out)
+    return out

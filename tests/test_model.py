@@ -1,0 +1,215 @@
+"""Jet-evolution model: no target leakage, learning, permutation-min, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jetevo.cli import main
+from jetevo.errors import InputError
+from jetevo.model import children_kinematics
+from jetevo.model.baselines import CountBaselines
+from jetevo.model.checkpoint import init_from, load_model, save_model
+from jetevo.model.data import Sequences, collate
+from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
+from jetevo.model.train import code_feature_table
+
+N_CODES = 64
+TINY = {"n_codes": N_CODES, "n_layer": 2, "n_head": 2, "n_embd": 32}
+
+
+def tiny_model(tokenizer=None, seed=0, **kw) -> JetEvolutionModel:
+    torch.manual_seed(seed)
+    model = JetEvolutionModel(ModelConfig(**{**TINY, **kw}))
+    if tokenizer is not None:
+        model.tokens.code_features.copy_(torch.from_numpy(code_feature_table(tokenizer)))
+        model.tokenizer_identity = tokenizer.identity
+    return model
+
+
+def batch_of(seqs: Sequences, jets) -> dict:
+    ds = seqs.subset(np.asarray(jets))
+    return collate([ds[i] for i in range(len(ds))], 2 * N_CODES + 2)
+
+
+def test_sequences_follow_preorder_expansion(token_dir):
+    seqs = Sequences([token_dir], N_CODES, 128)
+    start = 2 * N_CODES
+    assert np.all(seqs.tokens[seqs.offsets[:-1]] == start)
+    # a left child that is a pseudojet is the very next node to expand, never an earlier input
+    leaf = (seqs.left >= N_CODES) & (seqs.left < 2 * N_CODES)
+    nxt = np.arange(len(seqs.tokens)) + 1
+    last = np.zeros(len(seqs.tokens), bool)
+    last[seqs.offsets[1:] - 1] = True
+    internal_left = ~leaf & ~last & (seqs.right != IGNORE)
+    assert np.array_equal(seqs.tokens[nxt[internal_left]], seqs.left[internal_left])
+    assert np.all(seqs.right[seqs.offsets[:-1]] == IGNORE)
+
+
+def test_causality_both_heads(tiny_tokenizer, token_dir):
+    seqs = Sequences([token_dir], N_CODES, 128)
+    model = tiny_model(tiny_tokenizer).eval()
+    batch = batch_of(seqs, range(4))
+    t = batch["tokens"].shape[1]
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        h = model.backbone(batch["tokens"], batch["depth"], batch["side"])
+        left = model.left_logits(h)
+        right = model.right_logits(h, batch["left"].clamp(min=0))
+        for k in range(1, t - 1):
+            perturbed = batch["tokens"].clone()
+            perturbed[:, k + 1 :] = torch.from_numpy(rng.integers(0, 2 * N_CODES, size=(4, t - k - 1)))
+            # targets at position k are children of node k: they only ever appear at positions > k
+            h2 = model.backbone(perturbed, batch["depth"], batch["side"])
+            assert torch.allclose(model.left_logits(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
+            right2 = model.right_logits(h2, batch["left"].clamp(min=0))
+            assert torch.allclose(right2[:, : k + 1], right[:, : k + 1], atol=1e-5)
+        # the right head reads this split's left child (and no right target: none is passed)
+        other_left = batch["left"].clamp(min=0).roll(1, dims=1)
+        assert not torch.allclose(model.right_logits(h, other_left), right)
+
+
+def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_dir):
+    seqs = Sequences([token_dir], N_CODES, 128)
+    model = tiny_model(tiny_tokenizer).eval()
+    batch = batch_of(seqs, range(8))
+    with torch.no_grad():
+        pm = split_nll(model, batch, True)["per_split"]
+        plain = split_nll(model, batch, False)["per_split"]
+        assert torch.all(pm <= plain + 1e-6)
+        # recompute the swapped loss independently
+        valid = batch["left"] != IGNORE
+        h = model.backbone(batch["tokens"], batch["depth"], batch["side"])[valid]
+        l, r = batch["left"][valid], batch["right"][valid]
+        has_r = r != IGNORE
+        lg = torch.log_softmax(model.left_logits(h), -1)
+        sw = -(lg[has_r].gather(1, r[has_r, None])[:, 0] + torch.log_softmax(model.right_logits(h[has_r], r[has_r]), -1).gather(1, l[has_r, None])[:, 0])
+        worse = sw >= plain[has_r]
+        assert worse.any() and torch.allclose(pm[has_r][worse], plain[has_r][worse])
+        assert torch.allclose(pm[has_r][~worse], sw[~worse], atol=1e-5)
+
+
+def train_steps(model, seqs, jets, steps, shuffle_targets=False, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = batch_of(seqs, jets)
+    if shuffle_targets:  # children of other jets: no relation between parent and child
+        for k in ("left", "right"):
+            v = batch[k]
+            m = v != IGNORE
+            v[m] = v[m][torch.from_numpy(rng.permutation(int(m.sum())))]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        out = split_nll(model, batch, False)
+        loss = out["nll_sum"] / out["n_children"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def test_learns_real_splits_but_not_shuffled_ones(tiny_tokenizer, token_dir):
+    seqs = Sequences([token_dir], N_CODES, 128)
+    jets = np.arange(len(seqs))
+    train, test = jets[::2], jets[1::2]
+    parents, children = seqs.pairs()
+    own = np.repeat(np.arange(len(seqs)), np.diff(seqs.offsets))
+    has_r = seqs.right != IGNORE
+    jet_of_pair = np.concatenate([own, own[has_r]])
+    tr = np.isin(jet_of_pair, train)
+    base = CountBaselines.fit(parents[tr], children[tr], 2 * N_CODES, 2 * N_CODES + 3)
+    uni, big = base.nll(parents[~tr], children[~tr])
+
+    model = tiny_model(tiny_tokenizer)
+    train_steps(model, seqs, train, 150)
+    with torch.no_grad():
+        out = split_nll(model.eval(), batch_of(seqs, test), False)
+    test_nll = float(out["nll_sum"] / out["n_children"])
+    assert test_nll < big.mean() < uni.mean() + 1e-9, (test_nll, big.mean(), uni.mean())
+
+    shuffled = tiny_model(tiny_tokenizer)
+    loss = train_steps(shuffled, seqs, train, 150, shuffle_targets=True)
+    assert loss > 0.5 * uni.mean(), "shuffled targets must not be learnable"
+
+
+def test_save_load_and_init_from(tiny_tokenizer, tmp_path):
+    model = tiny_model(tiny_tokenizer, seed=1)
+    path = tmp_path / "m.ckpt"
+    save_model(model, path, {"note": 1})
+    loaded = load_model(path)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert loaded.tokenizer_identity == tiny_tokenizer.identity
+
+    fresh = tiny_model(tiny_tokenizer, seed=2)
+    report = init_from(fresh, path, heads="keep")
+    assert report == {"missing": [], "unexpected": []}
+    assert torch.equal(fresh.left_head.weight, model.left_head.weight)
+    fresh2 = tiny_model(tiny_tokenizer, seed=3)
+    before = fresh2.left_head.weight.clone()
+    report = init_from(fresh2, path, heads="reinit")
+    assert "left_head.weight" in report["missing"] and torch.equal(fresh2.left_head.weight, before)
+    assert torch.equal(fresh2.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+
+
+def test_other_vocabulary_or_tokenizer_is_refused(tiny_tokenizer, token_dir, tmp_path):
+    path = tmp_path / "m.ckpt"
+    save_model(tiny_model(tiny_tokenizer), path)
+    with pytest.raises(InputError, match="vocabulary"):
+        init_from(tiny_model(tiny_tokenizer, n_codes=32), path)
+    other = tiny_model(tiny_tokenizer)
+    other.tokenizer_identity = "0123456789abcdef"
+    with pytest.raises(InputError, match="tokenizer"):
+        init_from(other, path)
+    from jetevo.model.splits import evaluate_splits
+
+    bad = tiny_model(tiny_tokenizer)
+    bad.tokenizer_identity = "0123456789abcdef"
+    save_model(bad, tmp_path / "bad.ckpt", {"baselines": None})
+    with pytest.raises(InputError, match="tokenizer"):
+        evaluate_splits(tmp_path / "bad.ckpt", [token_dir])
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(InputError, match="checkpoint"):
+        load_model(tmp_path / "junk.ckpt")
+
+
+def test_predict_and_decode(tiny_tokenizer):
+    model = tiny_model(tiny_tokenizer).eval()
+    parents = torch.tensor([3, 5, 7])
+    greedy = model.predict(parents)
+    assert greedy["left"].shape == (3,) and torch.all(greedy["p_left"] > 0) and torch.all(greedy["p_left"] <= 1)
+    g = torch.Generator().manual_seed(0)
+    s1 = model.predict(parents, sample=True, top_k=5, generator=g)
+    g = torch.Generator().manual_seed(0)
+    s2 = model.predict(parents, sample=True, top_k=5, generator=g)
+    assert torch.equal(s1["left"], s2["left"]) and torch.equal(s1["right"], s2["right"])
+    assert torch.all(s1["left"] < 2 * N_CODES)
+    parent_p = np.array([[300.0, 10.0, 50.0, 320.0]] * 3)
+    kin = children_kinematics(tiny_tokenizer, greedy, parent_p)
+    assert kin["left"].shape == (3, 4) and np.all(np.isfinite(kin["right"]))
+
+
+def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "model: {n_layer: 1, n_head: 2, n_embd: 16}\n"
+        "train: {max_steps: 4, batch_size: 8, val_every: 2, val_batches: 2, warmup_steps: 1}\n"
+    )
+    run = tmp_path / "pre"
+    assert main(["train", "--config", str(cfg), "--train", str(token_dir), "--val", str(token_dir), "--out", str(run), "--quiet"]) == 0
+    assert (run / "model.ckpt").exists()
+    ft = tmp_path / "ft"
+    args = ["train", "--config", str(cfg), "--train", str(token_dir), "--val", str(token_dir), "--out", str(ft), "--quiet"]
+    assert main([*args, "--init-from", str(run / "model.ckpt"), "train.init_heads=reinit"]) == 0
+    state = torch.load(ft / "model.ckpt", weights_only=False)
+    assert state["train"]["init_from"] == str(run / "model.ckpt") and "left_head.weight" in state["train"]["init_keys"]["missing"]
+    out_json = tmp_path / "splits.json"
+    assert main(["evaluate-splits", "--ckpt", str(ft / "model.ckpt"), "--tokens", str(token_dir), "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    for key in ("nll", "top1", "top5", "unigram_nll", "bigram_nll"):
+        assert np.isfinite(result[key])
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--train", str(tmp_path / "nope"), "--val", str(token_dir), "--out", str(ft)]) == 2
+    assert "nope" in capsys.readouterr().err
