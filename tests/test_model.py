@@ -107,7 +107,7 @@ def train_steps(model, seqs, jets, steps, shuffle_targets=False, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def test_learns_real_splits_but_not_shuffled_ones(tiny_tokenizer, token_dir):
@@ -123,14 +123,14 @@ def test_learns_real_splits_but_not_shuffled_ones(tiny_tokenizer, token_dir):
     uni, big = base.nll(parents[~tr], children[~tr])
 
     model = tiny_model(tiny_tokenizer)
-    train_steps(model, seqs, train, 150)
+    train_steps(model, seqs, train, 60)  # early: a full-batch fit overfits 55 jets later
     with torch.no_grad():
         out = split_nll(model.eval(), batch_of(seqs, test), False)
     test_nll = float(out["nll_sum"] / out["n_children"])
     assert test_nll < big.mean() < uni.mean() + 1e-9, (test_nll, big.mean(), uni.mean())
 
     shuffled = tiny_model(tiny_tokenizer)
-    loss = train_steps(shuffled, seqs, train, 150, shuffle_targets=True)
+    loss = train_steps(shuffled, seqs, train, 60, shuffle_targets=True)
     assert loss > 0.5 * uni.mean(), "shuffled targets must not be learnable"
 
 
@@ -158,7 +158,7 @@ def test_other_vocabulary_or_tokenizer_is_refused(tiny_tokenizer, token_dir, tmp
     path = tmp_path / "m.ckpt"
     save_model(tiny_model(tiny_tokenizer), path)
     with pytest.raises(InputError, match="vocabulary"):
-        init_from(tiny_model(tiny_tokenizer, n_codes=32), path)
+        init_from(tiny_model(None, n_codes=32), path)
     other = tiny_model(tiny_tokenizer)
     other.tokenizer_identity = "0123456789abcdef"
     with pytest.raises(InputError, match="tokenizer"):
