@@ -40,6 +40,14 @@ demo: $(STAMP)
 	$(BIN)/jetevo tokenizer eval --ckpt $(DEMO_DIR)/tokenizer/tok.ckpt --trees $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
 		--json $(DEMO_DIR)/tokenizer/report.json
 	$(BIN)/jetevo tokenizer encode --ckpt $(DEMO_DIR)/tokenizer/tok.ckpt --trees $(DEMO_DIR)/trees --out $(DEMO_DIR)/tokens > /dev/null
+	# jet-evolution model: pretrain on AOJ-like QCD, fine-tune on top jets, split metrics on held-out tops
+	$(BIN)/jetevo train --config configs/tree_demo.yaml --out $(DEMO_DIR)/model/pretrain --quiet \
+		--train $(DEMO_DIR)/tokens/RunG_batch0.0000.trees.parquet --val $(DEMO_DIR)/tokens/RunG_batch0.0001.trees.parquet
+	$(BIN)/jetevo train --config configs/tree_demo_finetune.yaml --out $(DEMO_DIR)/model/finetune --quiet \
+		--init-from $(DEMO_DIR)/model/pretrain/model.ckpt \
+		--train $(DEMO_DIR)/tokens/TTBar_000.0000.trees.parquet --val $(DEMO_DIR)/tokens/ZJetsToNuNu_000.0001.trees.parquet
+	$(BIN)/jetevo evaluate-splits --ckpt $(DEMO_DIR)/model/finetune/model.ckpt \
+		--tokens $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet --json $(DEMO_DIR)/model/splits.json
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py

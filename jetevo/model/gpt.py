@@ -65,12 +65,46 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = nnf.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        causal = True
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+            if k.shape[2] > t:
+                # one new position attending to everything before it and itself
+                assert t == 1, "cached attention takes one new position at a time"
+                causal = False
+        y = nnf.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+
+class KVCache:
+    """Keys and values (B, H, T, hd) of every layer for the positions fed so far.
+
+    Generation feeds one new position per step, so each step costs one position, not the
+    whole prefix; ``keep(rows)`` drops finished sequences from the batch.
+    """
+
+    def __init__(self, n_layer: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.k = [None if z is None else z.index_select(0, rows) for z in self.k]
+        self.v = [None if z is None else z.index_select(0, rows) for z in self.v]
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
 
 
 class MLP(nn.Module):
@@ -92,8 +126,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -170,17 +204,28 @@ class JetEvolutionModel(nn.Module):
         self.tokenizer_identity: str | None = None
 
     # -------------------------------------------------------------- pieces
-    def backbone(self, tokens: torch.Tensor, depth: torch.Tensor, side: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (B, T, C) of a batch of expansion sequences."""
+    def backbone(
+        self,
+        tokens: torch.Tensor,
+        depth: torch.Tensor,
+        side: torch.Tensor,
+        table: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, T, C) of a batch of expansion sequences.
+
+        With a ``cache``, ``tokens`` are the next position(s) after those already cached.
+        """
+        t0 = 0 if cache is None else cache.length
         t = tokens.shape[1]
-        if t > self.cfg.max_len:
-            raise ValueError(f"sequence of {t} positions exceeds max_len={self.cfg.max_len}")
+        if t0 + t > self.cfg.max_len:
+            raise ValueError(f"sequence of {t0 + t} positions exceeds max_len={self.cfg.max_len}")
         table = self.tokens.table() if table is None else table
-        pos = torch.arange(t, device=tokens.device)
+        pos = torch.arange(t0, t0 + t, device=tokens.device)
         x = table[tokens] + self.pos_emb(pos) + self.depth_emb(depth.clamp(max=self.cfg.max_len)) + self.side_emb(side)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
         return self.ln_f(x)
 
     def _logits(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

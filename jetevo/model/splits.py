@@ -14,8 +14,10 @@ from jetevo.model.data import Sequences, collate
 
 @torch.no_grad()
 def evaluate_splits(ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None) -> dict:
+    from jetevo.model.allocator import keep_freed_memory
     from jetevo.model.gpt import split_nll
 
+    keep_freed_memory()
     model = load_model(ckpt)
     seqs = Sequences(token_paths, model.cfg.n_codes, model.cfg.max_len)
     if seqs.tokenizer["identity"] != model.tokenizer_identity:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
+from jetevo.model.allocator import keep_freed_memory
 from jetevo.model.baselines import CountBaselines
 from jetevo.model.checkpoint import init_from as load_init, save_model
 from jetevo.model.data import Sequences, collate, token_file_info
@@ -162,7 +164,10 @@ def train(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    # Lightning's own use of a deprecated torch pytree API; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     model_cfg, tc = parse_config(cfg)
+    keep_freed_memory()
     out = ensure_writable_dir(out_dir)
     files, info = token_file_info(train_paths)
     tok = find_tokenizer(info, tokenizer, files[0])
@@ -195,12 +200,18 @@ def train(
 
     cuda = torch.cuda.is_available()
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    # under torchrun (cluster/train_slurm.sh) every process drives one device; Lightning
+    # needs the per-node count and the number of nodes to match the launcher's world
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    devices = local_world if world > 1 else tc.devices
+    num_nodes = max(1, world // max(1, local_world))
     ckpt_cb = ModelCheckpoint(dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every)
     trainer = L.Trainer(
         max_steps=tc.max_steps,
         accelerator="auto",
-        devices=tc.devices,
+        devices=devices,
+        num_nodes=num_nodes,
         strategy="ddp" if world > 1 else "auto",
         precision=precision,
         logger=_logger(tc.logger, out, log),

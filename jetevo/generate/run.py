@@ -1,0 +1,200 @@
+"""``jetevo generate``: sample whole jets as declustering trees from a trained model.
+
+Batches of jets are sampled with :func:`jetevo.generate.sampler.sample_trees`, decoded
+top-down with the model's tokenizer and written in the tree format (plus ``token``) in
+shards, atomically, with a ``summary.json`` that counts every runaway jet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jetevo.errors import InputError, JetevoError
+from jetevo.generate.assemble import NODE_COLUMNS, to_tree_columns, write_generated
+from jetevo.generate.sampler import sample_trees
+from jetevo.io.atomic import atomic_path, ensure_writable_dir
+
+
+class GenerationError(JetevoError):
+    """The model could not produce the requested number of complete trees."""
+
+
+def load_tokenizer_for(model, ckpt: Path, given: str | Path | None):
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    info = model.extra.get("tokenizer") or {}
+    path = given or info.get("path")
+    if not path or not Path(path).is_file():
+        raise InputError(ckpt, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
+    tok = Tokenizer.load(path)
+    if tok.identity != model.tokenizer_identity:
+        raise InputError(path, f"tokenizer {tok.identity} is not the one the model was trained on ({model.tokenizer_identity})")
+    return tok
+
+
+def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tuple[int, float]:
+    """Nearest root token to a jet (pT, η, mass), and the root rapidity to place it at."""
+    if not (pt > 0 and mass >= 0 and np.isfinite(eta)):
+        raise ValueError(f"root condition needs pT > 0, mass >= 0 and a finite eta, got {pt}, {eta}, {mass}")
+    pz = pt * np.sinh(eta)
+    e = np.sqrt(pt**2 + pz**2 + mass**2)
+    p = np.array([[pt, 0.0, pz, e]])
+    token = int(tokenizer.encode(p, None, np.array([False]))[0])
+    return token, float(0.5 * np.log((e + pz) / (e - pz)))
+
+
+def boost_rapidity(p: np.ndarray, dy: float) -> np.ndarray:
+    """Longitudinal boost of four-momenta (n, 4) by a rapidity shift ``dy``."""
+    if dy == 0.0:
+        return p
+    ch, sh = np.cosh(dy), np.sinh(dy)
+    out = p.copy()
+    out[:, 2] = p[:, 2] * ch + p[:, 3] * sh
+    out[:, 3] = p[:, 3] * ch + p[:, 2] * sh
+    return out
+
+
+def generate(
+    ckpt: str | Path,
+    n_jets: int,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    max_nodes: int | None = None,
+    root_tokens: list[int] | None = None,
+    root: tuple[float, float, float] | None = None,
+    tokenizer: str | Path | None = None,
+    shard_size: int = 100_000,
+    max_attempts: float = 2.0,
+    use_cache: bool = True,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
+
+    Runaway jets (stopped by ``max_nodes``) are counted and replaced by new attempts, up
+    to ``max_attempts`` x ``n_jets`` jets in all; if that is not enough, the trees made
+    so far are written, the summary says so, and :class:`GenerationError` is raised.
+    """
+    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.model.checkpoint import load_model
+
+    if n_jets < 1 or batch_size < 1:
+        raise ValueError("--n-jets and --batch-size must be positive")
+    if temperature <= 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    keep_freed_memory()
+    ckpt = Path(ckpt)
+    model = load_model(ckpt).to(device)
+    tok = load_tokenizer_for(model, ckpt, tokenizer)
+    out = ensure_writable_dir(out_dir)
+    cfg = model.cfg
+    root_y = 0.0
+    if root is not None:
+        token, root_y = root_condition_tokens(tok, *root)
+        root_tokens = [token]
+    if root_tokens is not None:
+        root_tokens = np.asarray(root_tokens, np.int64).reshape(-1)
+        if len(root_tokens) == 0 or np.any((root_tokens < 0) | (root_tokens >= cfg.n_node_tokens)):
+            raise ValueError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
+
+    generator = torch.Generator(device).manual_seed(seed)
+    settings = {"temperature": temperature, "top_k": top_k, "seed": seed, "batch_size": batch_size, "max_nodes": max_nodes, "root_tokens": None if root_tokens is None else root_tokens.tolist(), "root_rapidity": root_y}
+    meta = {"algorithm": "generated", "model": str(ckpt), "tokenizer": tok.identity, "scheme": None, **settings}
+    limit = int(np.ceil(max_attempts * n_jets))
+    written = attempted = runaway = nodes = steps = shard = 0
+    pending: list[tuple[dict, np.ndarray]] = []
+    files: list[str] = []
+    t0 = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal shard, pending
+        if not pending:
+            return
+        cols = {k: np.concatenate([c[k] for c, _ in pending]) for k in pending[0][0]}
+        counts = np.concatenate([np.diff(o) for _, o in pending])
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        path = out / f"generated.{shard:04d}.trees.parquet"
+        write_generated(cols, offsets, "generated", ckpt.name, shard * shard_size, meta, path)
+        files.append(path.name)
+        shard += 1
+        pending = []
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_jets, unit="jet", desc="generate")
+    buffered = 0
+    while written < n_jets and attempted < limit:
+        b = min(batch_size, n_jets - written, limit - attempted)
+        roots = None if root_tokens is None else np.resize(root_tokens, b)
+        trees = sample_trees(model, b, root_tokens=roots, temperature=temperature, top_k=top_k, max_nodes=max_nodes, generator=generator, use_cache=use_cache)
+        attempted += b
+        runaway += len(trees.runaway)
+        steps += trees.steps
+        if len(trees):
+            first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
+            parent = np.where(trees.parent >= 0, first + trees.parent, -1)
+            p = boost_rapidity(tok.decode_trees(trees.token, parent, trees.depth), root_y)
+            cols = to_tree_columns(trees, p)
+            # split at shard boundaries so every file holds shard_size jets (the last fewer)
+            done = 0
+            while done < len(trees):
+                take = min(len(trees) - done, shard_size - buffered)
+                pending.append(_slice(cols, trees.offsets, done, done + take))
+                buffered += take
+                done += take
+                if buffered == shard_size:
+                    flush()
+                    buffered = 0
+            written += len(trees)
+            nodes += len(trees.token)
+        if bar is not None:
+            bar.update(len(trees))
+    flush()
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {
+        "n_requested": n_jets,
+        "n_written": written,
+        "attempted": attempted,
+        "runaway": runaway,
+        "nodes": nodes,
+        "mean_nodes_per_tree": nodes / max(written, 1),
+        "seconds": round(seconds, 3),
+        "trees_per_s": round(written / seconds, 1),
+        "nodes_per_s": round(nodes / seconds, 1),
+        "device": device,
+        "files": files,
+        **settings,
+    }
+    with atomic_path(out / "summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    if written < n_jets:
+        raise GenerationError(
+            f"{out / 'summary.json'}: only {written} of {n_jets} trees complete after {attempted} attempts; "
+            f"{runaway} runaway trees hit max_nodes={max_nodes or 2 * cfg.max_len - 1}"
+        )
+    return summary
+
+
+def _slice(cols: dict, offsets: np.ndarray, a: int, b: int) -> tuple[dict, np.ndarray]:
+    lo, hi = offsets[a], offsets[b]
+    out = {}
+    for k, v in cols.items():
+        out[k] = v[lo:hi] if k in NODE_COLUMNS or k == "token" else v[a:b]
+    return out, offsets[a : b + 1] - lo

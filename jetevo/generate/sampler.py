@@ -1,0 +1,170 @@
+"""Batched tree sampling in the training order, with a KV cache.
+
+Every jet of a batch keeps its own frontier stack of pseudojets still to expand. A step
+feeds, for each unfinished jet, the node popped from its stack (at the same position
+index for all jets: every unfinished jet expands exactly one node per step), samples the
+left child, then the right child given that left child, and pushes the children whose
+tokens say *pseudojet* (right first, so the left subtree is expanded first: depth-first
+pre-order, the order the model was trained in). Leaves are never pushed, so never
+expanded; a jet ends when its stack is empty, and leaves the batch (its rows are dropped
+from the cache). A jet that would need more than ``max_nodes`` nodes (or more positions
+than the model has) is stopped and reported as runaway, never written as a tree.
+
+Nodes are stored in generation order: root first, and the two children of the node
+expanded at step s appended as nodes 2s-1 (left) and 2s (right).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from jetevo.model.gpt import SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START, JetEvolutionModel, KVCache, choose
+
+
+@dataclass
+class SampledTrees:
+    """Trees in generation order (flat over jets, ``offsets`` per jet).
+
+    ``token``; ``parent`` (local node index, -1 for the root); ``depth`` (root 0);
+    ``left``/``right`` (local child indices, -1 for leaves); ``runaway``: jets stopped by
+    the node guard, in the order they were started (their nodes are not included).
+    """
+
+    token: np.ndarray
+    parent: np.ndarray
+    depth: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    offsets: np.ndarray
+    runaway: np.ndarray
+    steps: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+@torch.no_grad()
+def sample_trees(
+    model: JetEvolutionModel,
+    n_jets: int,
+    *,
+    root_tokens: np.ndarray | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    max_nodes: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> SampledTrees:
+    """Sample ``n_jets`` trees in one batch (see the module docstring)."""
+    cfg = model.cfg
+    device = model.out_bias.device
+    k_codes = cfg.n_codes
+    cap = 2 * cfg.max_len - 1  # START + (max_len - 1) expansions
+    max_nodes = cap if max_nodes is None else min(int(max_nodes), cap)
+    b = n_jets
+    table = model.tokens.table()
+    cache = KVCache(cfg.n_layer) if use_cache else None
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return choose(logits, True, temperature, top_k, generator)[0]
+
+    # per-jet storage in generation order (jets indexed 0..b-1 throughout)
+    tok = np.full((b, max_nodes), -1, np.int64)
+    par = np.full((b, max_nodes), -1, np.int64)
+    dep = np.zeros((b, max_nodes), np.int64)
+    lft = np.full((b, max_nodes), -1, np.int64)
+    rgt = np.full((b, max_nodes), -1, np.int64)
+    n_nodes = np.ones(b, np.int64)
+    stack = np.zeros((b, max_nodes), np.int64)
+    sp = np.zeros(b, np.int64)
+    runaway = np.zeros(b, bool)
+
+    # position 0: START for every jet; its left head gives the root
+    start = torch.full((b, 1), cfg.n_node_tokens, device=device)
+    seq = {"tokens": start, "depth": torch.zeros_like(start), "side": torch.full_like(start, SIDE_START)}
+    h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache)[:, -1]
+    if root_tokens is None:
+        roots = pick(model.left_logits(h, table)).cpu().numpy()
+    else:
+        roots = np.asarray(root_tokens, np.int64).reshape(b)
+    tok[:, 0] = roots
+    pseudo = roots < k_codes
+    stack[pseudo, 0] = 0
+    sp[pseudo] = 1
+
+    rows = np.flatnonzero(sp > 0)  # jets still in the batch, in batch-row order
+    if cache is not None:
+        cache.keep(torch.as_tensor(rows, device=device))
+    seq = {k: v[torch.as_tensor(rows, device=device)] for k, v in seq.items()}
+    steps = 0
+    while len(rows):
+        steps += 1
+        sp[rows] -= 1
+        node = stack[rows, sp[rows]]
+        # inputs of this position: the node's token, depth (tree depth + 1) and side
+        t_in = tok[rows, node]
+        side = np.where(node == 0, SIDE_ROOT, np.where(lft[rows, np.maximum(par[rows, node], 0)] == node, SIDE_LEFT, SIDE_RIGHT))
+        step_in = {
+            "tokens": torch.as_tensor(t_in, device=device)[:, None],
+            "depth": torch.as_tensor(dep[rows, node] + 1, device=device)[:, None],
+            "side": torch.as_tensor(side, device=device)[:, None],
+        }
+        if cache is None:
+            seq = {k: torch.cat([seq[k], step_in[k]], 1) for k in seq}
+            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table)[:, -1]
+        else:
+            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)[:, -1]
+        left = pick(model.left_logits(h, table))
+        right = pick(model.right_logits(h, left, table))
+        left, right = left.cpu().numpy(), right.cpu().numpy()
+
+        li, ri = n_nodes[rows], n_nodes[rows] + 1
+        over = ri >= max_nodes
+        ok = ~over
+        r_ok, li, ri, node = rows[ok], li[ok], ri[ok], node[ok]
+        left, right = left[ok], right[ok]
+        tok[r_ok, li], tok[r_ok, ri] = left, right
+        par[r_ok, li] = par[r_ok, ri] = node
+        dep[r_ok, li] = dep[r_ok, ri] = dep[r_ok, node] + 1
+        lft[r_ok, node], rgt[r_ok, node] = li, ri
+        n_nodes[r_ok] += 2
+        # push right then left (left popped first: pre-order); leaves never pushed
+        push_r = right < k_codes
+        stack[r_ok[push_r], sp[r_ok[push_r]]] = ri[push_r]
+        sp[r_ok[push_r]] += 1
+        push_l = left < k_codes
+        stack[r_ok[push_l], sp[r_ok[push_l]]] = li[push_l]
+        sp[r_ok[push_l]] += 1
+
+        runaway[rows[over]] = True
+        # the next position must fit the model: a jet that still has nodes to expand
+        # at the last position is a runaway too
+        if steps + 1 >= cfg.max_len:
+            runaway[rows[sp[rows] > 0]] = True
+        alive = (~runaway[rows]) & (sp[rows] > 0)
+        if not alive.all():
+            keep = torch.as_tensor(np.flatnonzero(alive), device=device)
+            if cache is not None:
+                cache.keep(keep)
+            else:
+                seq = {k: v.index_select(0, keep) for k, v in seq.items()}
+            rows = rows[alive]
+
+    done = ~runaway
+    counts = n_nodes[done]
+    offsets = np.zeros(done.sum() + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    mask = np.arange(max_nodes)[None, :] < counts[:, None]
+    return SampledTrees(
+        token=tok[done][mask],
+        parent=par[done][mask],
+        depth=dep[done][mask],
+        left=lft[done][mask],
+        right=rgt[done][mask],
+        offsets=offsets,
+        runaway=np.flatnonzero(runaway),
+        steps=steps,
+    )
