@@ -139,6 +139,43 @@ def _evaluate_splits(args: argparse.Namespace) -> None:
     print(f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets; {args.json}")
 
 
+def _floats(text: str, n: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise ValueError(f"{what} takes {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from jetevo.generate import generate
+
+    roots = None
+    if args.root_tokens:
+        roots = [int(v) for v in _floats(args.root_tokens, len(args.root_tokens.split(",")), "--root-tokens")]
+    root = tuple(_floats(args.root, 3, "--root")) if args.root else None
+    s = generate(
+        args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
+        top_k=args.top_k, seed=args.seed, device=args.device, max_nodes=args.max_nodes,
+        root_tokens=roots, root=root, tokenizer=args.tokenizer, progress=not args.quiet,
+    )  # fmt: skip
+    print(
+        f"{s['n_written']} trees ({s['mean_nodes_per_tree']:.1f} nodes each) in {s['seconds']:.1f}s: "
+        f"{s['trees_per_s']:.1f} trees/s, {s['nodes_per_s']:.0f} nodes/s; {s['runaway']} runaway trees "
+        f"replaced; {args.out}/summary.json"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from jetevo.evaluate import evaluate, format_table
+
+    result = evaluate(args.generated, args.reference, args.out, n_resamples=args.resamples, seed=args.seed, plots=not args.no_plots)
+    print(format_table(result))
+    print(f"{result['n_generated']} generated vs {result['n_reference']} reference jets; {args.out}/metrics.json, plots in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetevo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +254,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", nargs="+", required=True)
     p.add_argument("--json", required=True)
     p.set_defaults(func=_evaluate_splits)
+
+    p = sub.add_parser("generate", help="generate jets as declustering trees from a trained model")
+    p.add_argument("--ckpt", required=True, help="model.ckpt from jetevo train")
+    p.add_argument("--n-jets", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder (tree Parquet + summary.json)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-nodes", type=int, help="stop (and count) trees that grow beyond this many nodes")
+    p.add_argument("--root-tokens", help="comma-separated root tokens, cycled over the jets")
+    p.add_argument("--root", help="PT,ETA,MASS: start every jet from the root token nearest to this jet")
+    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="compare two sets of trees on jet observables (KL, W1, floors, plots)")
+    p.add_argument("--generated", nargs="+", required=True, help="tree files or folders (e.g. jetevo generate output)")
+    p.add_argument("--reference", nargs="+", required=True, help="tree files or folders (e.g. held-out reclustered jets)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resamples", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from jetevo.errors import InputError, JetevoError
-from jetevo.generate.assemble import NODE_COLUMNS, to_tree_columns, write_generated
+from jetevo.generate.assemble import NODE_COLUMNS, decode_conserving, to_tree_columns, write_generated
 from jetevo.generate.sampler import sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 
@@ -76,10 +76,15 @@ def generate(
     shard_size: int = 100_000,
     max_attempts: float = 2.0,
     use_cache: bool = True,
+    conserve: bool = True,
     progress: bool = True,
     log=print,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
+
+    ``conserve``: decode with four-momentum conservation at every split (see
+    :func:`decode_conserving`); otherwise every node is decoded independently from its
+    token relative to its decoded parent.
 
     Runaway jets (stopped by ``max_nodes``) are counted and replaced by new attempts, up
     to ``max_attempts`` x ``n_jets`` jets in all; if that is not enough, the trees made
@@ -110,7 +115,7 @@ def generate(
             raise ValueError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
 
     generator = torch.Generator(device).manual_seed(seed)
-    settings = {"temperature": temperature, "top_k": top_k, "seed": seed, "batch_size": batch_size, "max_nodes": max_nodes, "root_tokens": None if root_tokens is None else root_tokens.tolist(), "root_rapidity": root_y}
+    settings = {"conserve": conserve, "temperature": temperature, "top_k": top_k, "seed": seed, "batch_size": batch_size, "max_nodes": max_nodes, "root_tokens": None if root_tokens is None else root_tokens.tolist(), "root_rapidity": root_y}
     meta = {"algorithm": "generated", "model": str(ckpt), "tokenizer": tok.identity, "scheme": None, **settings}
     limit = int(np.ceil(max_attempts * n_jets))
     written = attempted = runaway = nodes = steps = shard = 0
@@ -146,9 +151,13 @@ def generate(
         runaway += len(trees.runaway)
         steps += trees.steps
         if len(trees):
-            first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
-            parent = np.where(trees.parent >= 0, first + trees.parent, -1)
-            p = boost_rapidity(tok.decode_trees(trees.token, parent, trees.depth), root_y)
+            if conserve:
+                p = decode_conserving(tok, trees)
+            else:
+                first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
+                parent = np.where(trees.parent >= 0, first + trees.parent, -1)
+                p = tok.decode_trees(trees.token, parent, trees.depth)
+            p = boost_rapidity(p, root_y)
             cols = to_tree_columns(trees, p)
             # split at shard boundaries so every file holds shard_size jets (the last fewer)
             done = 0
