@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 DEMO_JETS ?= 1000
+DEMO_GEN_JETS ?= 1000
 WORKERS ?= 2
 
 .PHONY: venv test lint demo bench clean
@@ -48,10 +49,17 @@ demo: $(STAMP)
 		--train $(DEMO_DIR)/tokens/TTBar_000.0000.trees.parquet --val $(DEMO_DIR)/tokens/ZJetsToNuNu_000.0001.trees.parquet
 	$(BIN)/jetevo evaluate-splits --ckpt $(DEMO_DIR)/model/finetune/model.ckpt \
 		--tokens $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet --json $(DEMO_DIR)/model/splits.json
+	# generation: top jets from the fine-tuned model, compared with the held-out simulated tops
+	$(BIN)/jetevo generate --ckpt $(DEMO_DIR)/model/finetune/model.ckpt --n-jets $(DEMO_GEN_JETS) --seed 1 \
+		--out $(DEMO_DIR)/generated --quiet
+	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
+		--out $(DEMO_DIR)/evaluate
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py
 	$(BIN)/python scripts/bench_tokenizer.py
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_generate.py
 
 clean:
 	rm -rf $(DEMO_DIR) bench_out .pytest_cache

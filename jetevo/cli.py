@@ -121,8 +121,17 @@ def _train(args: argparse.Namespace) -> None:
     from jetevo.config import load_config
     from jetevo.model.train import train
 
-    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
-    train(load_config(args.config, overrides), args.train, args.val, args.out, tokenizer=args.tokenizer, progress=not args.quiet)
+    overrides = list(args.overrides) + (
+        [f"train.init_from={args.init_from}"] if args.init_from else []
+    )
+    train(
+        load_config(args.config, overrides),
+        args.train,
+        args.val,
+        args.out,
+        tokenizer=args.tokenizer,
+        progress=not args.quiet,
+    )
 
 
 def _evaluate_splits(args: argparse.Namespace) -> None:
@@ -134,9 +143,15 @@ def _evaluate_splits(args: argparse.Namespace) -> None:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'':<8} {'nll':>8} {'top1':>7} {'top5':>7}")
     print(f"{'model':<8} {result['nll']:>8.3f} {result['top1']:>7.3f} {result['top5']:>7.3f}")
-    print(f"{'bigram':<8} {result['bigram_nll']:>8.3f} {result['bigram_top1']:>7.3f} {result['bigram_top5']:>7.3f}")
-    print(f"{'unigram':<8} {result['unigram_nll']:>8.3f} {result['unigram_top1']:>7.3f} {result['unigram_top5']:>7.3f}")
-    print(f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets; {args.json}")
+    print(
+        f"{'bigram':<8} {result['bigram_nll']:>8.3f} {result['bigram_top1']:>7.3f} {result['bigram_top5']:>7.3f}"
+    )
+    print(
+        f"{'unigram':<8} {result['unigram_nll']:>8.3f} {result['unigram_top1']:>7.3f} {result['unigram_top5']:>7.3f}"
+    )
+    print(
+        f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets; {args.json}"
+    )
 
 
 def _floats(text: str, n: int, what: str) -> list[float]:
@@ -154,7 +169,10 @@ def _generate(args: argparse.Namespace) -> None:
 
     roots = None
     if args.root_tokens:
-        roots = [int(v) for v in _floats(args.root_tokens, len(args.root_tokens.split(",")), "--root-tokens")]
+        roots = [
+            int(v)
+            for v in _floats(args.root_tokens, len(args.root_tokens.split(",")), "--root-tokens")
+        ]
     root = tuple(_floats(args.root, 3, "--root")) if args.root else None
     s = generate(
         args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
@@ -171,9 +189,18 @@ def _generate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from jetevo.evaluate import evaluate, format_table
 
-    result = evaluate(args.generated, args.reference, args.out, n_resamples=args.resamples, seed=args.seed, plots=not args.no_plots)
+    result = evaluate(
+        args.generated,
+        args.reference,
+        args.out,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        plots=not args.no_plots,
+    )
     print(format_table(result))
-    print(f"{result['n_generated']} generated vs {result['n_reference']} reference jets; {args.out}/metrics.json, plots in {args.out}")
+    print(
+        f"{result['n_generated']} generated vs {result['n_reference']} reference jets; {args.out}/metrics.json, plots in {args.out}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,12 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", nargs="+", required=True)
     p.add_argument("--out", required=True, help="run folder (resumed if it holds a run)")
     p.add_argument("--init-from", help="pretrained model.ckpt (same as train.init_from=...)")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the path stored in the token files)")
+    p.add_argument(
+        "--tokenizer", help="tokenizer checkpoint (default: the path stored in the token files)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides like train.max_steps=200")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate-splits", help="held-out split NLL/top-k of a model and its count baselines")
+    p = sub.add_parser(
+        "evaluate-splits", help="held-out split NLL/top-k of a model and its count baselines"
+    )
     p.add_argument("--ckpt", required=True)
     p.add_argument("--tokens", nargs="+", required=True)
     p.add_argument("--json", required=True)
@@ -264,16 +295,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--max-nodes", type=int, help="stop (and count) trees that grow beyond this many nodes")
+    p.add_argument(
+        "--max-nodes", type=int, help="stop (and count) trees that grow beyond this many nodes"
+    )
     p.add_argument("--root-tokens", help="comma-separated root tokens, cycled over the jets")
-    p.add_argument("--root", help="PT,ETA,MASS: start every jet from the root token nearest to this jet")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)")
+    p.add_argument(
+        "--root", help="PT,ETA,MASS: start every jet from the root token nearest to this jet"
+    )
+    p.add_argument(
+        "--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("evaluate", help="compare two sets of trees on jet observables (KL, W1, floors, plots)")
-    p.add_argument("--generated", nargs="+", required=True, help="tree files or folders (e.g. jetevo generate output)")
-    p.add_argument("--reference", nargs="+", required=True, help="tree files or folders (e.g. held-out reclustered jets)")
+    p = sub.add_parser(
+        "evaluate", help="compare two sets of trees on jet observables (KL, W1, floors, plots)"
+    )
+    p.add_argument(
+        "--generated",
+        nargs="+",
+        required=True,
+        help="tree files or folders (e.g. jetevo generate output)",
+    )
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        required=True,
+        help="tree files or folders (e.g. held-out reclustered jets)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--resamples", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

@@ -24,7 +24,10 @@ def step_flops(model, batch: int, seq: int, permutation_min: bool) -> float:
     cfg = model.cfg
     c, v, n_layer = cfg.n_embd, cfg.n_node_tokens, cfg.n_layer
     table_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("tokens."))
-    emb = sum(p.numel() for n, p in model.named_parameters() if n.endswith("_emb.weight")) + table_params
+    emb = (
+        sum(p.numel() for n, p in model.named_parameters() if n.endswith("_emb.weight"))
+        + table_params
+    )
     dense = sum(p.numel() for p in model.parameters()) - emb - model.out_bias.numel()
     positions = batch * seq
     per_position = 6 * dense + 12 * n_layer * seq * c + (3 if permutation_min else 2) * 6 * c * v
@@ -38,11 +41,18 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--size", choices=("demo", "default"), default=None, help="demo: 2x64 (CPU default); default: 3x256 (GPU default)")
+    ap.add_argument(
+        "--size",
+        choices=("demo", "default"),
+        default=None,
+        help="demo: 2x64 (CPU default); default: 3x256 (GPU default)",
+    )
     ap.add_argument("--n-layer", type=int)
     ap.add_argument("--n-codes", type=int, default=8192)
     ap.add_argument("--batch", type=int)
-    ap.add_argument("--seq-len", type=int, default=64, help="positions per jet (~ constituents of a top jet)")
+    ap.add_argument(
+        "--seq-len", type=int, default=64, help="positions per jet (~ constituents of a top jet)"
+    )
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
@@ -52,7 +62,10 @@ def main() -> None:
     keep_freed_memory()
     cuda = args.device.startswith("cuda")
     size = args.size or ("default" if cuda else "demo")
-    dims = {"demo": {"n_layer": 2, "n_head": 4, "n_embd": 64}, "default": {"n_layer": 3, "n_head": 8, "n_embd": 256}}[size]
+    dims = {
+        "demo": {"n_layer": 2, "n_head": 4, "n_embd": 64},
+        "default": {"n_layer": 3, "n_head": 8, "n_embd": 256},
+    }[size]
     if args.n_layer:
         dims["n_layer"] = args.n_layer
     batch = args.batch or (256 if cuda else 16)
@@ -72,7 +85,16 @@ def main() -> None:
     left = torch.randint(0, v, (batch, t), generator=g)
     right = torch.randint(0, v, (batch, t), generator=g)
     right[:, 0] = -100
-    b = {k: x.to(args.device) for k, x in {"tokens": tokens, "depth": depth, "side": side, "left": left, "right": right}.items()}
+    b = {
+        k: x.to(args.device)
+        for k, x in {
+            "tokens": tokens,
+            "depth": depth,
+            "side": side,
+            "left": left,
+            "right": right,
+        }.items()
+    }
     loss_fn = torch.compile(split_nll) if args.compile else split_nll
 
     def step() -> None:
@@ -97,8 +119,14 @@ def main() -> None:
     children = positions * 2 - batch
     flops = step_flops(model, batch, t, perm)
     result = {
-        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "model": {**dims, "n_codes": args.n_codes, "parameters": sum(p.numel() for p in model.parameters())},
+        "device": torch.cuda.get_device_name()
+        if cuda
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "model": {
+            **dims,
+            "n_codes": args.n_codes,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "batch": batch,
         "seq_len": t,
         "permutation_min": perm,

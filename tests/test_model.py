@@ -61,7 +61,9 @@ def test_causality_both_heads(tiny_tokenizer, token_dir):
         right = model.right_logits(h, batch["left"].clamp(min=0))
         for k in range(1, t - 1):
             perturbed = batch["tokens"].clone()
-            perturbed[:, k + 1 :] = torch.from_numpy(rng.integers(0, 2 * N_CODES, size=(4, t - k - 1)))
+            perturbed[:, k + 1 :] = torch.from_numpy(
+                rng.integers(0, 2 * N_CODES, size=(4, t - k - 1))
+            )
             # targets at position k are children of node k: they only ever appear at positions > k
             h2 = model.backbone(perturbed, batch["depth"], batch["side"])
             assert torch.allclose(model.left_logits(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
@@ -83,10 +85,15 @@ def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_d
         # recompute the swapped loss independently
         valid = batch["left"] != IGNORE
         h = model.backbone(batch["tokens"], batch["depth"], batch["side"])[valid]
-        l, r = batch["left"][valid], batch["right"][valid]
-        has_r = r != IGNORE
+        lt, rt = batch["left"][valid], batch["right"][valid]
+        has_r = rt != IGNORE
         lg = torch.log_softmax(model.left_logits(h), -1)
-        sw = -(lg[has_r].gather(1, r[has_r, None])[:, 0] + torch.log_softmax(model.right_logits(h[has_r], r[has_r]), -1).gather(1, l[has_r, None])[:, 0])
+        sw = -(
+            lg[has_r].gather(1, rt[has_r, None])[:, 0]
+            + torch.log_softmax(model.right_logits(h[has_r], rt[has_r]), -1).gather(
+                1, lt[has_r, None]
+            )[:, 0]
+        )
         worse = sw >= plain[has_r]
         assert worse.any() and torch.allclose(pm[has_r][worse], plain[has_r][worse])
         assert torch.allclose(pm[has_r][~worse], sw[~worse], atol=1e-5)
@@ -179,7 +186,11 @@ def test_predict_and_decode(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer).eval()
     parents = torch.tensor([3, 5, 7])
     greedy = model.predict(parents)
-    assert greedy["left"].shape == (3,) and torch.all(greedy["p_left"] > 0) and torch.all(greedy["p_left"] <= 1)
+    assert (
+        greedy["left"].shape == (3,)
+        and torch.all(greedy["p_left"] > 0)
+        and torch.all(greedy["p_left"] <= 1)
+    )
     g = torch.Generator().manual_seed(0)
     s1 = model.predict(parents, sample=True, top_k=5, generator=g)
     g = torch.Generator().manual_seed(0)
@@ -198,18 +209,76 @@ def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):
         "train: {max_steps: 4, batch_size: 8, val_every: 2, val_batches: 2, warmup_steps: 1}\n"
     )
     run = tmp_path / "pre"
-    assert main(["train", "--config", str(cfg), "--train", str(token_dir), "--val", str(token_dir), "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--train",
+                str(token_dir),
+                "--val",
+                str(token_dir),
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (run / "model.ckpt").exists()
     ft = tmp_path / "ft"
-    args = ["train", "--config", str(cfg), "--train", str(token_dir), "--val", str(token_dir), "--out", str(ft), "--quiet"]
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        "--train",
+        str(token_dir),
+        "--val",
+        str(token_dir),
+        "--out",
+        str(ft),
+        "--quiet",
+    ]
     assert main([*args, "--init-from", str(run / "model.ckpt"), "train.init_heads=reinit"]) == 0
     state = torch.load(ft / "model.ckpt", weights_only=False)
-    assert state["train"]["init_from"] == str(run / "model.ckpt") and "left_head.weight" in state["train"]["init_keys"]["missing"]
+    assert (
+        state["train"]["init_from"] == str(run / "model.ckpt")
+        and "left_head.weight" in state["train"]["init_keys"]["missing"]
+    )
     out_json = tmp_path / "splits.json"
-    assert main(["evaluate-splits", "--ckpt", str(ft / "model.ckpt"), "--tokens", str(token_dir), "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "evaluate-splits",
+                "--ckpt",
+                str(ft / "model.ckpt"),
+                "--tokens",
+                str(token_dir),
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out_json.read_text())
     for key in ("nll", "top1", "top5", "unigram_nll", "bigram_nll"):
         assert np.isfinite(result[key])
     capsys.readouterr()
-    assert main(["train", "--config", str(cfg), "--train", str(tmp_path / "nope"), "--val", str(token_dir), "--out", str(ft)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--train",
+                str(tmp_path / "nope"),
+                "--val",
+                str(token_dir),
+                "--out",
+                str(ft),
+            ]
+        )
+        == 2
+    )
     assert "nope" in capsys.readouterr().err

@@ -44,16 +44,36 @@ def binned_kl(p_sample: np.ndarray, q_sample: np.ndarray, edges: np.ndarray) -> 
     return float(np.sum(p * np.log(p / q)))
 
 
-def compare(generated: np.ndarray, reference: np.ndarray, n_resamples: int = 5, rng: np.random.Generator | None = None, n_bins: int = N_BINS) -> dict:
+def compare(
+    generated: np.ndarray,
+    reference: np.ndarray,
+    n_resamples: int = 5,
+    rng: np.random.Generator | None = None,
+    n_bins: int = N_BINS,
+) -> dict:
     """Metrics of one observable (see the module docstring)."""
     rng = rng or np.random.default_rng(0)
     g_all, r_all = np.asarray(generated, np.float64), np.asarray(reference, np.float64)
     g, r = g_all[np.isfinite(g_all)], r_all[np.isfinite(r_all)]
-    out = {"n_nonfinite_generated": int(len(g_all) - len(g)), "n_nonfinite_reference": int(len(r_all) - len(r))}
+    out = {
+        "n_nonfinite_generated": int(len(g_all) - len(g)),
+        "n_nonfinite_reference": int(len(r_all) - len(r)),
+    }
     m = min(len(g), len(r) // 2)
     if m < 2:
         nan = float("nan")
-        return {**out, "w1": nan, "w1_std": nan, "kl": nan, "kl_std": nan, "w1_floor": nan, "w1_floor_std": nan, "kl_floor": nan, "kl_floor_std": nan, "n_per_sample": m}
+        return {
+            **out,
+            "w1": nan,
+            "w1_std": nan,
+            "kl": nan,
+            "kl_std": nan,
+            "w1_floor": nan,
+            "w1_floor_std": nan,
+            "kl_floor": nan,
+            "kl_floor_std": nan,
+            "n_per_sample": m,
+        }
     vals: dict[str, list[float]] = {"w1": [], "kl": [], "w1_floor": [], "kl_floor": []}
     for _ in range(n_resamples):
         gs = rng.choice(g, m, replace=False)

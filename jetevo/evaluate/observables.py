@@ -23,7 +23,19 @@ import numpy as np
 
 from jetevo.errors import InputError
 
-OBSERVABLES = ("pt", "mass", "multiplicity", "tau21", "tau32", "d2", "depth", "n_internal", "n_primary", "zg", "rg")
+OBSERVABLES = (
+    "pt",
+    "mass",
+    "multiplicity",
+    "tau21",
+    "tau32",
+    "d2",
+    "depth",
+    "n_internal",
+    "n_primary",
+    "zg",
+    "rg",
+)
 R0 = 0.8
 ZCUT = 0.1
 CHUNK = 20_000
@@ -31,7 +43,9 @@ CHUNK = 20_000
 
 def _constituents(trees: ak.Array) -> ak.Array:
     leaf = trees["left"] < 0
-    return ak.zip({k: ak.values_astype(trees[k][leaf], np.float64) for k in ("px", "py", "pz", "E")})
+    return ak.zip(
+        {k: ak.values_astype(trees[k][leaf], np.float64) for k in ("px", "py", "pz", "E")}
+    )
 
 
 def leaf_observables(trees: ak.Array) -> dict[str, np.ndarray]:
@@ -51,7 +65,11 @@ def leaf_observables(trees: ak.Array) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["tau21"] = np.where(tau[:, 0] > 0, tau[:, 1] / tau[:, 0], np.nan)
         out["tau32"] = np.where(tau[:, 1] > 0, tau[:, 2] / tau[:, 1], np.nan)
-    d2 = ak.to_numpy(cs.exclusive_jets_energy_correlator(njets=1, func="D2", beta=1)).astype(np.float64).reshape(-1)
+    d2 = (
+        ak.to_numpy(cs.exclusive_jets_energy_correlator(njets=1, func="D2", beta=1))
+        .astype(np.float64)
+        .reshape(-1)
+    )
     out["d2"] = np.where(n >= 3, d2, np.nan)
     return out
 
@@ -105,7 +123,10 @@ def tree_observables(trees: ak.Array) -> tuple[dict[str, np.ndarray], np.ndarray
     counts = ak.to_numpy(ak.num(trees["left"], axis=1)).astype(np.int64)
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    flat = {k: ak.to_numpy(ak.flatten(trees[k])) for k in ("px", "py", "pz", "E", "left", "right", "depth")}
+    flat = {
+        k: ak.to_numpy(ak.flatten(trees[k]))
+        for k in ("px", "py", "pz", "E", "left", "right", "depth")
+    }
     p = [flat[k].astype(np.float64) for k in ("px", "py", "pz", "E")]
     lund = np.empty((len(flat["left"]), 2))
     lund_jet = np.empty(len(flat["left"]), np.int64)

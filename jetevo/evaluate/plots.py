@@ -53,21 +53,29 @@ def histograms(gen: dict, ref: dict, out: Path) -> list[Path]:
             continue
         lo, hi = np.quantile(np.concatenate([g, r]), [0.001, 0.999])
         if name in ("multiplicity", "depth", "n_internal", "n_primary"):
-            edges = np.arange(np.floor(lo) - 0.5, np.ceil(hi) + 1.5, max(1.0, np.ceil((hi - lo) / 40)))
+            edges = np.arange(
+                np.floor(lo) - 0.5, np.ceil(hi) + 1.5, max(1.0, np.ceil((hi - lo) / 40))
+            )
         else:
             edges = np.linspace(lo, hi if hi > lo else lo + 1, 31)
         hg, _ = np.histogram(g, edges)
         hr, _ = np.histogram(r, edges)
         width = np.diff(edges)
         dg, dr = hg / max(hg.sum(), 1) / width, hr / max(hr.sum(), 1) / width
-        fig, (ax, rax) = plt.subplots(2, 1, figsize=(8, 8), gridspec_kw={"height_ratios": (3, 1)}, sharex=True)
+        fig, (ax, rax) = plt.subplots(
+            2, 1, figsize=(8, 8), gridspec_kw={"height_ratios": (3, 1)}, sharex=True
+        )
         mplhep.histplot(dr, edges, ax=ax, label=f"reference ({len(r)})", color="k")
         mplhep.histplot(dg, edges, ax=ax, label=f"generated ({len(g)})", color="tab:red")
         ax.set_ylabel("normalised")
         ax.legend(fontsize=14)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(hr > 0, dg / dr, np.nan)
-            err = np.where((hr > 0) & (hg > 0), ratio * np.sqrt(1 / np.maximum(hg, 1) + 1 / np.maximum(hr, 1)), np.nan)
+            err = np.where(
+                (hr > 0) & (hg > 0),
+                ratio * np.sqrt(1 / np.maximum(hg, 1) + 1 / np.maximum(hr, 1)),
+                np.nan,
+            )
         centers = 0.5 * (edges[1:] + edges[:-1])
         rax.errorbar(centers, ratio, yerr=err, fmt="o", color="tab:red", ms=4)
         rax.axhline(1.0, color="k", lw=1)
@@ -81,10 +89,14 @@ def histograms(gen: dict, ref: dict, out: Path) -> list[Path]:
     return paths
 
 
-def lund_planes(gen_points: np.ndarray, n_gen: int, ref_points: np.ndarray, n_ref: int, out: Path) -> Path:
+def lund_planes(
+    gen_points: np.ndarray, n_gen: int, ref_points: np.ndarray, n_ref: int, out: Path
+) -> Path:
     """Primary Lund-plane density per jet: generated, reference, and their ratio."""
     plt = _style()
-    hg, xe, ye = np.histogram2d(gen_points[:, 0], gen_points[:, 1], bins=LUND_BINS, range=LUND_RANGE)
+    hg, xe, ye = np.histogram2d(
+        gen_points[:, 0], gen_points[:, 1], bins=LUND_BINS, range=LUND_RANGE
+    )
     hr, _, _ = np.histogram2d(ref_points[:, 0], ref_points[:, 1], bins=LUND_BINS, range=LUND_RANGE)
     area = np.diff(xe)[0] * np.diff(ye)[0]
     dg, dr = hg / max(n_gen, 1) / area, hr / max(n_ref, 1) / area

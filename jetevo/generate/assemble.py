@@ -22,7 +22,9 @@ from jetevo.trees.format import list_column, non_nullable_table, write_table
 
 
 @numba.njit(cache=True)
-def _preorder(left, right, pt, offsets, out_order, out_left, out_right, out_parent, out_depth, out_leaf):
+def _preorder(
+    left, right, pt, offsets, out_order, out_left, out_right, out_parent, out_depth, out_leaf
+):
     """Per jet: DFS from the root, larger-pT child first; fills the output arrays (local
     indices) and ``out_order`` (the generation-order node at each output slot)."""
     n_jets = len(offsets) - 1
@@ -36,7 +38,6 @@ def _preorder(left, right, pt, offsets, out_order, out_left, out_right, out_pare
     leaf_slot = np.empty(max_n, np.int64)
     for j in range(n_jets):
         a = offsets[j]
-        n = offsets[j + 1] - a
         top = 0
         stack[0] = 0
         stack_parent[0] = -1
@@ -114,7 +115,15 @@ def to_tree_columns(trees: SampledTrees, p: np.ndarray) -> dict[str, np.ndarray]
 NODE_COLUMNS = ("px", "py", "pz", "E", "left", "right", "parent", "depth", "leaf_index")
 
 
-def write_generated(columns: dict[str, np.ndarray], offsets: np.ndarray, label: str, source: str, entry0: int, metadata: dict, path) -> None:
+def write_generated(
+    columns: dict[str, np.ndarray],
+    offsets: np.ndarray,
+    label: str,
+    source: str,
+    entry0: int,
+    metadata: dict,
+    path,
+) -> None:
     """Write one Parquet file of generated trees (atomically)."""
     n_jets = len(offsets) - 1
     cols: dict[str, pa.Array] = {k: list_column(columns[k], offsets) for k in NODE_COLUMNS}
@@ -127,7 +136,9 @@ def write_generated(columns: dict[str, np.ndarray], offsets: np.ndarray, label: 
     write_table(non_nullable_table(cols, {"jetevo": json.dumps(metadata)}), path)
 
 
-def decode_conserving(tokenizer, trees: SampledTrees, root_context: np.ndarray | None = None) -> np.ndarray:
+def decode_conserving(
+    tokenizer, trees: SampledTrees, root_context: np.ndarray | None = None
+) -> np.ndarray:
     """Four-momenta of generated nodes, top-down, with four-momentum conservation.
 
     Each pair of children is decoded from its tokens relative to the (already decoded)
@@ -145,7 +156,9 @@ def decode_conserving(tokenizer, trees: SampledTrees, root_context: np.ndarray |
     f = tokenizer.features_from_codes(tokenizer.vocab.code(trees.token))
     p = np.zeros((len(f), 4))
     roots = off[:-1]
-    ctx = np.column_stack([np.full(len(roots), F.ROOT_PT_REF), np.zeros(len(roots)), np.zeros(len(roots))])
+    ctx = np.column_stack(
+        [np.full(len(roots), F.ROOT_PT_REF), np.zeros(len(roots)), np.zeros(len(roots))]
+    )
     p[roots] = F.invert(f[roots], ctx)
     internal = np.flatnonzero(trees.left >= 0)
     depth = trees.depth

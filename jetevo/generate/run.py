@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from jetevo.errors import InputError, JetevoError
-from jetevo.generate.assemble import NODE_COLUMNS, decode_conserving, to_tree_columns, write_generated
+from jetevo.generate.assemble import (
+    NODE_COLUMNS,
+    decode_conserving,
+    to_tree_columns,
+    write_generated,
+)
 from jetevo.generate.sampler import sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 
@@ -33,14 +38,19 @@ def load_tokenizer_for(model, ckpt: Path, given: str | Path | None):
         raise InputError(ckpt, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
     tok = Tokenizer.load(path)
     if tok.identity != model.tokenizer_identity:
-        raise InputError(path, f"tokenizer {tok.identity} is not the one the model was trained on ({model.tokenizer_identity})")
+        raise InputError(
+            path,
+            f"tokenizer {tok.identity} is not the one the model was trained on ({model.tokenizer_identity})",
+        )
     return tok
 
 
 def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tuple[int, float]:
     """Nearest root token to a jet (pT, η, mass), and the root rapidity to place it at."""
     if not (pt > 0 and mass >= 0 and np.isfinite(eta)):
-        raise ValueError(f"root condition needs pT > 0, mass >= 0 and a finite eta, got {pt}, {eta}, {mass}")
+        raise ValueError(
+            f"root condition needs pT > 0, mass >= 0 and a finite eta, got {pt}, {eta}, {mass}"
+        )
     pz = pt * np.sinh(eta)
     e = np.sqrt(pt**2 + pz**2 + mass**2)
     p = np.array([[pt, 0.0, pz, e]])
@@ -115,8 +125,23 @@ def generate(
             raise ValueError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
 
     generator = torch.Generator(device).manual_seed(seed)
-    settings = {"conserve": conserve, "temperature": temperature, "top_k": top_k, "seed": seed, "batch_size": batch_size, "max_nodes": max_nodes, "root_tokens": None if root_tokens is None else root_tokens.tolist(), "root_rapidity": root_y}
-    meta = {"algorithm": "generated", "model": str(ckpt), "tokenizer": tok.identity, "scheme": None, **settings}
+    settings = {
+        "conserve": conserve,
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_nodes": max_nodes,
+        "root_tokens": None if root_tokens is None else root_tokens.tolist(),
+        "root_rapidity": root_y,
+    }
+    meta = {
+        "algorithm": "generated",
+        "model": str(ckpt),
+        "tokenizer": tok.identity,
+        "scheme": None,
+        **settings,
+    }
     limit = int(np.ceil(max_attempts * n_jets))
     written = attempted = runaway = nodes = steps = shard = 0
     pending: list[tuple[dict, np.ndarray]] = []
@@ -146,7 +171,16 @@ def generate(
     while written < n_jets and attempted < limit:
         b = min(batch_size, n_jets - written, limit - attempted)
         roots = None if root_tokens is None else np.resize(root_tokens, b)
-        trees = sample_trees(model, b, root_tokens=roots, temperature=temperature, top_k=top_k, max_nodes=max_nodes, generator=generator, use_cache=use_cache)
+        trees = sample_trees(
+            model,
+            b,
+            root_tokens=roots,
+            temperature=temperature,
+            top_k=top_k,
+            max_nodes=max_nodes,
+            generator=generator,
+            use_cache=use_cache,
+        )
         attempted += b
         runaway += len(trees.runaway)
         steps += trees.steps

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jetevo.model.gpt import SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START, JetEvolutionModel, KVCache, choose
+from jetevo.model.gpt import (
+    SIDE_LEFT,
+    SIDE_RIGHT,
+    SIDE_ROOT,
+    SIDE_START,
+    JetEvolutionModel,
+    KVCache,
+    choose,
+)
 
 
 @dataclass
@@ -84,7 +92,11 @@ def sample_trees(
 
     # position 0: START for every jet; its left head gives the root
     start = torch.full((b, 1), cfg.n_node_tokens, device=device)
-    seq = {"tokens": start, "depth": torch.zeros_like(start), "side": torch.full_like(start, SIDE_START)}
+    seq = {
+        "tokens": start,
+        "depth": torch.zeros_like(start),
+        "side": torch.full_like(start, SIDE_START),
+    }
     h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache)[:, -1]
     if root_tokens is None:
         roots = pick(model.left_logits(h, table)).cpu().numpy()
@@ -106,7 +118,11 @@ def sample_trees(
         node = stack[rows, sp[rows]]
         # inputs of this position: the node's token, depth (tree depth + 1) and side
         t_in = tok[rows, node]
-        side = np.where(node == 0, SIDE_ROOT, np.where(lft[rows, np.maximum(par[rows, node], 0)] == node, SIDE_LEFT, SIDE_RIGHT))
+        side = np.where(
+            node == 0,
+            SIDE_ROOT,
+            np.where(lft[rows, np.maximum(par[rows, node], 0)] == node, SIDE_LEFT, SIDE_RIGHT),
+        )
         step_in = {
             "tokens": torch.as_tensor(t_in, device=device)[:, None],
             "depth": torch.as_tensor(dep[rows, node] + 1, device=device)[:, None],
@@ -116,7 +132,9 @@ def sample_trees(
             seq = {k: torch.cat([seq[k], step_in[k]], 1) for k in seq}
             h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table)[:, -1]
         else:
-            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)[:, -1]
+            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)[
+                :, -1
+            ]
         left = pick(model.left_logits(h, table))
         right = pick(model.right_logits(h, left, table))
         left, right = left.cpu().numpy(), right.cpu().numpy()

@@ -28,6 +28,13 @@ def keep_freed_memory(limit_bytes: int = 2**31 - 1) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = all(mallopt(opt, val) == 1 for opt, val in ((M_MMAP_THRESHOLD, limit_bytes), (M_TRIM_THRESHOLD, limit_bytes), (M_TOP_PAD, 1 << 28)))
+    ok = all(
+        mallopt(opt, val) == 1
+        for opt, val in (
+            (M_MMAP_THRESHOLD, limit_bytes),
+            (M_TRIM_THRESHOLD, limit_bytes),
+            (M_TOP_PAD, 1 << 28),
+        )
+    )
     _done = ok
     return ok

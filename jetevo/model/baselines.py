@@ -16,7 +16,14 @@ LAMBDAS = np.linspace(0.0, 0.98, 50)
 
 
 class CountBaselines:
-    def __init__(self, n_node_tokens: int, vocab_size: int, unigram: np.ndarray, bigram: sparse.csr_matrix, lam: float):
+    def __init__(
+        self,
+        n_node_tokens: int,
+        vocab_size: int,
+        unigram: np.ndarray,
+        bigram: sparse.csr_matrix,
+        lam: float,
+    ):
         self.n_node_tokens, self.vocab_size = n_node_tokens, vocab_size
         self.unigram = unigram
         self.bigram = bigram
@@ -24,7 +31,14 @@ class CountBaselines:
         self.lam = lam
 
     @classmethod
-    def fit(cls, parents: np.ndarray, children: np.ndarray, n_node_tokens: int, vocab_size: int, seed: int = 0) -> CountBaselines:
+    def fit(
+        cls,
+        parents: np.ndarray,
+        children: np.ndarray,
+        n_node_tokens: int,
+        vocab_size: int,
+        seed: int = 0,
+    ) -> CountBaselines:
         rng = np.random.default_rng(seed)
         held = rng.random(len(parents)) < 0.1
         part = cls._counts(parents[~held], children[~held], n_node_tokens, vocab_size, 0.5)
@@ -35,11 +49,15 @@ class CountBaselines:
     @classmethod
     def _counts(cls, parents, children, n_node_tokens, vocab_size, lam) -> CountBaselines:
         uni = np.bincount(children, minlength=n_node_tokens).astype(np.float64) + 1.0
-        big = sparse.csr_matrix((np.ones(len(parents)), (parents, children)), shape=(vocab_size, n_node_tokens))
+        big = sparse.csr_matrix(
+            (np.ones(len(parents)), (parents, children)), shape=(vocab_size, n_node_tokens)
+        )
         big.sum_duplicates()
         return cls(n_node_tokens, vocab_size, uni / uni.sum(), big, lam)
 
-    def nll(self, parents: np.ndarray, children: np.ndarray, lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def nll(
+        self, parents: np.ndarray, children: np.ndarray, lam: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(unigram NLL, bigram NLL) per child, in nats."""
         lam = self.lam if lam is None else lam
         p_uni = self.unigram[children]
@@ -81,5 +99,10 @@ class CountBaselines:
 
     @classmethod
     def from_state(cls, s: dict) -> CountBaselines:
-        big = sparse.csr_matrix((s["counts"].astype(np.float64), (s["rows"], s["cols"])), shape=(s["vocab_size"], s["n_node_tokens"]))
-        return cls(s["n_node_tokens"], s["vocab_size"], np.asarray(s["unigram"]), big, float(s["lam"]))
+        big = sparse.csr_matrix(
+            (s["counts"].astype(np.float64), (s["rows"], s["cols"])),
+            shape=(s["vocab_size"], s["n_node_tokens"]),
+        )
+        return cls(
+            s["n_node_tokens"], s["vocab_size"], np.asarray(s["unigram"]), big, float(s["lam"])
+        )

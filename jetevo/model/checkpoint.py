@@ -55,15 +55,23 @@ def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -
     state = read_state(path)
     cfg = state["config"]
     if cfg["n_codes"] != model.cfg.n_codes:
-        raise InputError(path, f"pretrained model has a vocabulary of {2 * cfg['n_codes'] + 3} tokens, this one {model.cfg.vocab_size}")
+        raise InputError(
+            path,
+            f"pretrained model has a vocabulary of {2 * cfg['n_codes'] + 3} tokens, this one {model.cfg.vocab_size}",
+        )
     if model.tokenizer_identity and state.get("tokenizer_identity") != model.tokenizer_identity:
-        raise InputError(path, f"pretrained on tokenizer {state.get('tokenizer_identity')}, these tokens come from {model.tokenizer_identity}")
+        raise InputError(
+            path,
+            f"pretrained on tokenizer {state.get('tokenizer_identity')}, these tokens come from {model.tokenizer_identity}",
+        )
     weights = state["state_dict"]
     if heads == "reinit":
         weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIXES)}
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched:
-        raise InputError(path, f"shape mismatch for {', '.join(mismatched[:5])} (different model size?)")
+        raise InputError(
+            path, f"shape mismatch for {', '.join(mismatched[:5])} (different model size?)"
+        )
     result = model.load_state_dict(weights, strict=False)
     return {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys)}

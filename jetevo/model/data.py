@@ -35,7 +35,10 @@ def token_file_info(paths) -> tuple[list[Path], dict]:
         infos[f] = json.loads(meta[TOKENIZER_KEY])
     identities = {i["identity"] for i in infos.values()}
     if len(identities) > 1:
-        raise InputError(files[0], f"token files come from {len(identities)} different tokenizers: {sorted(identities)}")
+        raise InputError(
+            files[0],
+            f"token files come from {len(identities)} different tokenizers: {sorted(identities)}",
+        )
     return files, next(iter(infos.values()))
 
 
@@ -45,20 +48,30 @@ class Sequences:
     def __init__(self, paths, n_codes: int, max_len: int):
         files, self.tokenizer = token_file_info(paths)
         if self.tokenizer["n_codes"] != n_codes:
-            raise InputError(files[0], f"tokens use {self.tokenizer['n_codes']} codes, the model {n_codes}")
+            raise InputError(
+                files[0], f"tokens use {self.tokenizer['n_codes']} codes, the model {n_codes}"
+            )
         trees = load(files, columns=COLUMNS)
         self.n_codes = n_codes
         start = 2 * n_codes
         counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
         tok = ak.to_numpy(ak.flatten(trees["token"])).astype(np.int64)
-        left, right, parent, depth = (ak.to_numpy(ak.flatten(trees[k])).astype(np.int64) for k in ("left", "right", "parent", "depth"))
+        left, right, parent, depth = (
+            ak.to_numpy(ak.flatten(trees[k])).astype(np.int64)
+            for k in ("left", "right", "parent", "depth")
+        )
         first = np.repeat(np.cumsum(counts) - counts, counts)
         internal = left >= 0
-        n_internal = np.bincount(np.repeat(np.arange(len(counts)), counts)[internal], minlength=len(counts))
+        n_internal = np.bincount(
+            np.repeat(np.arange(len(counts)), counts)[internal], minlength=len(counts)
+        )
         length = n_internal + 1
         too_long = np.flatnonzero(length > max_len)
         if len(too_long):
-            raise InputError(files[0], f"{len(too_long)} jet(s) need more than max_len={max_len} positions (model.max_len)")
+            raise InputError(
+                files[0],
+                f"{len(too_long)} jet(s) need more than max_len={max_len} positions (model.max_len)",
+            )
         self.offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(length, out=self.offsets[1:])
         n = int(self.offsets[-1])
@@ -78,7 +91,9 @@ class Sequences:
         is_left = (g_parent >= 0) & (first[g] + left[np.maximum(g_parent, 0)] == g)
         self.tokens[rest] = tok[g]
         self.depth[rest] = depth[g] + 1
-        self.side[rest] = np.where(g_parent < 0, SIDE_ROOT, np.where(is_left, SIDE_LEFT, SIDE_RIGHT))
+        self.side[rest] = np.where(
+            g_parent < 0, SIDE_ROOT, np.where(is_left, SIDE_LEFT, SIDE_RIGHT)
+        )
         self.left[rest] = tok[first[g] + left[g]]
         self.right[rest] = tok[first[g] + right[g]]
         self.files = files
@@ -89,7 +104,9 @@ class Sequences:
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(parent token, child token) of every child (START is the root's parent)."""
         has_r = self.right != IGNORE
-        return np.concatenate([self.tokens, self.tokens[has_r]]), np.concatenate([self.left, self.right[has_r]])
+        return np.concatenate([self.tokens, self.tokens[has_r]]), np.concatenate(
+            [self.left, self.right[has_r]]
+        )
 
     def subset(self, jets: np.ndarray) -> SequenceSubset:
         return SequenceSubset(self, np.asarray(jets, np.int64))
@@ -112,7 +129,13 @@ def collate(items: list[dict], pad_token: int) -> dict:
     """Right-pad a list of sequences; padded positions have ignored targets."""
     t = max(len(it["tokens"]) for it in items)
     out = {}
-    for k, fill in (("tokens", pad_token), ("depth", 0), ("side", SIDE_START), ("left", IGNORE), ("right", IGNORE)):
+    for k, fill in (
+        ("tokens", pad_token),
+        ("depth", 0),
+        ("side", SIDE_START),
+        ("left", IGNORE),
+        ("right", IGNORE),
+    ):
         arr = np.full((len(items), t), fill, np.int64)
         for i, it in enumerate(items):
             arr[i, : len(it[k])] = it[k]

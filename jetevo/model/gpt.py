@@ -65,7 +65,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
@@ -76,7 +78,9 @@ class CausalSelfAttention(nn.Module):
                 # one new position attending to everything before it and itself
                 assert t == 1, "cached attention takes one new position at a time"
                 causal = False
-        y = nnf.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        y = nnf.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
 
@@ -91,7 +95,9 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.k[layer] is not None:
             k = torch.cat([self.k[layer], k], dim=2)
             v = torch.cat([self.v[layer], v], dim=2)
@@ -126,7 +132,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
@@ -166,7 +174,9 @@ class TokenTable(nn.Module):
         if cfg.token_features:
             n_in = 2 * 4 * (cfg.n_code_features + 1)
             self.register_buffer("freqs", 2.0 ** torch.arange(4, dtype=torch.float32) * math.pi / 4)
-            self.feature_net = nn.Sequential(nn.Linear(n_in, cfg.n_embd), nn.GELU(), nn.Linear(cfg.n_embd, cfg.n_embd))
+            self.feature_net = nn.Sequential(
+                nn.Linear(n_in, cfg.n_embd), nn.GELU(), nn.Linear(cfg.n_embd, cfg.n_embd)
+            )
 
     def table(self) -> torch.Tensor:
         """(vocab_size, C) vectors for every token."""
@@ -222,7 +232,12 @@ class JetEvolutionModel(nn.Module):
             raise ValueError(f"sequence of {t0 + t} positions exceeds max_len={self.cfg.max_len}")
         table = self.tokens.table() if table is None else table
         pos = torch.arange(t0, t0 + t, device=tokens.device)
-        x = table[tokens] + self.pos_emb(pos) + self.depth_emb(depth.clamp(max=self.cfg.max_len)) + self.side_emb(side)
+        x = (
+            table[tokens]
+            + self.pos_emb(pos)
+            + self.depth_emb(depth.clamp(max=self.cfg.max_len))
+            + self.side_emb(side)
+        )
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
@@ -235,7 +250,9 @@ class JetEvolutionModel(nn.Module):
         table = self.tokens.table() if table is None else table
         return self._logits(self.left_head(h), table)
 
-    def right_logits(self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    def right_logits(
+        self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Right-child logits given this split's left child tokens (same shape as h[..., 0])."""
         table = self.tokens.table() if table is None else table
         return self._logits(self.right_head(self.right_xattn(h, table[left_tokens])), table)
@@ -275,16 +292,29 @@ class JetEvolutionModel(nn.Module):
         if context is None:
             ctx_t, ctx_d, ctx_s = start, torch.zeros_like(start), torch.full_like(start, SIDE_START)
         else:
-            ctx_t, ctx_d, ctx_s = (torch.as_tensor(context[k], device=device).long().reshape(b, -1) for k in ("tokens", "depth", "side"))
-        pd = torch.ones(b, 1, device=device).long() if parent_depth is None else torch.as_tensor(parent_depth, device=device).long().reshape(b, 1)
-        ps = torch.full((b, 1), SIDE_ROOT, device=device) if parent_side is None else torch.as_tensor(parent_side, device=device).long().reshape(b, 1)
+            ctx_t, ctx_d, ctx_s = (
+                torch.as_tensor(context[k], device=device).long().reshape(b, -1)
+                for k in ("tokens", "depth", "side")
+            )
+        pd = (
+            torch.ones(b, 1, device=device).long()
+            if parent_depth is None
+            else torch.as_tensor(parent_depth, device=device).long().reshape(b, 1)
+        )
+        ps = (
+            torch.full((b, 1), SIDE_ROOT, device=device)
+            if parent_side is None
+            else torch.as_tensor(parent_side, device=device).long().reshape(b, 1)
+        )
         tokens = torch.cat([ctx_t, parent[:, None]], 1)
         depth = torch.cat([ctx_d, pd], 1)
         side = torch.cat([ctx_s, ps], 1)
         table = self.tokens.table()
         h = self.backbone(tokens, depth, side, table)[:, -1]
         left, p_left = choose(self.left_logits(h, table), sample, temperature, top_k, generator)
-        right, p_right = choose(self.right_logits(h, left, table), sample, temperature, top_k, generator)
+        right, p_right = choose(
+            self.right_logits(h, left, table), sample, temperature, top_k, generator
+        )
         return {"left": left, "right": right, "p_left": p_left, "p_right": p_right}
 
     # -------------------------------------------------------------- checkpoints
@@ -307,7 +337,9 @@ class JetEvolutionModel(nn.Module):
 CHECKPOINT_KIND = "jetevo-model"
 
 
-def choose(logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def choose(
+    logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, generator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy or sampled token per row, and its probability under the (tempered, top-k) softmax."""
     logits = logits.float() / max(temperature, 1e-6)
     if top_k is not None:
@@ -318,14 +350,19 @@ def choose(logits: torch.Tensor, sample: bool, temperature: float, top_k: int | 
         # inverse-CDF sampling: one uniform per row (torch.multinomial took 40x longer on CPU
         # over 16k tokens); side="right" never lands on a zero-probability token
         cdf = probs.cumsum(-1)
-        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+        u = (
+            torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+            * cdf[:, -1:]
+        )
         token = torch.searchsorted(cdf, u, side="right")[:, 0].clamp(max=probs.shape[-1] - 1)
     else:
         token = probs.argmax(-1)
     return token, probs.gather(-1, token[:, None])[:, 0]
 
 
-def split_nll(model: JetEvolutionModel, batch: dict, permutation_min: bool = True, stats: bool = False) -> dict:
+def split_nll(
+    model: JetEvolutionModel, batch: dict, permutation_min: bool = True, stats: bool = False
+) -> dict:
     """Cross-entropy per child, summed over the batch, with the permutation-min rule.
 
     Per split: min(CE(L, l) + CE(R|l, r), CE(L, r) + CE(R|r, l)) when ``permutation_min``;
@@ -337,29 +374,35 @@ def split_nll(model: JetEvolutionModel, batch: dict, permutation_min: bool = Tru
     table = model.tokens.table()
     h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"], table)
     valid = l_all != IGNORE
-    h, l, r = h_all[valid], l_all[valid], r_all[valid]
-    has_r = r != IGNORE
-    r_safe = r.clamp(min=0)
+    h, tgt_left, tgt_right = h_all[valid], l_all[valid], r_all[valid]
+    has_r = tgt_right != IGNORE
+    r_safe = tgt_right.clamp(min=0)
     lg = model.left_logits(h, table)
-    lg_r = model.right_logits(h, l, table)
+    lg_r = model.right_logits(h, tgt_left, table)
     ce = nnf.cross_entropy
-    ce_ll = ce(lg, l, reduction="none")
+    ce_ll = ce(lg, tgt_left, reduction="none")
     ce_rr = ce(lg_r, r_safe, reduction="none") * has_r
     per_split = ce_ll + ce_rr
     swapped = torch.zeros_like(has_r)
     lg_sw = None
     if permutation_min and has_r.any():
-        lg_sw = model.right_logits(h[has_r], r[has_r], table)
-        alt = ce(lg[has_r], r[has_r], reduction="none") + ce(lg_sw, l[has_r], reduction="none")
+        lg_sw = model.right_logits(h[has_r], tgt_right[has_r], table)
+        alt = ce(lg[has_r], tgt_right[has_r], reduction="none") + ce(
+            lg_sw, tgt_left[has_r], reduction="none"
+        )
         better = alt < per_split[has_r]
         swapped[has_r] = better
         per_split = per_split.clone()
         per_split[has_r] = torch.where(better, alt, per_split[has_r])
-    out = {"nll_sum": per_split.sum(), "n_children": valid.sum() + has_r.sum(), "per_split": per_split}
+    out = {
+        "nll_sum": per_split.sum(),
+        "n_children": valid.sum() + has_r.sum(),
+        "per_split": per_split,
+    }
     if stats:
         with torch.no_grad():
-            tgt_l = torch.where(swapped, r_safe, l)
-            tgt_r = torch.where(swapped, l, r_safe)
+            tgt_l = torch.where(swapped, r_safe, tgt_left)
+            tgt_r = torch.where(swapped, tgt_left, r_safe)
             right = lg_r.clone()
             if lg_sw is not None:
                 right[has_r] = torch.where(swapped[has_r][:, None], lg_sw, lg_r[has_r])

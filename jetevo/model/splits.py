@@ -13,7 +13,9 @@ from jetevo.model.data import Sequences, collate
 
 
 @torch.no_grad()
-def evaluate_splits(ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None) -> dict:
+def evaluate_splits(
+    ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None
+) -> dict:
     from jetevo.model.allocator import keep_freed_memory
     from jetevo.model.gpt import split_nll
 
@@ -21,11 +23,20 @@ def evaluate_splits(ckpt, token_paths, batch_size: int = 64, permutation_min: bo
     model = load_model(ckpt)
     seqs = Sequences(token_paths, model.cfg.n_codes, model.cfg.max_len)
     if seqs.tokenizer["identity"] != model.tokenizer_identity:
-        raise InputError(seqs.files[0], f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained on {model.tokenizer_identity}")
+        raise InputError(
+            seqs.files[0],
+            f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained on {model.tokenizer_identity}",
+        )
     if permutation_min is None:
-        permutation_min = bool(model.extra.get("train_config", {}).get("train", {}).get("permutation_min", True))
+        permutation_min = bool(
+            model.extra.get("train_config", {}).get("train", {}).get("permutation_min", True)
+        )
     pad = model.cfg.n_node_tokens + 2
-    loader = torch.utils.data.DataLoader(seqs.subset(np.arange(len(seqs))), batch_size=batch_size, collate_fn=lambda it: collate(it, pad))
+    loader = torch.utils.data.DataLoader(
+        seqs.subset(np.arange(len(seqs))),
+        batch_size=batch_size,
+        collate_fn=lambda it: collate(it, pad),
+    )
     tot = {"nll_sum": 0.0, "n_children": 0, "top1": 0, "top5": 0}
     for batch in loader:
         out = split_nll(model, batch, permutation_min, stats=True)

@@ -21,7 +21,8 @@ from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.model.allocator import keep_freed_memory
 from jetevo.model.baselines import CountBaselines
-from jetevo.model.checkpoint import init_from as load_init, save_model
+from jetevo.model.checkpoint import init_from as load_init
+from jetevo.model.checkpoint import save_model
 from jetevo.model.data import Sequences, collate, token_file_info
 from jetevo.model.gpt import JetEvolutionModel, ModelConfig, split_nll
 
@@ -80,7 +81,11 @@ def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
 
         def validation_step(self, batch, _):
             out = split_nll(self.model, batch, tc.permutation_min, stats=True)
-            self._val.append(torch.stack([out["nll_sum"].float(), out["n_children"].float(), out["top1"].float()]))
+            self._val.append(
+                torch.stack(
+                    [out["nll_sum"].float(), out["n_children"].float(), out["top1"].float()]
+                )
+            )
 
         def on_validation_epoch_end(self):
             if self._val:
@@ -93,7 +98,10 @@ def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
         def configure_optimizers(self):
             decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
             other = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-            groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
+            groups = [
+                {"params": decay, "weight_decay": tc.weight_decay},
+                {"params": other, "weight_decay": 0.0},
+            ]
             if tc.optimizer == "ranger":
                 from pytorch_optimizer import Ranger
 
@@ -126,7 +134,9 @@ def _logger(kind: str, out: Path, log):
             online = bool(os.environ.get("COMET_API_KEY"))
             if not online:
                 log("comet: no COMET_API_KEY, logging offline")
-            return CometLogger(project="jetevo", online=online, offline_directory=str(out / "comet"))
+            return CometLogger(
+                project="jetevo", online=online, offline_directory=str(out / "comet")
+            )
         except Exception as exc:  # missing package or no network: keep training, log to CSV
             log(f"comet logger unavailable ({type(exc).__name__}: {exc}); logging to CSV instead")
     elif kind != "csv":
@@ -148,7 +158,10 @@ def find_tokenizer(info: dict, given: str | None, first_file: Path):
         raise InputError(first_file, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
     tok = Tokenizer.load(path)
     if tok.identity != info["identity"]:
-        raise InputError(path, f"tokenizer identity {tok.identity} differs from the token files' {info['identity']}")
+        raise InputError(
+            path,
+            f"tokenizer identity {tok.identity} differs from the token files' {info['identity']}",
+        )
     return tok
 
 
@@ -177,7 +190,10 @@ def train(
     train_seq = Sequences(train_paths, mc.n_codes, mc.max_len)
     val_seq = Sequences(val_paths, mc.n_codes, mc.max_len)
     if val_seq.tokenizer["identity"] != info["identity"]:
-        raise InputError(val_seq.files[0], "validation tokens come from another tokenizer than the training tokens")
+        raise InputError(
+            val_seq.files[0],
+            "validation tokens come from another tokenizer than the training tokens",
+        )
     model = JetEvolutionModel(mc)
     with torch.no_grad():
         model.tokens.code_features.copy_(torch.from_numpy(code_feature_table(tok)))
@@ -185,7 +201,9 @@ def train(
     init_report = None
     if tc.init_from:
         init_report = load_init(model, tc.init_from, tc.init_heads)
-        log(f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}")
+        log(
+            f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}"
+        )
 
     parents, children = train_seq.pairs()
     baselines = CountBaselines.fit(parents, children, mc.n_node_tokens, mc.vocab_size, seed=tc.seed)
@@ -206,7 +224,9 @@ def train(
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     devices = local_world if world > 1 else tc.devices
     num_nodes = max(1, world // max(1, local_world))
-    ckpt_cb = ModelCheckpoint(dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every
+    )
     trainer = L.Trainer(
         max_steps=tc.max_steps,
         accelerator="auto",
@@ -227,7 +247,12 @@ def train(
     )
     module = _lightning_module(model, tc)
     last = out / "lightning" / "last.ckpt"
-    trainer.fit(module, loader(train_seq, True), loader(val_seq, False), ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(
+        module,
+        loader(train_seq, True),
+        loader(val_seq, False),
+        ckpt_path=str(last) if last.exists() else None,
+    )
     val = trainer.callback_metrics.get("val_nll")
     final = out / "model.ckpt"
     if trainer.is_global_zero:
@@ -237,9 +262,16 @@ def train(
             {
                 "baselines": baselines.state(),
                 "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
-                "train": {"steps": trainer.global_step, "val_nll": float(val) if val is not None else None, "init_from": tc.init_from, "init_keys": init_report},
+                "train": {
+                    "steps": trainer.global_step,
+                    "val_nll": float(val) if val is not None else None,
+                    "init_from": tc.init_from,
+                    "init_keys": init_report,
+                },
                 "train_config": cfg,
             },
         )
-        log(f"step {trainer.global_step}: val_nll {float(val) if val is not None else float('nan'):.4f}; saved {final}")
+        log(
+            f"step {trainer.global_step}: val_nll {float(val) if val is not None else float('nan'):.4f}; saved {final}"
+        )
     return final

@@ -1,0 +1,101 @@
+"""Benchmark tree generation: trees/s and nodes/s vs batch size, and cost per node vs tree size.
+
+Uses a trained checkpoint (default: the demo model, ``make demo`` first). ``by_batch``: the
+full ``jetevo generate`` path (sampling with the KV cache, decoding, assembling, writing
+Parquet) at several batch sizes. ``by_tree_size``: sampling only, with the model's leaf
+logits shifted by a constant to make trees smaller or larger; the time per node staying
+flat while trees grow shows the cost is linear in the number of nodes. Prints one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    from jetevo.generate import generate, sample_trees
+    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.model.checkpoint import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", type=Path, default=Path("demo_out/model/finetune/model.ckpt"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--n-jets", type=int, default=1024)
+    ap.add_argument("--batch-sizes", default="64,256,1024")
+    ap.add_argument("--leaf-shifts", default="1.0,0.5,0.0,-0.3", help="added to leaf-token logits")
+    args = ap.parse_args()
+    if not args.ckpt.is_file():
+        raise SystemExit(f"{args.ckpt}: no such checkpoint (run 'make demo' or pass --ckpt)")
+    keep_freed_memory()
+    result: dict = {
+        "ckpt": str(args.ckpt),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "by_batch": [],
+        "by_tree_size": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in (int(x) for x in args.batch_sizes.split(",")):
+            s = generate(
+                args.ckpt,
+                args.n_jets,
+                Path(tmp) / f"b{b}",
+                batch_size=b,
+                seed=0,
+                device=args.device,
+                progress=False,
+                log=lambda *a: None,
+            )
+            result["by_batch"].append(
+                {
+                    k: s[k]
+                    for k in (
+                        "batch_size",
+                        "n_written",
+                        "runaway",
+                        "mean_nodes_per_tree",
+                        "seconds",
+                        "trees_per_s",
+                        "nodes_per_s",
+                    )
+                }
+            )
+
+    model = load_model(args.ckpt).to(args.device)
+    k = model.cfg.n_codes
+    base = model.out_bias.detach().clone()
+    b = max(int(x) for x in args.batch_sizes.split(","))
+    for shift in (float(x) for x in args.leaf_shifts.split(",")):
+        with torch.no_grad():
+            model.out_bias.copy_(base)
+            model.out_bias[k:] += shift
+        g = torch.Generator(args.device).manual_seed(0)
+        sample_trees(model, 16, generator=g)  # warm-up
+        t0 = time.perf_counter()
+        trees = sample_trees(model, b, generator=g)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        nodes = len(trees.token)
+        result["by_tree_size"].append(
+            {
+                "leaf_logit_shift": shift,
+                "trees": len(trees),
+                "runaway": len(trees.runaway),
+                "mean_nodes_per_tree": round(nodes / max(len(trees), 1), 1),
+                "us_per_node": round(1e6 * dt / max(nodes, 1), 2),
+                "trees_per_s": round(len(trees) / dt, 1),
+            }
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

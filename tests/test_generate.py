@@ -1,0 +1,153 @@
+"""Generation: determinism, valid trees, leaves never expanded, runaway guard, KV cache."""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+from test_model import N_CODES, tiny_model
+
+from jetevo.cli import main
+from jetevo.generate import GenerationError, generate, sample_trees
+from jetevo.model.checkpoint import save_model
+from jetevo.trees.format import load, validate
+
+
+@pytest.fixture(scope="module")
+def model_ckpt(tiny_tokenizer, tmp_path_factory):
+    """A tiny untrained model whose leaf tokens are favoured, so trees stay small."""
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    with torch.no_grad():
+        model.out_bias[N_CODES:] += 2.0
+    path = tmp_path_factory.mktemp("gen") / "model.ckpt"
+    save_model(
+        model,
+        path,
+        {"tokenizer": {"identity": tiny_tokenizer.identity, "path": str(tiny_tokenizer.path)}},
+    )
+    return path
+
+
+def _sample(model, n, seed, use_cache=True, **kw):
+    return sample_trees(
+        model, n, generator=torch.Generator().manual_seed(seed), use_cache=use_cache, **kw
+    )
+
+
+def test_seeded_and_cache_agree_exactly(tiny_tokenizer):
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    with torch.no_grad():
+        model.out_bias[N_CODES:] += 2.0
+    a = _sample(model, 24, seed=3)
+    b = _sample(model, 24, seed=3)
+    c = _sample(model, 24, seed=3, use_cache=False)
+    for x in (b, c):
+        assert np.array_equal(a.token, x.token) and np.array_equal(a.offsets, x.offsets)
+        assert np.array_equal(a.parent, x.parent) and np.array_equal(a.runaway, x.runaway)
+    assert not np.array_equal(a.token, _sample(model, 24, seed=4).token)
+
+
+def test_leaves_never_expanded_and_linear_node_count(tiny_tokenizer):
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    with torch.no_grad():
+        model.out_bias[N_CODES:] += 2.0
+    t = _sample(model, 32, seed=0)
+    is_leaf = t.token >= N_CODES
+    # leaves have no children; pseudojets (except none) were all expanded
+    assert np.all(t.left[is_leaf] == -1) and np.all(t.left[~is_leaf] >= 0)
+    counts = np.diff(t.offsets)
+    n_internal = np.add.reduceat((~is_leaf).astype(int), t.offsets[:-1])
+    assert np.array_equal(
+        counts, 2 * n_internal + 1
+    )  # full binary: nodes grow linearly, never 2^(d+1)-1
+    assert t.steps == n_internal.max()
+
+
+def test_forced_splitting_hits_max_nodes_and_is_counted(tiny_tokenizer, tmp_path):
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    with torch.no_grad():
+        model.out_bias[N_CODES:] = -1e4  # never a leaf: every tree would grow forever
+    t = _sample(model, 8, seed=0, max_nodes=31)
+    assert len(t) == 0 and len(t.runaway) == 8 and t.steps <= 16
+    path = tmp_path / "split.ckpt"
+    save_model(
+        model,
+        path,
+        {"tokenizer": {"identity": tiny_tokenizer.identity, "path": str(tiny_tokenizer.path)}},
+    )
+    with pytest.raises(GenerationError, match="runaway"):
+        generate(path, 5, tmp_path / "out", max_nodes=31, progress=False, log=lambda *a: None)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_written"] == 0 and summary["runaway"] == summary["attempted"] == 10
+
+
+def test_generate_writes_valid_trees(model_ckpt, tiny_tokenizer, tmp_path):
+    s = generate(model_ckpt, 40, tmp_path / "g", batch_size=16, seed=2, progress=False)
+    assert s["n_written"] == 40 and s["runaway"] + 40 == s["attempted"]
+    trees = load(tmp_path / "g")
+    assert len(trees) == 40 and "token" in trees.fields
+    validate(
+        trees, scheme="E", rtol=1e-4, harder_first=True
+    )  # conserving decode: parent = sum of children
+    again = generate(model_ckpt, 40, tmp_path / "g2", batch_size=16, seed=2, progress=False)
+    assert again["n_written"] == 40
+    assert ak.all(load(tmp_path / "g2").token == trees.token)
+    # root condition: every tree starts from the root token nearest to the requested jet
+    generate(model_ckpt, 6, tmp_path / "g3", batch_size=4, root=(600.0, 1.0, 170.0), progress=False)
+    roots = load(tmp_path / "g3")
+    assert len(set(ak.to_numpy(roots.token[:, 0]).tolist())) == 1
+    assert np.allclose(ak.to_numpy(roots.jet_eta), 1.0, atol=0.3)
+
+
+def test_cli_generate_errors(model_ckpt, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(model_ckpt),
+                "--n-jets",
+                "3",
+                "--out",
+                str(tmp_path / "c"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "3 trees" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(tmp_path / "missing.ckpt"),
+                "--n-jets",
+                "3",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
+    assert "missing.ckpt" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(model_ckpt),
+                "--n-jets",
+                "3",
+                "--out",
+                str(tmp_path / "e"),
+                "--root",
+                "600,1",
+            ]
+        )
+        == 2
+    )
+    assert "--root" in capsys.readouterr().err
