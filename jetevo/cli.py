@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="model.ckpt from jetevo train")
     p.add_argument("--n-jets", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder (tree Parquet + summary.json)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size", type=int, default=1024, help="jets sampled together (default 1024)"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)

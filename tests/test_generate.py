@@ -20,8 +20,7 @@ from jetevo.trees.format import load, validate
 def model_ckpt(tiny_tokenizer, tmp_path_factory):
     """A tiny untrained model whose leaf tokens are favoured, so trees stay small."""
     model = tiny_model(tiny_tokenizer, seed=4).eval()
-    with torch.no_grad():
-        model.out_bias[N_CODES:] += 2.0
+    model.shift_leaf_odds(2.0)
     path = tmp_path_factory.mktemp("gen") / "model.ckpt"
     save_model(
         model,
@@ -39,8 +38,7 @@ def _sample(model, n, seed, use_cache=True, **kw):
 
 def test_seeded_and_cache_agree_exactly(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer, seed=4).eval()
-    with torch.no_grad():
-        model.out_bias[N_CODES:] += 2.0
+    model.shift_leaf_odds(2.0)
     a = _sample(model, 24, seed=3)
     b = _sample(model, 24, seed=3)
     c = _sample(model, 24, seed=3, use_cache=False)
@@ -52,8 +50,7 @@ def test_seeded_and_cache_agree_exactly(tiny_tokenizer):
 
 def test_leaves_never_expanded_and_linear_node_count(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer, seed=4).eval()
-    with torch.no_grad():
-        model.out_bias[N_CODES:] += 2.0
+    model.shift_leaf_odds(2.0)
     t = _sample(model, 32, seed=0)
     is_leaf = t.token >= N_CODES
     # leaves have no children; pseudojets (except none) were all expanded
@@ -68,8 +65,7 @@ def test_leaves_never_expanded_and_linear_node_count(tiny_tokenizer):
 
 def test_forced_splitting_hits_max_nodes_and_is_counted(tiny_tokenizer, tmp_path):
     model = tiny_model(tiny_tokenizer, seed=4).eval()
-    with torch.no_grad():
-        model.out_bias[N_CODES:] = -1e4  # never a leaf: every tree would grow forever
+    model.shift_leaf_odds(-1e4)  # never a leaf: every tree would grow forever
     t = _sample(model, 8, seed=0, max_nodes=31)
     assert len(t) == 0 and len(t.runaway) == 8 and t.steps <= 16
     path = tmp_path / "split.ckpt"

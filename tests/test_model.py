@@ -25,7 +25,7 @@ def tiny_model(tokenizer=None, seed=0, **kw) -> JetEvolutionModel:
     torch.manual_seed(seed)
     model = JetEvolutionModel(ModelConfig(**{**TINY, **kw}))
     if tokenizer is not None:
-        model.tokens.code_features.copy_(torch.from_numpy(code_feature_table(tokenizer)))
+        model.set_code_features(torch.from_numpy(code_feature_table(tokenizer)))
         model.tokenizer_identity = tokenizer.identity
     return model
 
@@ -282,3 +282,20 @@ def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):
         == 2
     )
     assert "nope" in capsys.readouterr().err
+
+
+def test_grouped_output_is_exact_and_fast_sampling_matches_it(tiny_tokenizer):
+    model = tiny_model(tiny_tokenizer, seed=5, output_group_size=16).eval()
+    assert model.n_groups == 8 and model.group_members.unique().numel() == 2 * N_CODES
+    # groups never mix leaf and pseudojet tokens
+    is_leaf = model.group_members >= N_CODES
+    assert torch.all(is_leaf.all(1) | (~is_leaf).all(1))
+    h = torch.randn(1, 32)
+    table = model.tokens.table()
+    with torch.no_grad():
+        logp = model.left_logits(h, table)[0]
+        assert torch.logsumexp(logp, 0).abs() < 1e-5
+        g = torch.Generator().manual_seed(0)
+        draws = model._sample_grouped(model.left_head(h.expand(20000, -1)), table, g)
+    freq = torch.bincount(draws, minlength=2 * N_CODES).double() / 20000
+    assert 0.5 * (freq - logp.double().exp()).abs().sum() < 0.06  # total variation

@@ -74,7 +74,7 @@ def generate(
     n_jets: int,
     out_dir: str | Path,
     *,
-    batch_size: int = 256,
+    batch_size: int = 1024,
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,

@@ -28,7 +28,6 @@ from jetevo.model.gpt import (
     SIDE_START,
     JetEvolutionModel,
     KVCache,
-    choose,
 )
 
 
@@ -39,6 +38,7 @@ class SampledTrees:
     ``token``; ``parent`` (local node index, -1 for the root); ``depth`` (root 0);
     ``left``/``right`` (local child indices, -1 for leaves); ``runaway``: jets stopped by
     the node guard, in the order they were started (their nodes are not included).
+    ``nodes_sampled`` counts every sampled node, runaway trees included.
     """
 
     token: np.ndarray
@@ -49,6 +49,7 @@ class SampledTrees:
     offsets: np.ndarray
     runaway: np.ndarray
     steps: int
+    nodes_sampled: int = 0  # all nodes sampled, runaway trees included (the work done)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -74,10 +75,8 @@ def sample_trees(
     max_nodes = cap if max_nodes is None else min(int(max_nodes), cap)
     b = n_jets
     table = model.tokens.table()
+    output_cache = model.output_cache(table) if model.group_size else None
     cache = KVCache(cfg.n_layer) if use_cache else None
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        return choose(logits, True, temperature, top_k, generator)[0]
 
     # per-jet storage in generation order (jets indexed 0..b-1 throughout)
     tok = np.full((b, max_nodes), -1, np.int64)
@@ -99,7 +98,7 @@ def sample_trees(
     }
     h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache)[:, -1]
     if root_tokens is None:
-        roots = pick(model.left_logits(h, table)).cpu().numpy()
+        roots = model.sample_root(h, table, temperature, top_k, generator).cpu().numpy()
     else:
         roots = np.asarray(root_tokens, np.int64).reshape(b)
     tok[:, 0] = roots
@@ -135,8 +134,7 @@ def sample_trees(
             h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)[
                 :, -1
             ]
-        left = pick(model.left_logits(h, table))
-        right = pick(model.right_logits(h, left, table))
+        left, right = model.sample_children(h, table, temperature, top_k, generator, output_cache)
         left, right = left.cpu().numpy(), right.cpu().numpy()
 
         li, ri = n_nodes[rows], n_nodes[rows] + 1
@@ -185,4 +183,5 @@ def sample_trees(
         offsets=offsets,
         runaway=np.flatnonzero(runaway),
         steps=steps,
+        nodes_sampled=int(n_nodes.sum()),
     )

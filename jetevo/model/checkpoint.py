@@ -14,7 +14,14 @@ import torch
 from jetevo.errors import InputError
 from jetevo.model.gpt import CHECKPOINT_KIND, JetEvolutionModel, ModelConfig
 
-HEAD_PREFIXES = ("left_head.", "right_head.", "right_xattn.", "out_bias")
+HEAD_PREFIXES = (
+    "left_head.",
+    "right_head.",
+    "right_xattn.",
+    "out_bias",
+    "group_emb.",
+    "group_bias",
+)
 
 
 def read_state(path: str | Path) -> dict:

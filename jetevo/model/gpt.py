@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
@@ -43,6 +44,10 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     token_features: bool = True
+    # two-level output: P(token) = P(group) P(token | group), groups of this many tokens
+    # (kinematically close codes, leaf and pseudojet tokens never mixed); 0 = flat softmax.
+    # Exact either way; sampling then needs 2 x sqrt(V)-sized softmaxes instead of one of V.
+    output_group_size: int = 128
 
     @property
     def n_node_tokens(self) -> int:
@@ -207,6 +212,23 @@ class JetEvolutionModel(nn.Module):
         self.right_xattn = ChildCrossAttention(cfg)
         self.right_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_node_tokens))
+        gs = self.group_size = (
+            min(cfg.output_group_size, cfg.n_codes) if cfg.output_group_size else 0
+        )
+        if gs:
+            if cfg.n_codes % gs:
+                raise ValueError(
+                    f"model.output_group_size={gs} must divide the codebook size {cfg.n_codes}"
+                )
+            self.n_groups = cfg.n_node_tokens // gs
+            self.group_emb = nn.Embedding(self.n_groups, cfg.n_embd)
+            nn.init.normal_(self.group_emb.weight, std=0.02)
+            self.group_bias = nn.Parameter(torch.zeros(self.n_groups))
+            # member tokens of every group, (n_groups, group_size); set from the code features
+            self.register_buffer(
+                "group_members", torch.arange(cfg.n_node_tokens).view(self.n_groups, gs)
+            )
+            self.register_buffer("token_column", torch.arange(cfg.n_node_tokens))
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
@@ -243,8 +265,121 @@ class JetEvolutionModel(nn.Module):
             x = block(x, cache, i)
         return self.ln_f(x)
 
+    def set_code_features(self, features: torch.Tensor) -> None:
+        """Store what each code decodes to and group kinematically close codes."""
+        with torch.no_grad():
+            self.tokens.code_features.copy_(torch.as_tensor(features, dtype=torch.float32))
+            if self.group_size:
+                codes = balanced_groups(self.tokens.code_features.cpu().numpy(), self.group_size)
+                k = self.cfg.n_codes
+                members = torch.cat([torch.from_numpy(codes), torch.from_numpy(codes) + k])
+                self.group_members.copy_(members.to(self.group_members.device))
+                flat = self.group_members.reshape(-1)
+                self.token_column.index_copy_(0, flat, torch.arange(len(flat), device=flat.device))
+
+    def _scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Output scores over all node tokens, in *column order* (see :meth:`column_of`):
+        flat logits, or for a grouped output exact log-probabilities laid out group by group
+        (so no gather or scatter over the (N, V) scores is ever needed)."""
+        if not self.group_size:
+            return h @ table[: self.cfg.n_node_tokens].T + self.out_bias
+        members = self.group_members.reshape(-1)
+        within = h @ table[members].T + self.out_bias[members]
+        within = within.unflatten(-1, (self.n_groups, self.group_size)).log_softmax(-1)
+        return (within + self._group_logits(h, table).log_softmax(-1)[..., None]).flatten(-2)
+
+    def column_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Column of each token in :meth:`_scores` (identity for a flat output)."""
+        return self.token_column[tokens] if self.group_size else tokens
+
     def _logits(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return h @ table[: self.cfg.n_node_tokens].T + self.out_bias
+        """Logits (log-probabilities for a grouped output) over node tokens, in token order."""
+        scores = self._scores(h, table)
+        if not self.group_size:
+            return scores
+        return scores.index_select(-1, self.token_column)
+
+    @torch.no_grad()
+    def shift_leaf_odds(self, delta: float) -> None:
+        """Add ``delta`` to the log-odds of every leaf token (smaller trees for delta > 0)."""
+        k = self.cfg.n_codes
+        if self.group_size:
+            self.group_bias[self.n_groups // 2 :] += delta
+        else:
+            self.out_bias[k:] += delta
+
+    def output_cache(self, table: torch.Tensor) -> dict:
+        """Per-batch constants of grouped sampling: group vectors, and token vectors and
+        biases laid out group by group (one contiguous block per group to copy per row)."""
+        members = self.group_members.reshape(-1)
+        return {
+            "group_vecs": self.group_vectors(table),
+            "table": table[members].unflatten(0, (self.n_groups, self.group_size)).contiguous(),
+            "bias": self.out_bias[members].view(self.n_groups, self.group_size),
+        }
+
+    def group_vectors(self, table: torch.Tensor) -> torch.Tensor:
+        """Group vectors = learned + mean of the members' token vectors, so groups start
+        from the kinematic structure the token vectors already carry."""
+        k = self.cfg.n_node_tokens
+        members = table[:k][self.group_members.reshape(-1)].unflatten(
+            0, (self.n_groups, self.group_size)
+        )
+        return self.group_emb.weight + members.mean(1)
+
+    def _group_logits(
+        self, h: torch.Tensor, table: torch.Tensor, group_vecs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        group_vecs = self.group_vectors(table) if group_vecs is None else group_vecs
+        return h @ group_vecs.T + self.group_bias
+
+    def _sample_grouped(
+        self, h: torch.Tensor, table: torch.Tensor, generator, cache: dict | None = None
+    ) -> torch.Tensor:
+        """Exact sample of P(group) P(token | group), computing only the chosen group's logits."""
+        cache = self.output_cache(table) if cache is None else cache
+        group = choose(
+            self._group_logits(h, table, cache["group_vecs"]), True, 1.0, None, generator
+        )[0]
+        logits = torch.bmm(cache["table"][group], h[:, :, None])[..., 0] + cache["bias"][group]
+        slot = choose(logits, True, 1.0, None, generator)[0]
+        return self.group_members[group, slot]
+
+    def sample_children(
+        self,
+        h: torch.Tensor,
+        table: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator=None,
+        output_cache: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled left child, then right child given it, for parent states ``h`` (B, C).
+
+        At temperature 1 without top-k a grouped output samples group then token, touching
+        2 x sqrt(V) logits per row; otherwise the full tempered / truncated distribution.
+        """
+        if self.group_size and temperature == 1.0 and top_k is None:
+            cache = self.output_cache(table) if output_cache is None else output_cache
+            left = self._sample_grouped(self.left_head(h), table, generator, cache)
+            right = self._sample_grouped(self._right_state(h, left, table), table, generator, cache)
+            return left, right
+        left = choose(self.left_logits(h, table), True, temperature, top_k, generator)[0]
+        right = choose(self.right_logits(h, left, table), True, temperature, top_k, generator)[0]
+        return left, right
+
+    def sample_root(
+        self,
+        h: torch.Tensor,
+        table: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator=None,
+    ) -> torch.Tensor:
+        """Root tokens sampled at the START position (left head)."""
+        if self.group_size and temperature == 1.0 and top_k is None:
+            return self._sample_grouped(self.left_head(h), table, generator)
+        return choose(self.left_logits(h, table), True, temperature, top_k, generator)[0]
 
     def left_logits(self, h: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         table = self.tokens.table() if table is None else table
@@ -255,7 +390,12 @@ class JetEvolutionModel(nn.Module):
     ) -> torch.Tensor:
         """Right-child logits given this split's left child tokens (same shape as h[..., 0])."""
         table = self.tokens.table() if table is None else table
-        return self._logits(self.right_head(self.right_xattn(h, table[left_tokens])), table)
+        return self._logits(self._right_state(h, left_tokens, table), table)
+
+    def _right_state(
+        self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
+        return self.right_head(self.right_xattn(h, table[left_tokens]))
 
     # -------------------------------------------------------------- training objective
     def split_losses(self, batch: dict, permutation_min: bool = True) -> dict:
@@ -337,6 +477,28 @@ class JetEvolutionModel(nn.Module):
 CHECKPOINT_KIND = "jetevo-model"
 
 
+def balanced_groups(features: np.ndarray, group_size: int) -> np.ndarray:
+    """Partition codes into equal groups of nearby codes: (n_codes // group_size, group_size).
+
+    Recursive median splits along the feature of largest spread (a balanced k-d tree), so
+    every group holds kinematically similar codes and the group softmax is meaningful.
+    """
+    n = len(features)
+    out = []
+    stack = [np.arange(n)]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= group_size:
+            out.append(idx)
+            continue
+        x = features[idx]
+        axis = int(np.argmax(x.std(axis=0)))
+        order = idx[np.argsort(x[:, axis], kind="stable")]
+        half = (len(idx) // group_size // 2) * group_size
+        stack.extend([order[half:], order[:half]])
+    return np.stack(out).astype(np.int64)
+
+
 def choose(
     logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, generator=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,8 +529,10 @@ def split_nll(
 
     Per split: min(CE(L, l) + CE(R|l, r), CE(L, r) + CE(R|r, l)) when ``permutation_min``;
     the canonical assignment otherwise. The root (START position) has a left target only.
-    Logits are computed only at positions that have targets. With ``stats``, also counts
-    the children whose target is the top-1 / within the top-5 of its head.
+    Logits are computed only at positions that have targets. With ``stats``, also the NLL
+    of the canonical (harder-left) assignment, the NLL of the unordered pair of children
+    (-log(P(l, r) + P(r, l)), the proper likelihood of a split whichever child is called
+    left) and the children whose target is the top-1 / within the top-5 of its head.
     """
     l_all, r_all = batch["left"], batch["right"]
     table = model.tokens.table()
@@ -377,19 +541,24 @@ def split_nll(
     h, tgt_left, tgt_right = h_all[valid], l_all[valid], r_all[valid]
     has_r = tgt_right != IGNORE
     r_safe = tgt_right.clamp(min=0)
-    lg = model.left_logits(h, table)
-    lg_r = model.right_logits(h, tgt_left, table)
-    ce = nnf.cross_entropy
-    ce_ll = ce(lg, tgt_left, reduction="none")
-    ce_rr = ce(lg_r, r_safe, reduction="none") * has_r
+    # scores in column order; targets mapped to their columns (see JetEvolutionModel._scores)
+    col_l, col_r = model.column_of(tgt_left), model.column_of(r_safe)
+    lg = model._scores(model.left_head(h), table)
+    lg_r = model._scores(model._right_state(h, tgt_left, table), table)
+    # grouped scores are already log-probabilities: no second log-softmax
+    ce = nnf.nll_loss if model.group_size else nnf.cross_entropy
+    ce_ll = ce(lg, col_l, reduction="none")
+    ce_rr = ce(lg_r, col_r, reduction="none") * has_r
     per_split = ce_ll + ce_rr
+    canonical = per_split
     swapped = torch.zeros_like(has_r)
-    lg_sw = None
-    if permutation_min and has_r.any():
-        lg_sw = model.right_logits(h[has_r], tgt_right[has_r], table)
-        alt = ce(lg[has_r], tgt_right[has_r], reduction="none") + ce(
-            lg_sw, tgt_left[has_r], reduction="none"
+    lg_sw = alt = None
+    if (permutation_min or stats) and has_r.any():
+        lg_sw = model._scores(model._right_state(h[has_r], tgt_right[has_r], table), table)
+        alt = ce(lg[has_r], col_r[has_r], reduction="none") + ce(
+            lg_sw, col_l[has_r], reduction="none"
         )
+    if permutation_min and alt is not None:
         better = alt < per_split[has_r]
         swapped[has_r] = better
         per_split = per_split.clone()
@@ -401,8 +570,16 @@ def split_nll(
     }
     if stats:
         with torch.no_grad():
-            tgt_l = torch.where(swapped, r_safe, tgt_left)
-            tgt_r = torch.where(swapped, tgt_left, r_safe)
+            # NLL of the unordered pair {l, r}: -log(P(l, r) + P(r, l)), or -log P(l, l)
+            pair = canonical.clone()
+            if alt is not None:
+                distinct = tgt_left[has_r] != tgt_right[has_r]
+                both = -torch.logaddexp(-canonical[has_r], -alt)
+                pair[has_r] = torch.where(distinct, both, canonical[has_r])
+            out["pair_nll_sum"] = pair.sum()
+            out["ordered_nll_sum"] = canonical.sum()
+            tgt_l = torch.where(swapped, col_r, col_l)
+            tgt_r = torch.where(swapped, col_l, col_r)
             right = lg_r.clone()
             if lg_sw is not None:
                 right[has_r] = torch.where(swapped[has_r][:, None], lg_sw, lg_r[has_r])

@@ -8,6 +8,7 @@ embeds the config, the tokenizer identity and the count baselines of the trainin
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -179,6 +180,12 @@ def train(
 
     # Lightning's own use of a deprecated torch pytree API; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    if not progress:  # Lightning's start-up banners (devices, tips) only in verbose runs
+        for name in (
+            "lightning.pytorch.utilities.rank_zero",
+            "lightning.pytorch.accelerators.cuda",
+        ):
+            logging.getLogger(name).setLevel(logging.WARNING)
     model_cfg, tc = parse_config(cfg)
     keep_freed_memory()
     out = ensure_writable_dir(out_dir)
@@ -196,7 +203,7 @@ def train(
         )
     model = JetEvolutionModel(mc)
     with torch.no_grad():
-        model.tokens.code_features.copy_(torch.from_numpy(code_feature_table(tok)))
+        model.set_code_features(torch.from_numpy(code_feature_table(tok)))
     model.tokenizer_identity = info["identity"]
     init_report = None
     if tc.init_from:
