@@ -88,7 +88,6 @@ def generate(
     use_cache: bool = True,
     conserve: bool = True,
     progress: bool = True,
-    log=print,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
 
@@ -96,8 +95,10 @@ def generate(
     :func:`decode_conserving`); otherwise every node is decoded independently from its
     token relative to its decoded parent.
 
-    Runaway jets (stopped by ``max_nodes``) are counted and replaced by new attempts, up
-    to ``max_attempts`` x ``n_jets`` jets in all; if that is not enough, the trees made
+    Batches are started with ~12% headroom for runaway jets; complete trees beyond
+    ``n_jets`` are not written and counted as ``surplus``. Runaway jets (stopped by
+    ``max_nodes``) are counted and replaced by new attempts, up to ``max_attempts`` x
+    ``n_jets`` jets in all; if that is not enough, the trees made
     so far are written, the summary says so, and :class:`GenerationError` is raised.
     """
     from jetevo.model.allocator import keep_freed_memory
@@ -143,7 +144,7 @@ def generate(
         **settings,
     }
     limit = int(np.ceil(max_attempts * n_jets))
-    written = attempted = runaway = nodes = steps = shard = 0
+    written = attempted = runaway = surplus = nodes = steps = shard = 0
     pending: list[tuple[dict, np.ndarray]] = []
     files: list[str] = []
     t0 = time.perf_counter()
@@ -169,7 +170,10 @@ def generate(
         bar = tqdm(total=n_jets, unit="jet", desc="generate")
     buffered = 0
     while written < n_jets and attempted < limit:
-        b = min(batch_size, n_jets - written, limit - attempted)
+        need = n_jets - written
+        # headroom for runaway trees, so that a small refill batch (with its own long
+        # tail of steps) is rarely needed; complete trees beyond the request are counted
+        b = min(batch_size, limit - attempted, need + need // 8 + 4)
         roots = None if root_tokens is None else np.resize(root_tokens, b)
         trees = sample_trees(
             model,
@@ -194,17 +198,19 @@ def generate(
             p = boost_rapidity(p, root_y)
             cols = to_tree_columns(trees, p)
             # split at shard boundaries so every file holds shard_size jets (the last fewer)
+            keep = min(len(trees), need)
+            surplus += len(trees) - keep
             done = 0
-            while done < len(trees):
-                take = min(len(trees) - done, shard_size - buffered)
+            while done < keep:
+                take = min(keep - done, shard_size - buffered)
                 pending.append(_slice(cols, trees.offsets, done, done + take))
                 buffered += take
                 done += take
                 if buffered == shard_size:
                     flush()
                     buffered = 0
-            written += len(trees)
-            nodes += len(trees.token)
+            written += keep
+            nodes += int(trees.offsets[keep])
         if bar is not None:
             bar.update(len(trees))
     flush()
@@ -216,6 +222,7 @@ def generate(
         "n_written": written,
         "attempted": attempted,
         "runaway": runaway,
+        "surplus": surplus,
         "nodes": nodes,
         "mean_nodes_per_tree": nodes / max(written, 1),
         "seconds": round(seconds, 3),
