@@ -299,3 +299,30 @@ def test_grouped_output_is_exact_and_fast_sampling_matches_it(tiny_tokenizer):
         draws = model._sample_grouped(model.left_head(h.expand(20000, -1)), table, g)
     freq = torch.bincount(draws, minlength=2 * N_CODES).double() / 20000
     assert 0.5 * (freq - logp.double().exp()).abs().sum() < 0.06  # total variation
+
+
+def test_comet_logger_without_package_or_key_falls_back(token_dir, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "comet_ml", None)  # as if comet-ml were not installed
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "model: {n_layer: 1, n_head: 2, n_embd: 16}\ntrain: {max_steps: 2, batch_size: 8, val_every: 2, val_batches: 1}\n"
+    )
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        "--train",
+        str(token_dir),
+        "--val",
+        str(token_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "train.logger=comet",
+    ]
+    assert main(args) == 0
+    assert "logging to CSV instead" in capsys.readouterr().out
+    assert list((tmp_path / "run" / "logs").glob("*/metrics.csv"))
