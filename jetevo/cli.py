@@ -333,8 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "generate")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in TORCH_COMMANDS:
+        from jetevo.allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         args.func(args)
     except JetevoError as err:

@@ -22,7 +22,7 @@ import torch
 
 def main() -> None:
     from jetevo.generate import generate, sample_trees
-    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.allocator import keep_freed_memory
     from jetevo.model.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -43,6 +43,7 @@ def best_time(fn, repeat: int) -> float:
 def main() -> None:
     import torch
 
+    from jetevo.allocator import keep_freed_memory
     from jetevo.tokenize import features as F
     from jetevo.tokenize.kmeans import kmeans
     from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    keep_freed_memory()  # as the jetevo CLI does for torch commands
     torch.manual_seed(0)
 
     p, ctx = sample_nodes(args.work, args.n_jets)

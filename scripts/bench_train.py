@@ -36,7 +36,7 @@ def step_flops(model, batch: int, seq: int, permutation_min: bool) -> float:
 
 
 def main() -> None:
-    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.allocator import keep_freed_memory
     from jetevo.model.gpt import SIDE_LEFT, SIDE_START, JetEvolutionModel, ModelConfig, split_nll
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -101,7 +101,7 @@ def generate(
     ``n_jets`` jets in all; if that is not enough, the trees made
     so far are written, the summary says so, and :class:`GenerationError` is raised.
     """
-    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.allocator import keep_freed_memory
     from jetevo.model.checkpoint import load_model
 
     if n_jets < 1 or batch_size < 1:

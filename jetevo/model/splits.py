@@ -25,7 +25,7 @@ from jetevo.model.gpt import IGNORE
 def evaluate_splits(
     ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None
 ) -> dict:
-    from jetevo.model.allocator import keep_freed_memory
+    from jetevo.allocator import keep_freed_memory
     from jetevo.model.gpt import split_nll
 
     keep_freed_memory()
