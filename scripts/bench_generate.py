@@ -21,8 +21,8 @@ import torch
 
 
 def main() -> None:
-    from jetevo.generate import generate, sample_trees
     from jetevo.allocator import keep_freed_memory
+    from jetevo.generate import generate, sample_trees
     from jetevo.model.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

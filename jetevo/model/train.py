@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jetevo.allocator import keep_freed_memory
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
-from jetevo.allocator import keep_freed_memory
 from jetevo.model.baselines import CountBaselines
 from jetevo.model.checkpoint import init_from as load_init
 from jetevo.model.checkpoint import save_model
