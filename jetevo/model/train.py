@@ -250,7 +250,7 @@ def train(
         gradient_clip_val=1.0,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, -(-len(train_seq) // tc.batch_size))),
     )
     module = _lightning_module(model, tc)
     last = out / "lightning" / "last.ckpt"
