@@ -1,5 +1,8 @@
-"""``jetevo`` command line. Each sub-command imports its stage lazily, so that e.g.
-``recluster`` and ``simulate`` never import torch."""
+"""jetevo: kt declustering trees, node tokens, and a jet-evolution model that generates jets.
+
+Each sub-command imports its stage lazily, so that e.g. ``recluster`` and ``simulate``
+never import torch.
+"""
 
 from __future__ import annotations
 
