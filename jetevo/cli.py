@@ -30,7 +30,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _recluster(args: argparse.Namespace) -> None:
     from jetevo.trees.recluster import ReclusterConfig
-    from jetevo.trees.run import recluster_files
+    from jetevo.trees.run import SUMMARY_KEYS, recluster_files
 
     cfg = ReclusterConfig(
         R=args.R,
@@ -48,16 +48,7 @@ def _recluster(args: argparse.Namespace) -> None:
         shard_size=args.shard_size,
         progress=not args.quiet,
     )
-    keys = (
-        "jets_read",
-        "trees_written",
-        "skipped",
-        "dropped",
-        "truncated",
-        "split_jets",
-        "jets_per_s",
-    )
-    print(json.dumps({k: summary[k] for k in keys}))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ import awkward as ak
 import numpy as np
 
 from jetevo.trees.format import load, validate
+from jetevo.trees.run import SUMMARY_KEYS
 
 
 def main() -> None:
@@ -22,16 +23,7 @@ def main() -> None:
     summary_path = args.trees / "summary.json"
     if summary_path.exists():
         s = json.loads(summary_path.read_text())
-        keys = (
-            "jets_read",
-            "trees_written",
-            "skipped",
-            "dropped",
-            "truncated",
-            "split_jets",
-            "jets_per_s",
-            "workers",
-        )
+        keys = (*SUMMARY_KEYS, "workers")
         print("summary.json:", json.dumps({k: s[k] for k in keys}))
     trees = load(args.trees)
     validate(trees, scheme=None)

@@ -345,6 +345,14 @@ class JetEvolutionModel(nn.Module):
         slot = choose(logits, True, 1.0, None, generator)[0]
         return self.group_members[group, slot]
 
+    def _sample_head(self, state, table, temperature, top_k, generator, cache) -> torch.Tensor:
+        """One token per row from a head's output ``state``: group then token for a grouped
+        output at temperature 1 without top-k (2 x sqrt(V) logits per row), otherwise the
+        full tempered / truncated distribution."""
+        if self.group_size and temperature == 1.0 and top_k is None:
+            return self._sample_grouped(state, table, generator, cache)
+        return choose(self._logits(state, table), True, temperature, top_k, generator)[0]
+
     def sample_children(
         self,
         h: torch.Tensor,
@@ -354,18 +362,12 @@ class JetEvolutionModel(nn.Module):
         generator=None,
         output_cache: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampled left child, then right child given it, for parent states ``h`` (B, C).
-
-        At temperature 1 without top-k a grouped output samples group then token, touching
-        2 x sqrt(V) logits per row; otherwise the full tempered / truncated distribution.
-        """
-        if self.group_size and temperature == 1.0 and top_k is None:
-            cache = self.output_cache(table) if output_cache is None else output_cache
-            left = self._sample_grouped(self.left_head(h), table, generator, cache)
-            right = self._sample_grouped(self._right_state(h, left, table), table, generator, cache)
-            return left, right
-        left = choose(self.left_logits(h, table), True, temperature, top_k, generator)[0]
-        right = choose(self.right_logits(h, left, table), True, temperature, top_k, generator)[0]
+        """Sampled left child, then right child given it, for parent states ``h`` (B, C)."""
+        if self.group_size and output_cache is None:
+            output_cache = self.output_cache(table)
+        args = (table, temperature, top_k, generator, output_cache)
+        left = self._sample_head(self.left_head(h), *args)
+        right = self._sample_head(self._right_state(h, left, table), *args)
         return left, right
 
     def sample_root(
@@ -377,9 +379,7 @@ class JetEvolutionModel(nn.Module):
         generator=None,
     ) -> torch.Tensor:
         """Root tokens sampled at the START position (left head)."""
-        if self.group_size and temperature == 1.0 and top_k is None:
-            return self._sample_grouped(self.left_head(h), table, generator)
-        return choose(self.left_logits(h, table), True, temperature, top_k, generator)[0]
+        return self._sample_head(self.left_head(h), table, temperature, top_k, generator, None)
 
     def left_logits(self, h: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         table = self.tokens.table() if table is None else table

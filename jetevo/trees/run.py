@@ -27,6 +27,16 @@ from jetevo.trees.recluster import SKIP_REASONS, ReclusterConfig, recluster_chun
 
 INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
 COUNTS_KEY = b"jetevo_counts"
+# the summary.json entries printed after a run (jetevo recluster, scripts/summarize_trees.py)
+SUMMARY_KEYS = (
+    "jets_read",
+    "trees_written",
+    "skipped",
+    "dropped",
+    "truncated",
+    "split_jets",
+    "jets_per_s",
+)
 
 
 @dataclass(frozen=True)
