@@ -135,6 +135,37 @@ def test_split_detection_matches_fastjet_inclusive_jets():
     assert counts["split_jets"] == expected
 
 
+@pytest.mark.parametrize("scheme", ["E", "wta_pt"])
+def test_split_detection_per_jet_in_any_input_order(scheme):
+    """The kernel's split flag is FastJet's answer jet by jet, also for constituents that are
+    not pT-ordered (its softest-alive bookkeeping then sorts them itself)."""
+    from jetevo.trees.recluster import cluster_flat
+
+    rng = np.random.default_rng(11)
+    particles = [random_particles(rng, int(rng.integers(2, 50)), spread=0.5) for _ in range(60)]
+    shuffled = [p[rng.permutation(len(p))] for p in particles]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in shuffled])])
+    flat = np.concatenate(shuffled).astype(np.float64)
+    trees = cluster_flat(*flat.T, offsets, scheme, 0.8)
+    scheme_fj = fastjet.E_scheme if scheme == "E" else fastjet.WTA_pt_scheme
+    expected = [
+        len(
+            fastjet.ClusterSequence(
+                [fastjet.PseudoJet(*row) for row in p],
+                fastjet.JetDefinition(fastjet.kt_algorithm, 0.8, scheme_fj),
+            ).inclusive_jets()
+        )
+        > 1
+        for p in flat_split(flat, offsets)
+    ]
+    assert 5 < sum(expected) < 60
+    assert list(trees["split"]) == expected
+
+
+def flat_split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def test_on_split_policies_account_for_every_jet():
     rng = np.random.default_rng(8)
     particles = [

@@ -55,43 +55,49 @@ def _rap_phi(px, py, pz, E):
 
 
 @nb.njit(cache=True, inline="always")
-def _heap_push(key, ids, n, k, i):
-    """Push (k, i) onto the binary min-heap stored in key[:n], ids[:n]; return new size."""
-    pos = n
-    while pos > 0:
-        up = (pos - 1) // 2
-        if key[up] <= k:
-            break
-        key[pos] = key[up]
-        ids[pos] = ids[up]
-        pos = up
-    key[pos] = k
-    ids[pos] = i
-    return n + 1
+def _delta_r2_bound(hp, a, b):
+    """Cheap upper bound on dR_ab^2 (tan x >= x for the azimuth, |ln x| <= |x - 1| / sqrt(x)
+    for the rapidity), tight for the small angles of most merges; inf where it does not apply."""
+    cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
+    dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
+    num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
+    den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
+    if dot <= 0.0 or num <= 0.0 or den <= 0.0:
+        return math.inf
+    drap = 0.5 * abs(num - den) / math.sqrt(num * den)
+    return drap * drap + (cross * cross) / (dot * dot)
 
 
 @nb.njit(cache=True, inline="always")
-def _heap_pop(key, ids, n):
-    """Remove the minimum of the heap; return the new size."""
-    n -= 1
-    k = key[n]
-    i = ids[n]
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and key[child + 1] < key[child]:
-            child += 1
-        if key[child] >= k:
-            break
-        key[pos] = key[child]
-        ids[pos] = ids[child]
-        pos = child
-    if n > 0:
-        key[pos] = k
-        ids[pos] = i
-    return n
+def _may_split(hp, a, b, pt2_min, soft_floor, inv_r2):
+    """False when kt at the analysis radius surely merges a and b rather than send a pseudojet
+    of pT^2 >= soft_floor to the beam: the beam wins only if soft < pt2_min dR^2 / R^2."""
+    if pt2_min <= 0.0:
+        return False  # d_ab = 0 merges first whatever the beam distances
+    return soft_floor < pt2_min * _delta_r2_bound(hp, a, b) * inv_r2 * (1.0 + 1e-9)
+
+
+@nb.njit(cache=True, inline="always")
+def _split_now(hp, a, b, pt2_min, soft, inv_r2):
+    """Exactly: would kt at the analysis radius send the softest alive pseudojet (pT^2 = soft)
+    to the beam instead of merging a and b, i.e. soft < min(pT_a^2, pT_b^2) dR_ab^2 / R^2?"""
+    if pt2_min <= 0.0:
+        return False
+    cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
+    dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
+    num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
+    den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
+    # azimuthal distance from one atan2, rapidity difference from one logarithm
+    # (FastJet's own rapidity where that is singular)
+    dphi = math.atan2(abs(cross), dot)
+    if num > 0.0 and den > 0.0:
+        drap = 0.5 * math.log(num / den)
+    else:
+        drap = (
+            _rap_phi(hp[a, 0], hp[a, 1], hp[a, 2], hp[a, 3])[0]
+            - _rap_phi(hp[b, 0], hp[b, 1], hp[b, 2], hp[b, 3])[0]
+        )
+    return soft < pt2_min * (drap * drap + dphi * dphi) * inv_r2
 
 
 @nb.njit(cache=True, nogil=True)
@@ -107,8 +113,11 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     n_jets = offsets.shape[0] - 1
     node_offsets = np.empty(n_jets + 1, np.int64)
     node_offsets[0] = 0
+    max_n = 1
     for j in range(n_jets):
-        node_offsets[j + 1] = node_offsets[j] + 2 * (offsets[j + 1] - offsets[j]) - 1
+        n = offsets[j + 1] - offsets[j]
+        node_offsets[j + 1] = node_offsets[j] + 2 * n - 1
+        max_n = max(max_n, n)
     n_nodes = node_offsets[n_jets]
     out_p = np.empty((n_nodes, 4), np.float64)
     out_left = np.empty(n_nodes, np.int32)
@@ -120,6 +129,20 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     status = np.zeros(n_jets, np.int8)
     inv_r2 = 1.0 / (r_split * r_split)
 
+    # scratch space for the largest jet, reused by every jet (history index -> row)
+    max_size = 2 * max_n - 1
+    hp = np.empty((max_size, 4), np.float64)
+    hl = np.empty(max_size, np.int64)
+    hr = np.empty(max_size, np.int64)
+    pt2 = np.empty(max_size, np.float64)
+    alive = np.empty(max_size, np.bool_)
+    leaf_order = np.empty(max_n, np.int64)
+    merged_alive = np.empty(max_n, np.int64)
+    merged_pos = np.empty(max_size, np.int64)
+    stack = np.empty(max_size, np.int64)
+    dfs_parent = np.empty(max_size, np.int64)
+    dfs_depth = np.empty(max_size, np.int64)
+
     for j in range(n_jets):
         p0 = offsets[j]
         n = offsets[j + 1] - p0
@@ -129,17 +152,15 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
             status[j] = STATUS_BAD_HISTORY
             continue
         size = 2 * n - 1
-        hp = np.empty((size, 4), np.float64)
-        hl = np.full(size, -1, np.int64)
-        hr = np.full(size, -1, np.int64)
         for i in range(n):
             hp[i, 0] = px[p0 + i]
             hp[i, 1] = py[p0 + i]
             hp[i, 2] = pz[p0 + i]
             hp[i, 3] = E[p0 + i]
+        for i in range(n, size):
+            hl[i] = -1
 
         # post-order -> children and kinematics (the last entry is the beam merge)
-        stack = np.empty(n, np.int64)
         top = 0
         ok = True
         for k in range(n_hist - 1):
@@ -148,7 +169,7 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
                 stack[top] = h
                 top += 1
                 continue
-            if top < 2 or h >= size:
+            if top < 2 or h >= size or hl[h] != -1:
                 ok = False
                 break
             b = stack[top - 1]
@@ -177,68 +198,75 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
             status[j] = STATUS_BAD_HISTORY
             continue
         root = stack[0]
+        for i in range(size):
+            pt2[i] = hp[i, 0] * hp[i, 0] + hp[i, 1] * hp[i, 1]
 
         # replay merges in time order: would kt at r_split have sent something to the beam?
-        # The softest alive pseudojet comes from a min-heap with lazy deletion: O(N log N).
+        # That needs the softest alive pseudojet at every merge. Leaves die in any order but are
+        # visited softest-first through leaf_order (the input is normally pT-ordered already);
+        # the few alive merged pseudojets sit in a compact list, scanned only when the cheap
+        # lower bound (softest alive leaf, softest merged pseudojet so far) cannot decide.
         if n > 1:
-            pt2 = np.empty(size, np.float64)
-            rap = np.empty(size, np.float64)
-            alive = np.zeros(size, np.bool_)
-            heap_key = np.empty(size, np.float64)
-            heap_id = np.empty(size, np.int64)
-            n_heap = 0
+            sorted_leaves = True
+            for i in range(1, n):
+                if pt2[i] > pt2[i - 1]:
+                    sorted_leaves = False
+                    break
+            if sorted_leaves:
+                for i in range(n):
+                    leaf_order[i] = i
+            else:
+                leaf_order[:n] = np.argsort(pt2[:n], kind="mergesort")[::-1]
             for i in range(size):
-                pt2[i] = hp[i, 0] ** 2 + hp[i, 1] ** 2
-            for i in range(n):
-                alive[i] = True
-                n_heap = _heap_push(heap_key, heap_id, n_heap, pt2[i], i)
+                alive[i] = i < n
+            soft_leaf_pos = n - 1  # leaf_order position of the softest leaf that may be alive
+            n_merged_alive = 0
+            merged_floor = math.inf  # softest merged pseudojet made so far: a lower bound
             for h in range(n, size):
                 a = hl[h]
                 b = hr[h]
-                # azimuthal distance from one atan2 of the transverse cross and dot products
-                cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
-                dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
-                dphi = math.atan2(abs(cross), dot)
-                # rapidity difference from one logarithm; FastJet's own formula where that is singular
-                num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
-                den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
-                if num > 0.0 and den > 0.0:
-                    drap = 0.5 * math.log(num / den)
-                else:
-                    drap = (
-                        _rap_phi(hp[a, 0], hp[a, 1], hp[a, 2], hp[a, 3])[0]
-                        - _rap_phi(hp[b, 0], hp[b, 1], hp[b, 2], hp[b, 3])[0]
-                    )
-                dij = min(pt2[a], pt2[b]) * (drap * drap + dphi * dphi) * inv_r2
-                while not alive[heap_id[0]]:
-                    n_heap = _heap_pop(heap_key, heap_id, n_heap)
-                if heap_key[0] < dij:
-                    split[j] = True
-                    break
-                alive[a] = False
-                alive[b] = False
+                while soft_leaf_pos >= 0 and not alive[leaf_order[soft_leaf_pos]]:
+                    soft_leaf_pos -= 1
+                soft_leaf = pt2[leaf_order[soft_leaf_pos]] if soft_leaf_pos >= 0 else math.inf
+                pt2_min = min(pt2[a], pt2[b])
+                if _may_split(hp, a, b, pt2_min, min(soft_leaf, merged_floor), inv_r2):
+                    soft = soft_leaf
+                    for k in range(n_merged_alive):
+                        soft = min(soft, pt2[merged_alive[k]])
+                    if _split_now(hp, a, b, pt2_min, soft, inv_r2):
+                        split[j] = True
+                        break
+                for x in (a, b):
+                    alive[x] = False
+                    if x >= n:  # swap-remove from the list of alive merged pseudojets
+                        k = merged_pos[x]
+                        last = merged_alive[n_merged_alive - 1]
+                        merged_alive[k] = last
+                        merged_pos[last] = k
+                        n_merged_alive -= 1
                 alive[h] = True
-                n_heap = _heap_push(heap_key, heap_id, n_heap, pt2[h], h)
+                merged_alive[n_merged_alive] = h
+                merged_pos[h] = n_merged_alive
+                n_merged_alive += 1
+                merged_floor = min(merged_floor, pt2[h])
 
         # depth-first pre-order, harder (larger pT) child first
         q0 = node_offsets[j]
-        dfs = np.empty(size, np.int64)
-        dfs_parent = np.empty(size, np.int64)
-        dfs_depth = np.empty(size, np.int64)
-        dfs[0] = root
+        stack[0] = root
         dfs_parent[0] = -1
         dfs_depth[0] = 0
         top = 1
         nxt = 0
         while top > 0:
             top -= 1
-            h = dfs[top]
+            h = stack[top]
             par = dfs_parent[top]
+            depth = dfs_depth[top]
             q = q0 + nxt
             for c in range(4):
                 out_p[q, c] = hp[h, c]
             out_parent[q] = par
-            out_depth[q] = dfs_depth[top]
+            out_depth[q] = depth
             out_left[q] = -1
             out_right[q] = -1
             if par >= 0:
@@ -253,17 +281,16 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
                 out_leaf[q] = -1
                 a = hl[h]
                 b = hr[h]
-                if hp[b, 0] ** 2 + hp[b, 1] ** 2 > hp[a, 0] ** 2 + hp[a, 1] ** 2:
+                if pt2[b] > pt2[a]:
                     a, b = b, a
                 # push softer first so the harder child is popped (and numbered) first
-                dfs[top] = b
+                stack[top] = b
                 dfs_parent[top] = nxt
-                dfs_depth[top] = out_depth[q] + 1
-                top += 1
-                dfs[top] = a
-                dfs_parent[top] = nxt
-                dfs_depth[top] = out_depth[q] + 1
-                top += 1
+                dfs_depth[top] = depth + 1
+                stack[top + 1] = a
+                dfs_parent[top + 1] = nxt
+                dfs_depth[top + 1] = depth + 1
+                top += 2
             nxt += 1
 
     return out_p, out_left, out_right, out_parent, out_depth, out_leaf, node_offsets, split, status

