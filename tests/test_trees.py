@@ -156,14 +156,10 @@ def test_split_detection_per_jet_in_any_input_order(scheme):
             ).inclusive_jets()
         )
         > 1
-        for p in flat_split(flat, offsets)
+        for p in np.split(flat, offsets[1:-1])
     ]
     assert 5 < sum(expected) < 60
     assert list(trees["split"]) == expected
-
-
-def flat_split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def test_on_split_policies_account_for_every_jet():
