@@ -15,7 +15,13 @@ import time
 
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.trees.recluster import ReclusterConfig
-from jetevo.trees.run import input_files, plan_shards, process_shard, write_summary
+from jetevo.trees.run import (
+    DEFAULT_CHUNK_SIZE,
+    input_files,
+    plan_shards,
+    process_shard,
+    write_summary,
+)
 
 
 def main() -> None:
@@ -30,7 +36,7 @@ def main() -> None:
     ap.add_argument("--scheme", choices=("E", "wta_pt"), default="E")
     ap.add_argument("--on-split", choices=("merge", "hardest", "drop"), default="merge")
     ap.add_argument("--max-constituents", type=int, default=128)
-    ap.add_argument("--chunk-size", type=int, default=20_000)
+    ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     ap.add_argument("--shard-size", type=int, default=100_000)
     args = ap.parse_args()
 
@@ -49,7 +55,10 @@ def main() -> None:
         else Client(LocalCluster(n_workers=args.local_workers, threads_per_worker=1))
     )
     t0 = time.perf_counter()
-    futures = client.map(process_shard, todo, cfg=cfg, chunk_size=args.chunk_size, pure=False)
+    # one single-threaded task per core: the threaded pipeline would only add CPU
+    futures = client.map(
+        process_shard, todo, cfg=cfg, chunk_size=args.chunk_size, pipeline=False, pure=False
+    )
     jets = 0
     for fut in as_completed(futures):
         jets += fut.result()["jets_read"]

@@ -30,7 +30,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _recluster(args: argparse.Namespace) -> None:
     from jetevo.trees.recluster import ReclusterConfig
-    from jetevo.trees.run import SUMMARY_KEYS, recluster_files
+    from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, recluster_files
 
     cfg = ReclusterConfig(
         R=args.R,
@@ -44,7 +44,7 @@ def _recluster(args: argparse.Namespace) -> None:
         args.out,
         cfg,
         workers=args.workers,
-        chunk_size=args.chunk_size,
+        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
         shard_size=args.shard_size,
         progress=not args.quiet,
     )
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-constituents", type=int, default=128)
     p.add_argument("--precision", choices=("float32", "float64"), default="float32")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--chunk-size", type=int, default=20_000, help="jets per FastJet batch")
+    p.add_argument("--chunk-size", type=int, help="jets per FastJet batch (default 5000)")
     p.add_argument("--shard-size", type=int, default=100_000, help="jets per output file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_recluster)

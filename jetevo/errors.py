@@ -16,3 +16,6 @@ class InputError(JetevoError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # picklable, so that a reader process can hand it to its parent
+        return (type(self), (self.path, self.problem))

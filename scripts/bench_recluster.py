@@ -74,15 +74,16 @@ def time_fastjet(path: Path, chunk_size: int) -> tuple[float, float, int]:
 
 
 def time_jetevo(
-    path: Path, out: Path, workers: int, chunk_size: int, shard_size: int
+    path: Path, out: Path, workers: int, chunk_size: int, shard_size: int, pipeline=None
 ) -> tuple[float, dict]:
     from jetevo.trees.run import recluster_files
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     summary = recluster_files(
-        [path], out, workers=workers, chunk_size=chunk_size, shard_size=shard_size, progress=False
-    )
+        [path], out, workers=workers, chunk_size=chunk_size, shard_size=shard_size,
+        progress=False, pipeline=pipeline,
+    )  # fmt: skip
     return time.perf_counter() - t0, summary
 
 
@@ -104,7 +105,7 @@ def main() -> None:
     time_jetevo(path, args.work / "warmup", 1, args.chunk_size, n_jets)  # numba cache, imports
     # best of --repeat, interleaved, so that a busy moment of the machine hits neither side alone
     # CPU seconds (all threads of this process) as well, less sensitive to a shared machine
-    t_fj = t1 = tn = cpu_fj = cpu_1 = float("inf")
+    t_fj = t1 = tn = t_seq = cpu_fj = cpu_1 = cpu_seq = float("inf")
     for _ in range(args.repeat):
         t, cpu, n = time_fastjet(path, args.chunk_size)
         cpu_fj = min(cpu_fj, cpu)
@@ -117,6 +118,10 @@ def main() -> None:
             path, args.work / f"trees{args.workers}", args.workers, args.chunk_size, shard
         )
         tn = min(tn, t)
+        c0 = time.process_time()
+        t, _ = time_jetevo(path, args.work / "trees_seq", 1, args.chunk_size, shard, False)
+        cpu_seq = min(cpu_seq, time.process_time() - c0)
+        t_seq = min(t_seq, t)
     from jetevo.io.readers import iter_jets
 
     mean_n = float(
@@ -133,6 +138,11 @@ def main() -> None:
         "workers": args.workers,
         f"jetevo_{args.workers}_workers_jets_per_s": round(n / tn, 1),
         "worker_speedup": round(t1 / tn, 3),
+        # 1 worker alone pipelines over both cores; without that (as each of N >= cores
+        # workers runs), this is how N workers scale
+        "jetevo_sequential_jets_per_s": round(n / t_seq, 1),
+        "worker_scaling_vs_sequential": round(t_seq / tn, 3),
+        "jetevo_sequential_cpu_s": round(cpu_seq, 3),
         "fastjet_cpu_s": round(cpu_fj, 3),
         "jetevo_cpu_s": round(cpu_1, 3),
         "cpu_ratio": round(cpu_fj / cpu_1, 3),

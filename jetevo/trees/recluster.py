@@ -102,16 +102,19 @@ def _flat_offsets(array: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     return ak.to_numpy(ak.flatten(array, axis=1)), offsets
 
 
-def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[str, np.ndarray]:
-    """Cluster every jet (flat float64 arrays + offsets, >= 1 constituent each) into a tree."""
+def _history(px, py, pz, E, offsets, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """FastJet kt at CLUSTER_R over a whole chunk; its flat unique_history_order + offsets."""
     import fastjet
 
     cs = fastjet.ClusterSequence(
         _jagged_for_fastjet(px, py, pz, E, offsets), _jet_definition(CLUSTER_R, scheme)
     )
-    hist, hist_offsets = _flat_offsets(cs.unique_history_order())
+    return _flat_offsets(cs.unique_history_order())
+
+
+def _trees(px, py, pz, E, offsets, hist, hist_offsets, scheme: str, r_split: float) -> dict:
     p, left, right, parent, depth, leaf, node_offsets, split, status = build_trees(
-        px, py, pz, E, offsets, hist.astype(np.int64), hist_offsets, SCHEMES[scheme], r_split
+        px, py, pz, E, offsets, hist, hist_offsets, SCHEMES[scheme], r_split
     )
     if np.any(status != STATUS_OK):
         bad = int(np.flatnonzero(status != STATUS_OK)[0])
@@ -122,6 +125,12 @@ def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[st
         "p": p, "left": left, "right": right, "parent": parent, "depth": depth,
         "leaf_index": leaf, "node_offsets": node_offsets, "split": split,
     }  # fmt: skip
+
+
+def cluster_flat(px, py, pz, E, offsets, scheme: str, r_split: float) -> dict[str, np.ndarray]:
+    """Cluster every jet (flat float64 arrays + offsets, >= 1 constituent each) into a tree."""
+    hist, hist_offsets = _history(px, py, pz, E, offsets, scheme)
+    return _trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split)
 
 
 def _jet_definition(R: float, scheme: str):
@@ -153,8 +162,73 @@ def _hardest_subsets(
     return _flat_offsets(idx)
 
 
-def recluster_chunk(jets: ak.Array, cfg: ReclusterConfig) -> tuple[pa.Table, Counter]:
-    """Turn one chunk of jets (reader common form) into a table of trees, with counts."""
+@dataclass
+class JetColumns:
+    """The jet-level columns the output copies from the input: label, source, entry.
+
+    Strings are kept dictionary-encoded (a handful of distinct values per chunk), so that
+    a chunk is plain numpy and cheap to hand from a reader process to the clustering one.
+    """
+
+    label_codes: np.ndarray
+    label_names: list[str]
+    source_codes: np.ndarray
+    source_names: list[str]
+    entry: np.ndarray
+
+    @classmethod
+    def of(cls, jets: ak.Array) -> JetColumns:
+        label, source = _dictionary(jets["label"]), _dictionary(jets["source"])
+        entry = ak.to_numpy(jets["entry"]).astype(np.int64)
+        return cls(*label, *source, entry)
+
+    def select(self, mask: np.ndarray) -> JetColumns:
+        return JetColumns(
+            self.label_codes[mask], self.label_names,
+            self.source_codes[mask], self.source_names, self.entry[mask],
+        )  # fmt: skip
+
+    def arrow(self) -> dict[str, pa.Array]:
+        def strings(codes, names):
+            return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+
+        return {
+            "label": strings(self.label_codes, self.label_names),
+            "source": strings(self.source_codes, self.source_names),
+            "entry": pa.array(self.entry),
+        }
+
+
+def _dictionary(strings: ak.Array) -> tuple[np.ndarray, list[str]]:
+    """int32 codes and distinct values of an awkward string array."""
+    arrow = ak.to_arrow(strings, extensionarray=False)
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    if not pa.types.is_dictionary(arrow.type):
+        arrow = arrow.cast(pa.string()).dictionary_encode()
+    codes = arrow.indices.cast(pa.int32()).to_numpy(zero_copy_only=False)
+    return codes, [str(v) for v in arrow.dictionary.to_pylist()]
+
+
+@dataclass
+class ChunkInProgress:
+    """A chunk of jets between the three steps of :func:`recluster_chunk`.
+
+    The steps are separate so that a pipeline can run FastJet, which holds the GIL for its
+    whole call, on one chunk while other threads read and prepare the next chunk and build
+    and encode the trees of the previous one (numba, zlib and Arrow release the GIL).
+    """
+
+    jets: JetColumns  # of the jets kept (not skipped)
+    cols: dict[str, np.ndarray]  # their pT-ordered, capped constituents (float64, flat)
+    offsets: np.ndarray
+    counts: Counter
+    hist: np.ndarray | None = None  # FastJet's unique_history_order, flat, and its offsets
+    hist_offsets: np.ndarray | None = None
+
+
+def prepare_chunk(jets: ak.Array, cfg: ReclusterConfig) -> ChunkInProgress:
+    """Check, order and cap the constituents; skip bad jets (counted)."""
     counts: Counter = Counter(jets_read=len(jets))
     flat = {}
     for k in ("px", "py", "pz", "E"):
@@ -165,26 +239,47 @@ def recluster_chunk(jets: ak.Array, cfg: ReclusterConfig) -> tuple[pa.Table, Cou
     for reason, code in SKIP_CODES.items():
         counts[f"skipped_{reason}"] += int(np.count_nonzero(status == code))
     keep = status == JET_OK
-    jets = jets[keep]
     offsets = np.concatenate([[0], offsets[1:][keep]])  # skipped jets hold no constituents
     counts["truncated_jets"] += int(np.count_nonzero(truncated))
     counts["truncated_constituents"] += int(truncated.sum())
     cols = {"px": px, "py": py, "pz": pz, "E": E}
+    return ChunkInProgress(JetColumns.of(jets).select(keep), cols, offsets, counts)
 
-    trees = cluster_flat(cols["px"], cols["py"], cols["pz"], cols["E"], offsets, cfg.scheme, cfg.R)
+
+def cluster_chunk(chunk: ChunkInProgress, cfg: ReclusterConfig) -> ChunkInProgress:
+    """Run FastJet over the prepared chunk; attach its history."""
+    cols = chunk.cols
+    chunk.hist, chunk.hist_offsets = _history(
+        cols["px"], cols["py"], cols["pz"], cols["E"], chunk.offsets, cfg.scheme
+    )
+    return chunk
+
+
+def finish_chunk(chunk: ChunkInProgress, cfg: ReclusterConfig) -> tuple[pa.Table, Counter]:
+    """Trees from the FastJet history, the on-split policy, and the output table."""
+    counts, cols, offsets, jets = Counter(chunk.counts), chunk.cols, chunk.offsets, chunk.jets
+    trees = _trees(
+        cols["px"], cols["py"], cols["pz"], cols["E"], offsets,
+        chunk.hist, chunk.hist_offsets, cfg.scheme, cfg.R,
+    )  # fmt: skip
     split = trees["split"]
     counts["split_jets"] += int(split.sum())
     n_leaves = np.diff(offsets)
     if cfg.on_split == "drop" and split.any():
         counts["dropped_split"] += int(split.sum())
         trees = _select_jets(trees, ~split)
-        jets, n_leaves = jets[~split], n_leaves[~split]
+        jets, n_leaves = jets.select(~split), n_leaves[~split]
     elif cfg.on_split == "hardest" and split.any():
         trees, n_leaves = _replace_by_hardest(trees, cols, offsets, split, cfg, counts)
 
     table = _to_table(trees, n_leaves, jets, cfg)
     counts["trees_written"] += table.num_rows
     return table, counts
+
+
+def recluster_chunk(jets: ak.Array, cfg: ReclusterConfig) -> tuple[pa.Table, Counter]:
+    """Turn one chunk of jets (reader common form) into a table of trees, with counts."""
+    return finish_chunk(cluster_chunk(prepare_chunk(jets, cfg), cfg), cfg)
 
 
 def _select_jets(trees: dict, mask: np.ndarray) -> dict:
@@ -246,19 +341,9 @@ def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(shift, sizes) + np.arange(int(sizes.sum()))
 
 
-def _strings(array: ak.Array) -> pa.Array:
-    """Dictionary-encoded Arrow strings (a handful of distinct labels and sources per chunk)."""
-    arrow = ak.to_arrow(array, extensionarray=False)
-    if isinstance(arrow, pa.ChunkedArray):
-        arrow = arrow.combine_chunks()
-    if pa.types.is_dictionary(arrow.type):
-        return pa.DictionaryArray.from_arrays(
-            arrow.indices.cast(pa.int32()), arrow.dictionary.cast(pa.string())
-        )
-    return arrow.cast(pa.string()).dictionary_encode()
-
-
-def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterConfig) -> pa.Table:
+def _to_table(
+    trees: dict, n_leaves: np.ndarray, jets: JetColumns, cfg: ReclusterConfig
+) -> pa.Table:
     off = trees["node_offsets"]
     p = trees["p"]
     root = p[off[:-1]] if len(off) > 1 else np.zeros((0, 4))
@@ -277,9 +362,7 @@ def _to_table(trees: dict, n_leaves: np.ndarray, jets: ak.Array, cfg: ReclusterC
         jet_eta=pa.array(eta.astype(ftype)),
         jet_phi=pa.array(np.arctan2(root[:, 1], root[:, 0]).astype(ftype)),
         jet_mass=pa.array(mass.astype(ftype)),
-        label=_strings(jets["label"]),
-        source=_strings(jets["source"]),
-        entry=pa.array(ak.to_numpy(jets["entry"]).astype(np.int64)),
+        **jets.arrow(),
     )
     schema_meta = {b"jetevo": json.dumps(cfg.metadata()).encode()}
     return non_nullable_table(columns, schema_meta)

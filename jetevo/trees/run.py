@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,19 @@ from jetevo.errors import InputError
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.io.readers import count_jets, detect_format, iter_jets
 from jetevo.trees.format import PARQUET_OPTIONS
-from jetevo.trees.recluster import SKIP_REASONS, ReclusterConfig, recluster_chunk
+from jetevo.trees.recluster import (
+    SKIP_REASONS,
+    ChunkInProgress,
+    ReclusterConfig,
+    cluster_chunk,
+    finish_chunk,
+    prepare_chunk,
+)
 
 INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
+# jets per FastJet call: large enough that per-call costs vanish, small enough that the
+# pipeline's last chunk (built and written after FastJet is done) is a small part of a shard
+DEFAULT_CHUNK_SIZE = 5_000
 COUNTS_KEY = b"jetevo_counts"
 # the summary.json entries printed after a run (jetevo recluster, scripts/summarize_trees.py)
 SUMMARY_KEYS = (
@@ -81,50 +92,75 @@ def plan_shards(files: list[Path], out_dir: Path, shard_size: int) -> list[Shard
     return shards
 
 
-def _prefetch(iterator, pool: ThreadPoolExecutor):
-    """Yield from ``iterator`` while its next item is already being produced in ``pool``."""
-    future = pool.submit(next, iterator, None)
-    while True:
-        item = future.result()
-        if item is None:
-            return
-        future = pool.submit(next, iterator, None)
-        yield item
+def _prepared_chunks(shard: Shard, cfg: ReclusterConfig, chunk_size: int):
+    """The shard's chunks, read and prepared for FastJet."""
+    for jets in iter_jets(shard.source, chunk_size, shard.start, shard.stop, particle_ids=False):
+        yield prepare_chunk(jets, cfg)
 
 
-def process_shard(shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=None) -> Counter:
+def process_shard(
+    shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=None, pipeline: bool = True
+) -> Counter:
     """Recluster one shard into its Parquet file; return its counts.
 
-    Reading (decompression) and Parquet encoding release the GIL, so they run in two I/O
-    threads, overlapped with the FastJet + numba work on the current chunk.
+    ``pipeline``: this thread reads, prepares and runs FastJet on chunk k while a finisher
+    thread builds the trees of chunk k-1 and encodes them to Parquet (numba and Arrow release
+    the GIL; FastJet holds it for its whole call). Chunks are written in order. Without it
+    the steps run one after another: less CPU in all, which is what counts when every core
+    already runs a worker (:func:`pipeline_pays`).
+
+    A third thread that read ahead was measured and dropped: uproot's Python between zlib
+    calls waits for the GIL through each whole FastJet call, so reading and clustering
+    serialized and the hand-overs cost more than the overlap gained.
     """
     counts: Counter = Counter()
+    state: dict = {"writer": None}
+
+    def finish_and_write(chunk: ChunkInProgress, tmp: Path) -> Counter:
+        table, c = finish_chunk(chunk, cfg)
+        if state["writer"] is None:
+            state["writer"] = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
+        if table.num_rows:
+            state["writer"].write_table(table)
+        return c
+
+    def collect(c: Counter) -> None:
+        counts.update(c)
+        if progress is not None:
+            progress(c["jets_read"])
+
     with atomic_path(shard.output) as tmp:
-        writer = None
-        pending = None
         try:
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jetevo-io") as io:
-                chunks = iter_jets(
-                    shard.source, chunk_size, shard.start, shard.stop, particle_ids=False
-                )
-                for jets in _prefetch(chunks, io):
-                    table, c = recluster_chunk(jets, cfg)
-                    counts.update(c)
-                    if pending is not None:
-                        pending.result()
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
-                    if table.num_rows:
-                        pending = io.submit(writer.write_table, table)
-                    if progress is not None:
-                        progress(len(jets))
-                if pending is not None:
-                    pending.result()
-            writer.add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
+            chunks = _prepared_chunks(shard, cfg, chunk_size)
+            if pipeline:
+                _run_pipelined(chunks, cfg, lambda chunk: finish_and_write(chunk, tmp), collect)
+            else:
+                for chunk in chunks:
+                    collect(finish_and_write(cluster_chunk(chunk, cfg), tmp))
+            state["writer"].add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
         finally:
-            if writer is not None:
-                writer.close()
+            if state["writer"] is not None:
+                state["writer"].close()
     return counts
+
+
+def _run_pipelined(chunks, cfg: ReclusterConfig, finish, collect) -> None:
+    """This thread reads, prepares and runs FastJet; a finisher thread builds and writes the
+    trees of the previous chunk meanwhile, in chunk order."""
+    with ThreadPoolExecutor(1, thread_name_prefix="jetevo-finish") as finisher:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(finisher.submit(finish, cluster_chunk(chunk, cfg)))
+            while len(pending) > 2:  # bounded memory: at most two chunks wait
+                collect(pending.popleft().result())
+        while pending:
+            collect(pending.popleft().result())
+
+
+def pipeline_pays(workers: int) -> bool:
+    """The threaded pipeline of :func:`process_shard` uses idle cores; without any, running
+    the steps one after another costs less CPU."""
+    return workers < (os.cpu_count() or 1)
 
 
 def _shard_counts(path: Path) -> Counter:
@@ -137,11 +173,16 @@ def recluster_files(
     out_dir: str | Path,
     cfg: ReclusterConfig | None = None,
     workers: int = 1,
-    chunk_size: int = 20_000,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     shard_size: int = 100_000,
     progress: bool = True,
+    pipeline: bool | None = None,
 ) -> dict:
-    """Recluster JetClass/AOJ files into tree files in ``out_dir``; write and return the summary."""
+    """Recluster JetClass/AOJ files into tree files in ``out_dir``; write and return the summary.
+
+    ``pipeline``: whether each worker runs the threaded pipeline of :func:`process_shard`;
+    None chooses it while cores outnumber workers (:func:`pipeline_pays`).
+    """
     from tqdm import tqdm
 
     cfg = cfg or ReclusterConfig()
@@ -158,14 +199,21 @@ def recluster_files(
         file=sys.stderr,
         desc="recluster",
     )
+
+    def pipelined(n_workers: int) -> bool:
+        return pipeline_pays(n_workers) if pipeline is None else pipeline
+
     new = Counter()
     if workers <= 1 or len(todo) <= 1:
         for s in todo:
-            new.update(process_shard(s, cfg, chunk_size, progress=bar.update))
+            new.update(process_shard(s, cfg, chunk_size, bar.update, pipelined(1)))
     else:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(process_shard, s, cfg, chunk_size): s for s in todo}
+            futures = {
+                pool.submit(process_shard, s, cfg, chunk_size, None, pipelined(workers)): s
+                for s in todo
+            }
             for fut in as_completed(futures):
                 new.update(fut.result())
                 bar.update(futures[fut].stop - futures[fut].start)
