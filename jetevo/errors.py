@@ -17,5 +17,5 @@ class InputError(JetevoError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
-    def __reduce__(self):  # picklable, so that a reader process can hand it to its parent
+    def __reduce__(self):  # picklable: a worker process hands it to the parent
         return (type(self), (self.path, self.problem))

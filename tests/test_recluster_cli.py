@@ -83,6 +83,24 @@ def test_pipelined_and_sequential_shards_are_identical(sim_dir, tmp_path):
     assert tables[0].equals(tables[1]) and tables[0]["entry"].to_pylist() == list(range(3, n))
 
 
+def test_error_in_a_worker_process_reaches_the_user_as_one_line(sim_dir, tmp_path, monkeypatch):
+    """An InputError raised inside a worker process survives the trip back to the parent."""
+    from jetevo.errors import InputError
+
+    src = sim_dir / "jetclass" / "ZJetsToNuNu_000.root"
+
+    def damaged(jets, cfg):
+        raise InputError(src, "cannot read entries from 20 on (damaged basket)")
+
+    monkeypatch.setattr(tree_run, "prepare_chunk", damaged)  # inherited by forked workers
+    with pytest.raises(InputError, match="damaged basket") as err:
+        tree_run.recluster_files(
+            [src], tmp_path / "trees", workers=2, shard_size=20, progress=False
+        )
+    assert err.value.path == str(src)
+    assert not list((tmp_path / "trees").glob("*.parquet"))
+
+
 def test_interrupted_run_leaves_no_partial_file(sim_dir, tmp_path, monkeypatch):
     out = tmp_path / "trees"
     calls = {"n": 0}

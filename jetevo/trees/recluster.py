@@ -166,8 +166,9 @@ def _hardest_subsets(
 class JetColumns:
     """The jet-level columns the output copies from the input: label, source, entry.
 
-    Strings are kept dictionary-encoded (a handful of distinct values per chunk), so that
-    a chunk is plain numpy and cheap to hand from a reader process to the clustering one.
+    Strings are kept dictionary-encoded (a handful of distinct values per chunk) as numpy
+    codes, so that the finisher thread builds the output without awkward (which holds the
+    GIL that the clustering thread needs).
     """
 
     label_codes: np.ndarray
@@ -215,8 +216,8 @@ class ChunkInProgress:
     """A chunk of jets between the three steps of :func:`recluster_chunk`.
 
     The steps are separate so that a pipeline can run FastJet, which holds the GIL for its
-    whole call, on one chunk while other threads read and prepare the next chunk and build
-    and encode the trees of the previous one (numba, zlib and Arrow release the GIL).
+    whole call, on one chunk while another thread builds and encodes the trees of the
+    previous one (numba and Arrow release the GIL).
     """
 
     jets: JetColumns  # of the jets kept (not skipped)
