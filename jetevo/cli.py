@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 
 from jetevo.errors import JetevoError
 
@@ -330,8 +332,35 @@ def build_parser() -> argparse.ArgumentParser:
 TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "generate")
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+FILE_LISTS = ("train", "val", "trees")  # nargs="+" options that swallow trailing overrides
+
+
+def _reclaim_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Move ``key=value`` words that argparse put into a file list back to the overrides.
+
+    ``jetevo train --config c.yaml --train a --val b train.max_steps=600`` otherwise reads
+    the override as a third file; a word is reclaimed only when no such file exists.
+    """
+    if not hasattr(args, "overrides"):
+        return
+    for name in FILE_LISTS:
+        words = getattr(args, name, None)
+        if not isinstance(words, list):
+            continue
+        moved = [w for w in words if OVERRIDE.match(w) and not Path(w).exists()]
+        if moved:
+            kept = [w for w in words if w not in moved]
+            if not kept:
+                parser.error(f"--{name} needs at least one file before the overrides")
+            setattr(args, name, kept)
+            args.overrides = [*args.overrides, *moved]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _reclaim_overrides(args, parser)
     if args.command in TORCH_COMMANDS:
         from jetevo.allocator import keep_freed_memory
 
