@@ -159,8 +159,10 @@ def _run_pipelined(chunks, cfg: ReclusterConfig, finish, collect) -> None:
 
 def pipeline_pays(workers: int) -> bool:
     """The threaded pipeline of :func:`process_shard` uses idle cores; without any, running
-    the steps one after another costs less CPU."""
-    return workers < (os.cpu_count() or 1)
+    the steps one after another costs less CPU. Cores are those this process may run on
+    (a SLURM or container CPU set), not the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return workers < (cores or 1)
 
 
 def _shard_counts(path: Path) -> Counter:
