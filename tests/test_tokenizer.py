@@ -247,3 +247,22 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
         == 2
     )
     assert "missing.ckpt" in capsys.readouterr().err
+
+
+def test_kmeans_init_gives_roots_their_training_share():
+    """Roots (~1% of nodes) enter the k-means sample at root_fraction, repeated if needed."""
+    from jetevo.tokenize.tokenizer import TokenizerConfig
+    from jetevo.tokenize.train import _kmeans_rows
+
+    is_root = np.zeros(10_000, bool)
+    is_root[::100] = True  # 100 roots
+    cfg = TokenizerConfig(root_fraction=0.05, kmeans_sample=4_000)
+    rows = _kmeans_rows(is_root, cfg, np.random.default_rng(0))
+    assert len(rows) == 4_000 and rows.min() >= 0 and rows.max() < len(is_root)
+    assert is_root[rows].sum() == 200  # 5% of the sample, from 100 distinct roots
+    assert len(np.unique(rows[is_root[rows]])) == 100
+    others = rows[~is_root[rows]]
+    assert len(np.unique(others)) == len(others)  # other nodes are not repeated
+    # without roots (or a tiny share asked) the sample is plain
+    plain = _kmeans_rows(np.zeros(500, bool), cfg, np.random.default_rng(0))
+    assert np.array_equal(plain, np.arange(500))
