@@ -173,7 +173,8 @@ def _generate(args: argparse.Namespace) -> None:
     s = generate(
         args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, device=args.device, max_nodes=args.max_nodes,
-        root_tokens=roots, root=root, tokenizer=args.tokenizer, progress=not args.quiet,
+        root_tokens=roots, root=root, tokenizer=args.tokenizer,
+        split_kinematics=args.split_kinematics, progress=not args.quiet,
     )  # fmt: skip
     print(
         f"{s['n_written']} trees ({s['mean_nodes_per_tree']:.1f} nodes each) in {s['seconds']:.1f}s: "
@@ -303,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)"
     )
+    p.add_argument(
+        "--split-kinematics", choices=("share", "two-body"), default="share",
+        help="how each decoded pair is made to add up to its parent (README: Generation)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)
 

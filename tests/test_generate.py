@@ -88,6 +88,10 @@ def test_generate_writes_valid_trees(model_ckpt, tiny_tokenizer, tmp_path):
     validate(
         trees, scheme="E", rtol=1e-4, harder_first=True
     )  # conserving decode: parent = sum of children
+    generate(
+        model_ckpt, 16, tmp_path / "g4", batch_size=16, split_kinematics="two-body", progress=False
+    )
+    validate(load(tmp_path / "g4"), scheme="E", rtol=1e-4, harder_first=True)
     again = generate(model_ckpt, 40, tmp_path / "g2", batch_size=16, seed=2, progress=False)
     assert again["n_written"] == 40
     assert ak.all(load(tmp_path / "g2").token == trees.token)
@@ -147,3 +151,41 @@ def test_cli_generate_errors(model_ckpt, tmp_path, capsys):
         == 2
     )
     assert "--root" in capsys.readouterr().err
+
+
+def test_two_body_split_conserves_and_keeps_decoded_pairs():
+    """Children rebuilt as a two-body decay add up to the parent exactly, keep their masses,
+    and come back unchanged when the decoded pair already adds up."""
+    from jetevo.generate.assemble import two_body_split
+    from jetevo.tokenize.features import four_momentum
+
+    rng = np.random.default_rng(3)
+    n = 500
+
+    def random_p(m_max):
+        return four_momentum(
+            rng.uniform(5, 300, n), rng.normal(0, 0.3, n), rng.normal(0, 0.3, n),
+            rng.uniform(0, m_max, n),
+        )  # fmt: skip
+
+    def mass(p):
+        return np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0))
+
+    left, right = random_p(20), random_p(20)
+    a, b = two_body_split(left + right, left, right)
+    assert np.allclose(a, left, rtol=1e-9, atol=1e-9) and np.allclose(b, right, atol=1e-9)
+    heavier = (left + right) * np.array([1, 1, 1, 1.002])  # a parent with more mass
+    a, b = two_body_split(heavier, left, right)
+    assert np.allclose(a + b, heavier, rtol=1e-12, atol=1e-9)
+    assert np.allclose(mass(a), mass(left), atol=1e-6) and np.allclose(mass(b), mass(right))
+
+    # the extra mass opens the pair up instead of fattening the children
+    def angle(p, q):
+        return np.arccos(np.clip((p[:, :3] * q[:, :3]).sum(1) / np.linalg.norm(p[:, :3], axis=1)
+                                 / np.linalg.norm(q[:, :3], axis=1), -1, 1))  # fmt: skip
+
+    assert np.all(angle(a, b) >= angle(left, right) - 1e-9)
+    # massless particles into a parent lighter than they allow: masses scale down, sums hold
+    light = four_momentum(np.full(n, 50.0), np.zeros(n), np.zeros(n), np.full(n, 1.0))
+    a, b = two_body_split(light, random_p(5), random_p(5))
+    assert np.allclose(a + b, light, atol=1e-9) and np.all(mass(a) + mass(b) <= 1.0 + 1e-9)

@@ -87,13 +87,14 @@ def generate(
     max_attempts: float = 2.0,
     use_cache: bool = True,
     conserve: bool = True,
+    split_kinematics: str = "share",
     progress: bool = True,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
 
-    ``conserve``: decode with four-momentum conservation at every split (see
-    :func:`decode_conserving`); otherwise every node is decoded independently from its
-    token relative to its decoded parent.
+    ``conserve``: decode with four-momentum conservation at every split, corrected as
+    ``split_kinematics`` says (see :func:`decode_conserving`); otherwise every node is
+    decoded independently from its token relative to its decoded parent.
 
     Batches are started with ~12% headroom for runaway jets; complete trees beyond
     ``n_jets`` are not written and counted as ``surplus``. Runaway jets (stopped by
@@ -128,6 +129,7 @@ def generate(
     generator = torch.Generator(device).manual_seed(seed)
     settings = {
         "conserve": conserve,
+        "split_kinematics": split_kinematics,
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
@@ -190,7 +192,7 @@ def generate(
         steps += trees.steps
         if len(trees):
             if conserve:
-                p = decode_conserving(tok, trees)
+                p = decode_conserving(tok, trees, split_kinematics)
             else:
                 first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
                 parent = np.where(trees.parent >= 0, first + trees.parent, -1)
