@@ -17,6 +17,7 @@ import torch
 from jetevo.errors import InputError, JetevoError
 from jetevo.generate.assemble import (
     NODE_COLUMNS,
+    SPLIT_KINEMATICS,
     decode_conserving,
     to_tree_columns,
     write_generated,
@@ -109,6 +110,8 @@ def generate(
         raise ValueError("--n-jets and --batch-size must be positive")
     if temperature <= 0:
         raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if split_kinematics not in SPLIT_KINEMATICS:
+        raise ValueError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available")
     keep_freed_memory()
