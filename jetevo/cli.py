@@ -46,7 +46,7 @@ def _recluster(args: argparse.Namespace) -> None:
         args.out,
         cfg,
         workers=args.workers,
-        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
+        chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size,
         shard_size=args.shard_size,
         progress=not args.quiet,
     )
@@ -85,9 +85,6 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
-
-    from pathlib import Path
-
     from jetevo.tokenize.report import evaluate, write_report
     from jetevo.tokenize.tokenizer import Tokenizer
 
@@ -165,10 +162,12 @@ def _generate(args: argparse.Namespace) -> None:
 
     roots = None
     if args.root_tokens:
-        roots = [
-            int(v)
-            for v in _floats(args.root_tokens, len(args.root_tokens.split(",")), "--root-tokens")
-        ]
+        try:
+            roots = [int(v) for v in args.root_tokens.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--root-tokens takes comma-separated integers, got {args.root_tokens!r}"
+            ) from None
     root = tuple(_floats(args.root, 3, "--root")) if args.root else None
     s = generate(
         args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
@@ -334,9 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "generate")
-
-
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 FILE_LISTS = ("train", "val", "trees")  # nargs="+" options that swallow trailing overrides
 
@@ -366,10 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _reclaim_overrides(args, parser)
-    if args.command in TORCH_COMMANDS:
-        from jetevo.allocator import keep_freed_memory
-
-        keep_freed_memory()
     try:
         args.func(args)
     except JetevoError as err:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jetevo.trees.format import write_table
+
 
 def subset(files: list[Path], n: int, out: Path) -> Path:
     """The first ``n`` jets of token files, as one token file (schema metadata kept)."""
@@ -35,7 +37,7 @@ def subset(files: list[Path], n: int, out: Path) -> Path:
     table = pa.concat_tables(tables)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"first{n}.trees.parquet"
-    pq.write_table(table, path)
+    write_table(table, path)  # atomic, the project's Parquet options
     return path
 
 

@@ -100,33 +100,12 @@ def test_evaluate_end_to_end_and_errors(tree_dir, tmp_path, capsys):
     with pytest.raises(InputError, match="no jets"):
         evaluate(empty, tree_dir, tmp_path / "x", plots=False)
     pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "junk.parquet")
-    assert (
-        main(
-            [
-                "evaluate",
-                "--generated",
-                str(tmp_path / "junk.parquet"),
-                "--reference",
-                str(tree_dir),
-                "--out",
-                str(tmp_path / "y"),
-            ]
-        )
-        == 2
-    )
+
+    def run(generated) -> int:
+        args = ["--generated", str(generated), "--reference", str(tree_dir)]
+        return main(["evaluate", *args, "--out", str(tmp_path / "y")])
+
+    assert run(tmp_path / "junk.parquet") == 2
     assert "junk.parquet" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "evaluate",
-                "--generated",
-                str(tmp_path / "nothing"),
-                "--reference",
-                str(tree_dir),
-                "--out",
-                str(tmp_path / "y"),
-            ]
-        )
-        == 2
-    )
+    assert run(tmp_path / "nothing") == 2
     assert len(trees) > 0

@@ -103,53 +103,14 @@ def test_generate_writes_valid_trees(model_ckpt, tiny_tokenizer, tmp_path):
 
 
 def test_cli_generate_errors(model_ckpt, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "generate",
-                "--ckpt",
-                str(model_ckpt),
-                "--n-jets",
-                "3",
-                "--out",
-                str(tmp_path / "c"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    def run(ckpt, out, *extra) -> int:
+        return main(["generate", "--ckpt", str(ckpt), "--n-jets", "3", "--out", str(out), *extra])
+
+    assert run(model_ckpt, tmp_path / "c", "--quiet") == 0
     assert "3 trees" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "generate",
-                "--ckpt",
-                str(tmp_path / "missing.ckpt"),
-                "--n-jets",
-                "3",
-                "--out",
-                str(tmp_path / "d"),
-            ]
-        )
-        == 2
-    )
+    assert run(tmp_path / "missing.ckpt", tmp_path / "d") == 2
     assert "missing.ckpt" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "generate",
-                "--ckpt",
-                str(model_ckpt),
-                "--n-jets",
-                "3",
-                "--out",
-                str(tmp_path / "e"),
-                "--root",
-                "600,1",
-            ]
-        )
-        == 2
-    )
+    assert run(model_ckpt, tmp_path / "e", "--root", "600,1") == 2
     assert "--root" in capsys.readouterr().err
 
 
@@ -157,7 +118,7 @@ def test_two_body_split_conserves_and_keeps_decoded_pairs():
     """Children rebuilt as a two-body decay add up to the parent exactly, keep their masses,
     and come back unchanged when the decoded pair already adds up."""
     from jetevo.generate.assemble import two_body_split
-    from jetevo.tokenize.features import four_momentum
+    from jetevo.tokenize.features import four_momentum, pt_y_phi_m
 
     rng = np.random.default_rng(3)
     n = 500
@@ -169,7 +130,7 @@ def test_two_body_split_conserves_and_keeps_decoded_pairs():
         )  # fmt: skip
 
     def mass(p):
-        return np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0))
+        return pt_y_phi_m(p)[3]
 
     left, right = random_p(20), random_p(20)
     a, b = two_body_split(left + right, left, right)

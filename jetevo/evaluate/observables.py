@@ -75,7 +75,7 @@ def leaf_observables(trees: ak.Array) -> dict[str, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def _walk_primary(px, py, pz, e, left, right, depth, offsets, zcut, lund_out, lund_jet):
+def _walk_primary(px, py, pz, e, left, right, depth, offsets, zcut, lund_out):
     """Per jet: max depth, primary splittings along the harder branch, soft drop z_g/R_g,
     and the primary Lund-plane points (ln 1/Δ, ln kt)."""
     n_jets = len(offsets) - 1
@@ -111,7 +111,6 @@ def _walk_primary(px, py, pz, e, left, right, depth, offsets, zcut, lund_out, lu
             if delta > 0 and pts > 0:
                 lund_out[n_lund, 0] = np.log(1.0 / delta)
                 lund_out[n_lund, 1] = np.log(pts * delta)
-                lund_jet[n_lund] = j
                 n_lund += 1
             n_primary[j] += 1
             node = h - a
@@ -129,10 +128,9 @@ def tree_observables(trees: ak.Array) -> tuple[dict[str, np.ndarray], np.ndarray
     }
     p = [flat[k].astype(np.float64) for k in ("px", "py", "pz", "E")]
     lund = np.empty((len(flat["left"]), 2))
-    lund_jet = np.empty(len(flat["left"]), np.int64)
     max_depth, n_primary, zg, rg, n_lund = _walk_primary(
         *p, flat["left"].astype(np.int64), flat["right"].astype(np.int64), flat["depth"].astype(np.int64),
-        offsets, ZCUT, lund, lund_jet,
+        offsets, ZCUT, lund,
     )  # fmt: skip
     obs = {
         "depth": max_depth,

@@ -18,7 +18,15 @@ import numpy as np
 import pyarrow as pa
 
 from jetevo.generate.sampler import SampledTrees
-from jetevo.trees.format import list_column, non_nullable_table, write_table
+from jetevo.tokenize import features as F
+from jetevo.trees.format import (
+    REQUIRED_COLUMNS,
+    jet_kinematics,
+    list_column,
+    non_nullable_table,
+    write_table,
+)
+from jetevo.trees.recluster import JetColumns
 
 
 @numba.njit(cache=True)
@@ -88,11 +96,7 @@ def to_tree_columns(trees: SampledTrees, p: np.ndarray) -> dict[str, np.ndarray]
     left, right, parent, depth, leaf = (np.empty(n, np.int64) for _ in range(5))
     _preorder(trees.left, trees.right, pt, off, order, left, right, parent, depth, leaf)
     q = p[order]
-    roots = q[off[:-1]]
-    rpt = np.hypot(roots[:, 0], roots[:, 1])
-    rp = np.sqrt(rpt**2 + roots[:, 2] ** 2)
-    eta = np.arcsinh(np.divide(roots[:, 2], rpt, out=np.zeros_like(rpt), where=rpt > 0))
-    m2 = roots[:, 3] ** 2 - rp**2
+    jet = jet_kinematics(q[off[:-1]])
     return {
         "px": q[:, 0].astype(np.float32),
         "py": q[:, 1].astype(np.float32),
@@ -105,14 +109,12 @@ def to_tree_columns(trees: SampledTrees, p: np.ndarray) -> dict[str, np.ndarray]
         "leaf_index": leaf.astype(np.int32),
         "token": trees.token[order].astype(np.int32),
         "n_constituents": ((np.diff(off) + 1) // 2).astype(np.int32),
-        "jet_pt": rpt.astype(np.float32),
-        "jet_eta": eta.astype(np.float32),
-        "jet_phi": np.arctan2(roots[:, 1], roots[:, 0]).astype(np.float32),
-        "jet_mass": np.sqrt(np.maximum(m2, 0.0)).astype(np.float32),
+        **{k: v.astype(np.float32) for k, v in jet.items()},
     }
 
 
-NODE_COLUMNS = ("px", "py", "pz", "E", "left", "right", "parent", "depth", "leaf_index")
+# the tree format's node columns, plus the generated token of each node
+NODE_COLUMNS = (*REQUIRED_COLUMNS, "token")
 
 
 def write_generated(
@@ -129,10 +131,9 @@ def write_generated(
     cols: dict[str, pa.Array] = {k: list_column(columns[k], offsets) for k in NODE_COLUMNS}
     for k in ("n_constituents", "jet_pt", "jet_eta", "jet_phi", "jet_mass"):
         cols[k] = pa.array(columns[k])
-    cols["label"] = pa.array([label] * n_jets, pa.string())
-    cols["source"] = pa.array([source] * n_jets, pa.string())
-    cols["entry"] = pa.array(np.arange(entry0, entry0 + n_jets, dtype=np.int64))
-    cols["token"] = list_column(columns["token"], offsets)
+    one = np.zeros(n_jets, np.int32)  # a single label and source: dictionary-encoded
+    entry = np.arange(entry0, entry0 + n_jets, dtype=np.int64)
+    cols.update(JetColumns(one, [label], one, [source], entry).arrow())
     write_table(non_nullable_table(cols, {"jetevo": json.dumps(metadata)}), path)
 
 
@@ -160,8 +161,6 @@ def decode_conserving(
       and τ32 (0.143 -> 0.101) but made τ21 (0.025 -> 0.087) and D2 (0.073 -> 0.40) worse,
       so it is not the default yet.
     """
-    from jetevo.tokenize import features as F
-
     if split_kinematics not in SPLIT_KINEMATICS:
         raise ValueError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
     off = trees.offsets
@@ -193,10 +192,6 @@ def decode_conserving(
     return p
 
 
-def _mass(p: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0.0))
-
-
 def _boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Lorentz boost of four-vectors ``p`` (n, 4) by velocities ``beta`` (n, 3)."""
     b2 = np.clip((beta**2).sum(axis=1), 0.0, 1.0 - 1e-15)
@@ -219,8 +214,7 @@ def two_body_split(
     momentum that the parent's mass then fixes. A parent too light to boost into (mass below
     1e-4 of its energy) is shared collinearly in proportion to the decoded energies.
     """
-    m_parent = _mass(parent)
-    m_l, m_r = _mass(left), _mass(right)
+    m_parent, m_l, m_r = (F.pt_y_phi_m(p)[3] for p in (parent, left, right))
     total = m_l + m_r
     scale = np.where(total >= m_parent, m_parent * (1 - 1e-9) / np.maximum(total, 1e-300), 1.0)
     m_l, m_r = m_l * scale, m_r * scale

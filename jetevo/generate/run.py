@@ -22,7 +22,7 @@ from jetevo.generate.assemble import (
     to_tree_columns,
     write_generated,
 )
-from jetevo.generate.sampler import sample_trees
+from jetevo.generate.sampler import node_limit, sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 
 
@@ -137,7 +137,7 @@ def generate(
         "top_k": top_k,
         "seed": seed,
         "batch_size": batch_size,
-        "max_nodes": max_nodes,
+        "max_nodes": node_limit(cfg.max_len, max_nodes),
         "root_tokens": None if root_tokens is None else root_tokens.tolist(),
         "root_rapidity": root_y,
     }
@@ -149,7 +149,7 @@ def generate(
         **settings,
     }
     limit = int(np.ceil(max_attempts * n_jets))
-    written = attempted = runaway = surplus = nodes = steps = shard = 0
+    written = attempted = runaway = surplus = nodes = shard = 0
     pending: list[tuple[dict, np.ndarray]] = []
     files: list[str] = []
     t0 = time.perf_counter()
@@ -192,7 +192,6 @@ def generate(
         )
         attempted += b
         runaway += len(trees.runaway)
-        steps += trees.steps
         if len(trees):
             if conserve:
                 p = decode_conserving(tok, trees, split_kinematics)
@@ -242,7 +241,7 @@ def generate(
     if written < n_jets:
         raise GenerationError(
             f"{out / 'summary.json'}: only {written} of {n_jets} trees complete after {attempted} attempts; "
-            f"{runaway} runaway trees hit max_nodes={max_nodes or 2 * cfg.max_len - 1}"
+            f"{runaway} runaway trees hit max_nodes={settings['max_nodes']}"
         )
     return summary
 
@@ -251,5 +250,5 @@ def _slice(cols: dict, offsets: np.ndarray, a: int, b: int) -> tuple[dict, np.nd
     lo, hi = offsets[a], offsets[b]
     out = {}
     for k, v in cols.items():
-        out[k] = v[lo:hi] if k in NODE_COLUMNS or k == "token" else v[a:b]
+        out[k] = v[lo:hi] if k in NODE_COLUMNS else v[a:b]
     return out, offsets[a : b + 1] - lo

@@ -31,6 +31,13 @@ from jetevo.model.gpt import (
 )
 
 
+def node_limit(max_len: int, max_nodes: int | None) -> int:
+    """Most nodes a tree may reach: ``max_nodes``, at most what the model's context allows
+    (START + max_len - 1 expansions give 2 max_len - 1 nodes)."""
+    cap = 2 * max_len - 1
+    return cap if max_nodes is None else min(int(max_nodes), cap)
+
+
 @dataclass
 class SampledTrees:
     """Trees in generation order (flat over jets, ``offsets`` per jet).
@@ -71,8 +78,7 @@ def sample_trees(
     cfg = model.cfg
     device = model.out_bias.device
     k_codes = cfg.n_codes
-    cap = 2 * cfg.max_len - 1  # START + (max_len - 1) expansions
-    max_nodes = cap if max_nodes is None else min(int(max_nodes), cap)
+    max_nodes = node_limit(cfg.max_len, max_nodes)
     b = n_jets
     table = model.tokens.table()
     output_cache = model.output_cache(table) if model.group_size else None
@@ -98,7 +104,8 @@ def sample_trees(
     }
     h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache)[:, -1]
     if root_tokens is None:
-        roots = model.sample_root(h, table, temperature, top_k, generator).cpu().numpy()
+        roots = model.sample_root(h, table, temperature, top_k, generator, output_cache)
+        roots = roots.cpu().numpy()
     else:
         roots = np.asarray(root_tokens, np.int64).reshape(b)
     tok[:, 0] = roots

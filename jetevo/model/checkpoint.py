@@ -39,7 +39,8 @@ def read_state(path: str | Path) -> dict:
 
 def load_model(path: str | Path) -> JetEvolutionModel:
     state = read_state(path)
-    model = JetEvolutionModel(ModelConfig(**state["config"]))
+    # checkpoints from before the grouped output have no output_group_size: flat output
+    model = JetEvolutionModel(ModelConfig(**{"output_group_size": 0, **state["config"]}))
     model.load_state_dict(state["state_dict"])
     model.tokenizer_identity = state.get("tokenizer_identity")
     model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}

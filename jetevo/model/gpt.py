@@ -377,9 +377,11 @@ class JetEvolutionModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator=None,
+        output_cache: dict | None = None,
     ) -> torch.Tensor:
         """Root tokens sampled at the START position (left head)."""
-        return self._sample_head(self.left_head(h), table, temperature, top_k, generator, None)
+        args = (table, temperature, top_k, generator, output_cache)
+        return self._sample_head(self.left_head(h), *args)
 
     def left_logits(self, h: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         table = self.tokens.table() if table is None else table

@@ -202,8 +202,7 @@ def train(
             "validation tokens come from another tokenizer than the training tokens",
         )
     model = JetEvolutionModel(mc)
-    with torch.no_grad():
-        model.set_code_features(torch.from_numpy(code_feature_table(tok)))
+    model.set_code_features(torch.from_numpy(code_feature_table(tok)))
     model.tokenizer_identity = info["identity"]
     init_report = None
     if tc.init_from:
@@ -234,6 +233,7 @@ def train(
     ckpt_cb = ModelCheckpoint(
         dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every
     )
+    batches_per_epoch = max(1, -(-len(train_seq) // tc.batch_size))
     trainer = L.Trainer(
         max_steps=tc.max_steps,
         accelerator="auto",
@@ -243,14 +243,14 @@ def train(
         precision=precision,
         logger=_logger(tc.logger, out, log),
         callbacks=[ckpt_cb],
-        val_check_interval=min(tc.val_every, max(1, -(-len(train_seq) // tc.batch_size))),
+        val_check_interval=min(tc.val_every, batches_per_epoch),
         check_val_every_n_epoch=None,
         limit_val_batches=tc.val_batches,
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(10, -(-len(train_seq) // tc.batch_size))),
+        log_every_n_steps=min(10, batches_per_epoch),
     )
     module = _lightning_module(model, tc)
     last = out / "lightning" / "last.ckpt"

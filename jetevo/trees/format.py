@@ -40,6 +40,15 @@ PARQUET_OPTIONS = {
 REQUIRED_COLUMNS = ("px", "py", "pz", "E", "left", "right", "parent", "depth", "leaf_index")
 
 
+def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
+    """The jet columns ``jet_pt, jet_eta, jet_phi, jet_mass`` of root four-momenta (n, 4)."""
+    pt = np.hypot(root[:, 0], root[:, 1])
+    eta = np.arcsinh(np.divide(root[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
+    mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pt**2 - root[:, 2] ** 2, 0.0))
+    phi = np.arctan2(root[:, 1], root[:, 0])
+    return {"jet_pt": pt, "jet_eta": eta, "jet_phi": phi, "jet_mass": mass}
+
+
 def list_column(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """Arrow list column; non-nullable items so awkward reads plain (not option) types."""
     item = pa.from_numpy_dtype(values.dtype)

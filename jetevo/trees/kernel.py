@@ -55,38 +55,40 @@ def _rap_phi(px, py, pz, E):
 
 
 @nb.njit(cache=True, inline="always")
-def _delta_r2_bound(hp, a, b):
-    """Cheap upper bound on dR_ab^2 (tan x >= x for the azimuth, |ln x| <= |x - 1| / sqrt(x)
-    for the rapidity), tight for the small angles of most merges; inf where it does not apply."""
+def _pair_terms(hp, a, b):
+    """Transverse cross and dot products of a and b, and the light-cone products whose
+    ratio gives their rapidity difference: shared by the bound and the exact test."""
     cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
     dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
     num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
     den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
-    if dot <= 0.0 or num <= 0.0 or den <= 0.0:
-        return math.inf
-    drap = 0.5 * abs(num - den) / math.sqrt(num * den)
-    return drap * drap + (cross * cross) / (dot * dot)
+    return cross, dot, num, den
 
 
 @nb.njit(cache=True, inline="always")
-def _may_split(hp, a, b, pt2_min, soft_floor, inv_r2):
+def _may_split(terms, pt2_min, soft_floor, inv_r2):
     """False when kt at the analysis radius surely merges a and b rather than send a pseudojet
-    of pT^2 >= soft_floor to the beam: the beam wins only if soft < pt2_min dR^2 / R^2."""
+    of pT^2 >= soft_floor to the beam: the beam wins only if soft < pt2_min dR^2 / R^2.
+
+    dR^2 is bounded from above cheaply (tan x >= x for the azimuth, |ln x| <= |x - 1| / sqrt(x)
+    for the rapidity), tightly for the small angles of most merges."""
     if pt2_min <= 0.0:
         return False  # d_ab = 0 merges first whatever the beam distances
-    return soft_floor < pt2_min * _delta_r2_bound(hp, a, b) * inv_r2 * (1.0 + 1e-9)
+    cross, dot, num, den = terms
+    if dot <= 0.0 or num <= 0.0 or den <= 0.0:
+        return True  # the bound does not apply: decide exactly
+    drap = 0.5 * abs(num - den) / math.sqrt(num * den)
+    bound = drap * drap + (cross * cross) / (dot * dot)
+    return soft_floor < pt2_min * bound * inv_r2 * (1.0 + 1e-9)
 
 
 @nb.njit(cache=True, inline="always")
-def _split_now(hp, a, b, pt2_min, soft, inv_r2):
+def _split_now(hp, a, b, terms, pt2_min, soft, inv_r2):
     """Exactly: would kt at the analysis radius send the softest alive pseudojet (pT^2 = soft)
     to the beam instead of merging a and b, i.e. soft < min(pT_a^2, pT_b^2) dR_ab^2 / R^2?"""
     if pt2_min <= 0.0:
         return False
-    cross = hp[a, 0] * hp[b, 1] - hp[a, 1] * hp[b, 0]
-    dot = hp[a, 0] * hp[b, 0] + hp[a, 1] * hp[b, 1]
-    num = (hp[a, 3] + hp[a, 2]) * (hp[b, 3] - hp[b, 2])
-    den = (hp[a, 3] - hp[a, 2]) * (hp[b, 3] + hp[b, 2])
+    cross, dot, num, den = terms
     # azimuthal distance from one atan2, rapidity difference from one logarithm
     # (FastJet's own rapidity where that is singular)
     dphi = math.atan2(abs(cross), dot)
@@ -229,11 +231,12 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
                     soft_leaf_pos -= 1
                 soft_leaf = pt2[leaf_order[soft_leaf_pos]] if soft_leaf_pos >= 0 else math.inf
                 pt2_min = min(pt2[a], pt2[b])
-                if _may_split(hp, a, b, pt2_min, min(soft_leaf, merged_floor), inv_r2):
+                terms = _pair_terms(hp, a, b)
+                if _may_split(terms, pt2_min, min(soft_leaf, merged_floor), inv_r2):
                     soft = soft_leaf
                     for k in range(n_merged_alive):
                         soft = min(soft, pt2[merged_alive[k]])
-                    if _split_now(hp, a, b, pt2_min, soft, inv_r2):
+                    if _split_now(hp, a, b, terms, pt2_min, soft, inv_r2):
                         split[j] = True
                         break
                 for x in (a, b):

@@ -25,7 +25,7 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-from jetevo.trees.format import list_column, non_nullable_table
+from jetevo.trees.format import jet_kinematics, list_column, non_nullable_table
 from jetevo.trees.kernel import (
     JET_EMPTY,
     JET_NEGATIVE_ENERGY,
@@ -348,21 +348,13 @@ def _to_table(
     off = trees["node_offsets"]
     p = trees["p"]
     root = p[off[:-1]] if len(off) > 1 else np.zeros((0, 4))
-    pt = np.hypot(root[:, 0], root[:, 1])
-    pabs = np.sqrt(pt**2 + root[:, 2] ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.where(pt > 0, np.arcsinh(np.where(pt > 0, root[:, 2] / pt, 0.0)), 0.0)
-    mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pabs**2, 0.0))
     ftype = np.dtype(cfg.precision)
     columns = {k: list_column(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
     for k in NODE_INT_FIELDS:
         columns[k] = list_column(trees[k], off)
     columns.update(
         n_constituents=pa.array(n_leaves.astype(np.int32)),
-        jet_pt=pa.array(pt.astype(ftype)),
-        jet_eta=pa.array(eta.astype(ftype)),
-        jet_phi=pa.array(np.arctan2(root[:, 1], root[:, 0]).astype(ftype)),
-        jet_mass=pa.array(mass.astype(ftype)),
+        **{k: pa.array(v.astype(ftype)) for k, v in jet_kinematics(root).items()},
         **jets.arrow(),
     )
     schema_meta = {b"jetevo": json.dumps(cfg.metadata()).encode()}

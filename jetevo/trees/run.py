@@ -114,15 +114,7 @@ def process_shard(
     serialized and the hand-overs cost more than the overlap gained.
     """
     counts: Counter = Counter()
-    state: dict = {"writer": None}
-
-    def finish_and_write(chunk: ChunkInProgress, tmp: Path) -> Counter:
-        table, c = finish_chunk(chunk, cfg)
-        if state["writer"] is None:
-            state["writer"] = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
-        if table.num_rows:
-            state["writer"].write_table(table)
-        return c
+    writer = None
 
     def collect(c: Counter) -> None:
         counts.update(c)
@@ -130,17 +122,27 @@ def process_shard(
             progress(c["jets_read"])
 
     with atomic_path(shard.output) as tmp:
+
+        def finish_and_write(chunk: ChunkInProgress) -> Counter:
+            nonlocal writer
+            table, c = finish_chunk(chunk, cfg)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
+            if table.num_rows:
+                writer.write_table(table)
+            return c
+
         try:
             chunks = _prepared_chunks(shard, cfg, chunk_size)
             if pipeline:
-                _run_pipelined(chunks, cfg, lambda chunk: finish_and_write(chunk, tmp), collect)
+                _run_pipelined(chunks, cfg, finish_and_write, collect)
             else:
                 for chunk in chunks:
-                    collect(finish_and_write(cluster_chunk(chunk, cfg), tmp))
-            state["writer"].add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
+                    collect(finish_and_write(cluster_chunk(chunk, cfg)))
+            writer.add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
         finally:
-            if state["writer"] is not None:
-                state["writer"].close()
+            if writer is not None:
+                writer.close()
     return counts
 
 
@@ -187,6 +189,13 @@ def recluster_files(
     """
     from tqdm import tqdm
 
+    for name, value in (
+        ("chunk size", chunk_size),
+        ("shard size", shard_size),
+        ("workers", workers),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     cfg = cfg or ReclusterConfig()
     out = ensure_writable_dir(out_dir)
     files = input_files(inputs)
