@@ -14,6 +14,9 @@ from pathlib import Path
 
 from jetevo.errors import JetevoError
 
+# jetevo.generate.assemble.SPLIT_KINEMATICS, without importing torch for every command
+SPLIT_KINEMATICS = ("share", "two-body")
+
 
 def _simulate(args: argparse.Namespace) -> None:
     from jetevo.io.simulate import simulate
@@ -85,11 +88,14 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
+    from jetevo.evaluate.closure import tokenizer_closure
     from jetevo.tokenize.report import evaluate, write_report
     from jetevo.tokenize.tokenizer import Tokenizer
 
     plots = Path(args.plots) if args.plots else Path(args.json).parent
-    report = evaluate(Tokenizer.load(args.ckpt), args.trees, plots_dir=plots)
+    tok = Tokenizer.load(args.ckpt)
+    report = evaluate(tok, args.trees, plots_dir=plots)
+    report["closure"] = tokenizer_closure(tok, args.trees, args.split_kinematics)
     write_report(report, args.json)
     rows = [
         ("leaves", report["leaves"]),
@@ -107,6 +113,14 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
         f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "
         f"codebook utilization {report['codebook_utilization']:.3f}; perplexity {report['perplexity']:.0f}; "
         f"{report['n_nodes']} nodes; report {args.json}, plots in {plots}"
+    )
+    closure = report["closure"]["observables"]
+    print(
+        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}), W1 (floor): "
+        + ", ".join(
+            f"{k} {closure[k]['w1']:.3g} ({closure[k]['w1_floor']:.2g})"
+            for k in ("mass", "tau21", "tau32", "d2", "zg", "rg")
+        )
     )
 
 
@@ -259,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", nargs="+", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--plots", help="folder for plots (default: next to the JSON)")
+    p.add_argument(
+        "--split-kinematics", choices=SPLIT_KINEMATICS, default="share",
+        help="how the closure's rebuilt pairs are made to add up to their parent (as generate)",
+    )  # fmt: skip
     p.set_defaults(func=_tokenizer_eval)
 
     p = sub.add_parser("train", help="train the jet-evolution model on token files")
@@ -304,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)"
     )
     p.add_argument(
-        "--split-kinematics", choices=("share", "two-body"), default="share",
+        "--split-kinematics", choices=SPLIT_KINEMATICS, default="share",
         help="how each decoded pair is made to add up to its parent (README: Generation)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true")

@@ -109,3 +109,24 @@ def test_evaluate_end_to_end_and_errors(tree_dir, tmp_path, capsys):
     assert "junk.parquet" in capsys.readouterr().err
     assert run(tmp_path / "nothing") == 2
     assert len(trees) > 0
+
+
+def test_tokenizer_closure_rebuilds_valid_e_scheme_trees(tiny_tokenizer, tree_dir):
+    """Rebuilt trees keep the true structure and add up at every split, for both ways of
+    making a decoded pair add up to its parent; the two differ."""
+    from jetevo import cli
+    from jetevo.evaluate.closure import rebuilt_trees
+    from jetevo.generate.assemble import SPLIT_KINEMATICS
+    from jetevo.trees.format import load, validate
+
+    assert cli.SPLIT_KINEMATICS == SPLIT_KINEMATICS
+    trees = load(tree_dir)[:20]
+    rebuilt = {k: rebuilt_trees(tiny_tokenizer, trees, k) for k in SPLIT_KINEMATICS}
+    for r in rebuilt.values():
+        assert ak.all(ak.num(r["left"]) == ak.num(trees["left"]))
+        assert ak.all(ak.max(r["depth"], axis=1) == ak.max(trees["depth"], axis=1))
+        validate(r, scheme="E")
+    assert not np.allclose(
+        ak.to_numpy(ak.flatten(rebuilt["share"]["px"])),
+        ak.to_numpy(ak.flatten(rebuilt["two-body"]["px"])),
+    )

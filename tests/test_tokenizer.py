@@ -230,6 +230,13 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     assert (
         0 < report["codebook_utilization"] <= 1 and (tmp_path / "tokenizer_residuals.png").exists()
     )
+    # closure: the true trees rebuilt from their own tokens keep their structure exactly
+    closure = report["closure"]["observables"]
+    for k in ("multiplicity", "depth", "n_internal"):
+        assert closure[k]["paired_abs_diff_median"] == 0
+    mass = closure["mass"]
+    assert 0 < mass["paired_abs_diff_median"] < 40 and np.isfinite(mass["w1_floor"])
+    assert "closure, trees rebuilt from their own tokens (share)" in capsys.readouterr().out
     capsys.readouterr()
     assert (
         main(
@@ -249,20 +256,30 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
 
 
-def test_kmeans_init_gives_roots_their_training_share():
-    """Roots (~1% of nodes) enter the k-means sample at root_fraction, repeated if needed."""
+def test_kmeans_init_gives_roots_and_first_split_their_training_share():
+    """Roots and the root's children (rare) enter the k-means sample at their batch shares,
+    repeated if needed; other nodes are drawn once each."""
     from jetevo.tokenize.tokenizer import TokenizerConfig
-    from jetevo.tokenize.train import _kmeans_rows
+    from jetevo.tokenize.train import _kmeans_rows, shallow_groups
 
-    is_root = np.zeros(10_000, bool)
-    is_root[::100] = True  # 100 roots
-    cfg = TokenizerConfig(root_fraction=0.05, kmeans_sample=4_000)
-    rows = _kmeans_rows(is_root, cfg, np.random.default_rng(0))
+    # 100 jets of 100 nodes: root, two children, then a chain hanging from the left child
+    parent = np.tile(np.concatenate([[-1, 0, 0], np.arange(1, 98)]), 100)
+    parent += np.repeat(np.arange(100) * 100, 100) * (parent >= 0)
+    is_root, is_first = shallow_groups(parent)
+    assert is_root.sum() == 100 and is_first.sum() == 200
+    assert np.array_equal(np.flatnonzero(is_first[:100]), [1, 2])
+
+    cfg = TokenizerConfig(root_fraction=0.05, first_split_fraction=0.15, kmeans_sample=4_000)
+    rows = _kmeans_rows(is_root, cfg, np.random.default_rng(0), is_first)
     assert len(rows) == 4_000 and rows.min() >= 0 and rows.max() < len(is_root)
     assert is_root[rows].sum() == 200  # 5% of the sample, from 100 distinct roots
     assert len(np.unique(rows[is_root[rows]])) == 100
-    others = rows[~is_root[rows]]
+    assert is_first[rows].sum() == 600  # 15%, every first-split child three times
+    assert np.all(np.bincount(rows[is_first[rows]], minlength=len(parent))[is_first] == 3)
+    others = rows[~is_root[rows] & ~is_first[rows]]
     assert len(np.unique(others)) == len(others)  # other nodes are not repeated
     # without roots (or a tiny share asked) the sample is plain
     plain = _kmeans_rows(np.zeros(500, bool), cfg, np.random.default_rng(0))
     assert np.array_equal(plain, np.arange(500))
+    with pytest.raises(ValueError, match="add up to less than 1"):
+        TokenizerConfig(root_fraction=0.5, first_split_fraction=0.5)

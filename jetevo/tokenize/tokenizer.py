@@ -37,10 +37,18 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     dead_code_fraction: float = 0.003
     root_fraction: float = 0.05
+    first_split_fraction: float = 0.15
     kmeans_sample: int = 300_000
     kmeans_iters: int = 15
     checkpoint_every: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        shares = (self.root_fraction, self.first_split_fraction)
+        if min(shares) < 0 or sum(shares) >= 1:
+            raise ValueError(
+                "root_fraction and first_split_fraction must be >= 0 and add up to less than 1"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:

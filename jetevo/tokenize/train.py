@@ -29,24 +29,55 @@ def node_features(paths) -> tuple[np.ndarray, dict]:
     return F.features(a["p"], F.parent_context(a["p"], a["parent"])), a
 
 
-def _kmeans_rows(is_root: np.ndarray, cfg: TokenizerConfig, rng) -> np.ndarray:
-    """Rows for the k-means initialisation, with roots at ``cfg.root_fraction`` as in the
-    training batches (each root repeated equally where there are fewer: a repeated row
-    weighs that root more, which is what k-means needs to give roots their share of codes).
+def shallow_groups(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the roots and of the root's two children ("first split"), from global parent
+    indices (-1 for roots)."""
+    is_root = parent < 0
+    is_first = np.zeros(len(parent), bool)
+    has = ~is_root
+    is_first[has] = is_root[parent[has]]
+    return is_root, is_first
+
+
+def _oversampled(groups: list[tuple[np.ndarray, float]], n_total: int, n: int, rng) -> list:
+    """Row indices: from each (indices, fraction) group ``round(fraction * n)`` rows (at least
+    the group's natural share), every member repeated equally, then a random remainder."""
+    picks = []
+    for idx, fraction in groups:
+        if len(idx) == 0:
+            continue
+        k = max(round(fraction * n), round(n * len(idx) / n_total))
+        repeats = k // len(idx)
+        picks.append(np.tile(idx, repeats))
+        picks.append(rng.choice(idx, k - repeats * len(idx), replace=False))
+    return picks
+
+
+def _kmeans_rows(
+    is_root: np.ndarray, cfg: TokenizerConfig, rng, is_first: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows for the k-means initialisation, with roots at ``cfg.root_fraction`` and the
+    root's children at ``cfg.first_split_fraction``, as in the training batches (each
+    repeated equally where there are fewer: a repeated row weighs that node more, which is
+    what k-means needs to give them their share of codes).
 
     Roots are ~1% of nodes; drawn in that share, too few codes land on them, and the root's
-    mass (which a generated jet inherits) came back to a median 9 GeV in the demo.
+    mass (which a generated jet inherits) came back to a median 9 GeV in the demo. The
+    root's children are ~1.5%: drawn in that share, their offsets from the jet axis (the
+    widest of the tree) came back 23% too small, and every jet's first splitting with them
+    (R_g, τ21, τ32; see the README).
     """
+    is_first = np.zeros(len(is_root), bool) if is_first is None else is_first
     n = min(cfg.kmeans_sample, len(is_root))
-    roots, others = np.flatnonzero(is_root), np.flatnonzero(~is_root)
-    n_root = max(round(cfg.root_fraction * n), round(n * len(roots) / len(is_root)))
-    n_root = n_root if len(roots) else 0
-    repeats = n_root // len(roots) if len(roots) else 0  # every root equally often, then
-    pick_roots = np.concatenate(  # a random remainder
-        [np.tile(roots, repeats), rng.choice(roots, n_root - repeats * len(roots), replace=False)]
-    )
-    pick_others = rng.choice(others, min(len(others), n - n_root), replace=False)
-    return np.sort(np.concatenate([pick_roots, pick_others]))
+    groups = [
+        (np.flatnonzero(is_root), cfg.root_fraction),
+        (np.flatnonzero(is_first), cfg.first_split_fraction),
+    ]
+    picks = _oversampled(groups, len(is_root), n, rng)
+    n_special = sum(len(p) for p in picks)
+    others = np.flatnonzero(~is_root & ~is_first)
+    picks.append(rng.choice(others, min(len(others), n - n_special), replace=False))
+    return np.sort(np.concatenate(picks))
 
 
 def train_tokenizer(
@@ -73,7 +104,8 @@ def train_tokenizer(
     order = rng.permutation(len(feats))
     n_val = max(1, len(feats) // 20)
     val, train = feats[order[:n_val]], feats[order[n_val:]]
-    train_is_root = nodes["parent"][order[n_val:]] < 0
+    is_root, is_first = shallow_groups(nodes["parent"])
+    train_is_root, train_is_first = is_root[order[n_val:]], is_first[order[n_val:]]
     if len(train) < cfg.n_codes:
         raise InputError(
             tree_paths[0] if isinstance(tree_paths, list) else tree_paths,
@@ -94,7 +126,7 @@ def train_tokenizer(
     else:
         std = F.Standardizer.fit(train, cfg.feature_weights)
         t0 = time.perf_counter()
-        sample = std.forward(train[_kmeans_rows(train_is_root, cfg, rng)])
+        sample = std.forward(train[_kmeans_rows(train_is_root, cfg, rng, train_is_first)])
         centroids = kmeans(sample, cfg.n_codes, iters=cfg.kmeans_iters, seed=cfg.seed)
         log(
             f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s"
@@ -110,9 +142,17 @@ def train_tokenizer(
     x_train = torch.as_tensor(tok.standardizer.forward(train), dtype=torch.float32, device=device)
     x_val = torch.as_tensor(tok.standardizer.forward(val), dtype=torch.float32, device=device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
-    # roots are ~1% of nodes but fix the jet's pT and mass: give them a fixed share of each batch
-    root_idx = torch.as_tensor(np.flatnonzero(train_is_root))
-    n_root = round(cfg.root_fraction * cfg.batch_size) if len(root_idx) else 0
+    # roots (~1% of nodes) fix the jet's pT and mass, the root's children (~1.5%) its first
+    # splitting: each gets a fixed share of every batch
+    shallow = [
+        (torch.as_tensor(np.flatnonzero(mask)), round(fraction * cfg.batch_size))
+        for mask, fraction in (
+            (train_is_root, cfg.root_fraction),
+            (train_is_first, cfg.first_split_fraction),
+        )
+        if mask.any()
+    ]
+    n_shallow = sum(k for _, k in shallow)
 
     def checkpoint(final: bool) -> None:
         model.eval()
@@ -139,11 +179,10 @@ def train_tokenizer(
         total=cfg.max_steps, initial=step, disable=not progress, file=sys.stderr, desc="tokenizer"
     )
     while step < cfg.max_steps:
-        idx = torch.randint(0, len(x_train), (cfg.batch_size - n_root,), generator=gen)
-        if n_root:
-            idx = torch.cat(
-                [idx, root_idx[torch.randint(0, len(root_idx), (n_root,), generator=gen)]]
-            )
+        idx = torch.cat(
+            [torch.randint(0, len(x_train), (cfg.batch_size - n_shallow,), generator=gen)]
+            + [group[torch.randint(0, len(group), (k,), generator=gen)] for group, k in shallow]
+        )
         idx = idx.to(device)
         x = x_train[idx]
         recon, _, commit = model(x)
