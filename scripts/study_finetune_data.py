@@ -1,9 +1,13 @@
-"""How much data does fine-tuning need? Held-out split NLL vs number of fine-tuning jets.
+"""How much data does fine-tuning need? Held-out split NLL and generated-jet physics vs the
+number of fine-tuning jets.
 
 For each N, the model is trained on the first N jets of ``--train`` twice with the same
 config and steps: once from a pretrained checkpoint (``--pretrained``, e.g. the AOJ-like QCD
 pretraining of ``make demo``) and once from scratch; both are scored with
-``evaluate-splits`` on ``--heldout``. Prints one JSON object (and keeps the runs in --work).
+``evaluate-splits`` on ``--heldout``, and each generates ``--generate`` jets (seeded) whose
+W1 distances to the held-out jets (token files are tree files) are reported for mass, τ21,
+τ32 and R_g, next to their truth-vs-truth floors. Prints one JSON line per N and a summary
+JSON object (and keeps the runs in --work).
 
     python scripts/study_finetune_data.py --pretrained demo_out/model/pretrain/model.ckpt \\
         --train demo_out/tokens/TTBar_000.0000.trees.parquet \\
@@ -21,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jetevo.trees.format import write_table
+
+PHYSICS = ("mass", "tau21", "tau32", "rg")
 
 
 def subset(files: list[Path], n: int, out: Path) -> Path:
@@ -43,6 +49,8 @@ def subset(files: list[Path], n: int, out: Path) -> Path:
 
 def main() -> None:
     from jetevo.config import load_config
+    from jetevo.evaluate import evaluate
+    from jetevo.generate import generate
     from jetevo.model.splits import evaluate_splits
     from jetevo.model.train import train
     from jetevo.trees.format import tree_files
@@ -54,6 +62,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/tree_demo_finetune.yaml")
     ap.add_argument("--sizes", default="50,150,500")
     ap.add_argument("--work", type=Path, default=Path("bench_out/finetune_study"))
+    ap.add_argument("--generate", type=int, default=500, help="jets generated per run (0: none)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=100")
     args = ap.parse_args()
     files = tree_files(args.train)
@@ -73,6 +82,13 @@ def main() -> None:
             s = evaluate_splits(ckpt, args.heldout)
             row[f"{name}_nll"] = round(s["nll"], 4)
             row["bigram_nll"] = round(s["bigram_nll"], 4)
+            if args.generate:
+                gen = run / "generated"
+                generate(ckpt, args.generate, gen, seed=1, progress=False)
+                m = evaluate(gen, args.heldout, run / "evaluate", plots=False)["observables"]
+                for obs in PHYSICS:
+                    row[f"{name}_w1_{obs}"] = round(m[obs]["w1"], 4)
+                    row[f"w1_floor_{obs}"] = round(m[obs]["w1_floor"], 4)
         results.append(row)
         print(json.dumps(row), flush=True)
     print(json.dumps({"config": args.config, "overrides": args.overrides, "results": results}))
