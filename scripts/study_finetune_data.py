@@ -50,7 +50,7 @@ def subset(files: list[Path], n: int, out: Path) -> Path:
 def main() -> None:
     from jetevo.config import load_config
     from jetevo.evaluate import evaluate
-    from jetevo.generate import generate
+    from jetevo.generate import GenerationError, generate
     from jetevo.model.splits import evaluate_splits
     from jetevo.model.train import train
     from jetevo.trees.format import tree_files
@@ -84,7 +84,11 @@ def main() -> None:
             row["bigram_nll"] = round(s["bigram_nll"], 4)
             if args.generate:
                 gen = run / "generated"
-                generate(ckpt, args.generate, gen, seed=1, progress=False)
+                try:
+                    generate(ckpt, args.generate, gen, seed=1, progress=False)
+                except GenerationError as exc:  # too many runaway trees: a result, not a crash
+                    row[f"{name}_generation_failed"] = str(exc)
+                    continue
                 m = evaluate(gen, args.heldout, run / "evaluate", plots=False)["observables"]
                 for obs in PHYSICS:
                     row[f"{name}_w1_{obs}"] = round(m[obs]["w1"], 4)

@@ -99,6 +99,29 @@ def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_d
         assert torch.allclose(pm[has_r][~worse], sw[~worse], atol=1e-5)
 
 
+def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir):
+    """Unit weights give the plain mean NLL per child; a weight on the root split (level 1)
+    counts each root split (two children) that many times, independently recomputed."""
+    from jetevo.model.train import weighted_split_loss
+
+    seqs = Sequences([token_dir], N_CODES, 128)
+    model = tiny_model(tiny_tokenizer).eval()
+    batch = batch_of(seqs, range(6))
+    with torch.no_grad():
+        out = split_nll(model, batch, True)
+        plain = out["nll_sum"] / out["n_children"]
+        assert torch.allclose(weighted_split_loss(out["per_split"], batch, [1.0, 1.0, 1.0]), plain)
+        valid = batch["left"] != IGNORE
+        depth = batch["depth"][valid]
+        children = 1 + (batch["right"][valid] != IGNORE).float()
+        root_split = depth == 1  # input depth: START 0, root 1
+        assert int(root_split.sum()) == 6 and torch.all(children[root_split] == 2)
+        w = torch.where(root_split, 5.0, 1.0)
+        expected = (w * out["per_split"]).sum() / (w * children).sum()
+        got = weighted_split_loss(out["per_split"], batch, [1.0, 5.0])
+        assert torch.allclose(got, expected) and not torch.allclose(got, plain)
+
+
 def train_steps(model, seqs, jets, steps, shuffle_targets=False, seed=0):
     rng = np.random.default_rng(seed)
     batch = batch_of(seqs, jets)
