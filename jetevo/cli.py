@@ -116,9 +116,10 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
     )
     closure = report["closure"]["observables"]
     print(
-        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}), W1 (floor): "
+        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}), W1 to the true "
+        "jets (0 is perfect; evaluate's truth-vs-truth floor in brackets): "
         + ", ".join(
-            f"{k} {closure[k]['w1']:.3g} ({closure[k]['w1_floor']:.2g})"
+            f"{k} {closure[k]['w1']:.3g} ({closure[k]['evaluate_w1_floor']:.2g})"
             for k in ("mass", "tau21", "tau32", "d2", "zg", "rg")
         )
     )

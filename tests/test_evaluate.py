@@ -130,3 +130,21 @@ def test_tokenizer_closure_rebuilds_valid_e_scheme_trees(tiny_tokenizer, tree_di
         ak.to_numpy(ak.flatten(rebuilt["share"]["px"])),
         ak.to_numpy(ak.flatten(rebuilt["two-body"]["px"])),
     )
+
+
+def test_closure_of_a_perfect_rebuild_is_zero(tiny_tokenizer, tree_dir, monkeypatch):
+    """Closure compares the rebuilt jets with the same true jets: a perfect rebuild gives W1
+    0 and no shift, while evaluate's resampled W1 would report noise (and the floor is only
+    a scale). A real tokenizer gives a positive distance."""
+    from jetevo.evaluate import closure
+    from jetevo.trees.format import load
+
+    files = sorted(tree_dir.glob("*.parquet"))[:1]
+    real = closure.tokenizer_closure(tiny_tokenizer, files)["observables"]
+    assert real["mass"]["w1"] > 0 and real["mass"]["evaluate_w1_floor"] > 0
+    monkeypatch.setattr(closure, "rebuilt_trees", lambda tok, trees, kin: trees)
+    perfect = closure.tokenizer_closure(tiny_tokenizer, files)["observables"]
+    for name in ("mass", "tau21", "tau32", "d2", "multiplicity"):
+        assert perfect[name]["w1"] == 0 and perfect[name]["paired_abs_diff_median"] == 0
+    assert perfect["mass"]["evaluate_w1_floor"] == real["mass"]["evaluate_w1_floor"]
+    assert len(load(files)) > 4

@@ -120,6 +120,17 @@ def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir):
         expected = (w * out["per_split"]).sum() / (w * children).sum()
         got = weighted_split_loss(out["per_split"], batch, [1.0, 5.0])
         assert torch.allclose(got, expected) and not torch.allclose(got, plain)
+        start = depth == 0  # the root-token prediction: one child, level 0
+        assert int(start.sum()) == 6 and torch.all(children[start] == 1)
+        w = torch.where(start, 3.0, 1.0)
+        expected = (w * out["per_split"]).sum() / (w * children).sum()
+        assert torch.allclose(weighted_split_loss(out["per_split"], batch, [3.0]), expected)
+    from jetevo.model.train import TrainConfig
+
+    assert TrainConfig(split_weights=[8, 8, 4]).split_weights == [8.0, 8.0, 4.0]
+    for bad in (5, [1, -1], [2, "a"], [float("inf")], [True]):
+        with pytest.raises(ValueError, match="split_weights"):
+            TrainConfig(split_weights=bad)
 
 
 def train_steps(model, seqs, jets, steps, shuffle_targets=False, seed=0):

@@ -235,7 +235,8 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     for k in ("multiplicity", "depth", "n_internal"):
         assert closure[k]["paired_abs_diff_median"] == 0
     mass = closure["mass"]
-    assert 0 < mass["paired_abs_diff_median"] < 40 and np.isfinite(mass["w1_floor"])
+    assert 0 < mass["paired_abs_diff_median"] < 40 and 0 < mass["w1"] < 40
+    assert np.isfinite(mass["evaluate_w1_floor"]) and np.isfinite(mass["paired_diff_median"])
     assert "closure, trees rebuilt from their own tokens (share)" in capsys.readouterr().out
     capsys.readouterr()
     assert (
@@ -281,5 +282,29 @@ def test_kmeans_init_gives_roots_and_first_split_their_training_share():
     # without roots (or a tiny share asked) the sample is plain
     plain = _kmeans_rows(np.zeros(500, bool), cfg, np.random.default_rng(0))
     assert np.array_equal(plain, np.arange(500))
-    with pytest.raises(ValueError, match="add up to less than 1"):
-        TokenizerConfig(root_fraction=0.5, first_split_fraction=0.5)
+    for bad in ((0.5, 0.5), (float("nan"), 0.1), (-0.1, 0.1), ("0.1", 0.1)):
+        with pytest.raises(ValueError, match="add up to less than 1"):
+            TokenizerConfig(root_fraction=bad[0], first_split_fraction=bad[1])
+    # tiny jets: both groups' natural shares exceed what their fractions ask; never more than n
+    tiny = np.tile([-1, 0, 0], 50) + np.repeat(np.arange(50) * 3, 3) * (
+        np.tile([-1, 0, 0], 50) >= 0
+    )
+    r, f = shallow_groups(tiny)
+    cfg = TokenizerConfig(root_fraction=0.1, first_split_fraction=0.85, kmeans_sample=100)
+    rows = _kmeans_rows(r, cfg, np.random.default_rng(0), f)
+    assert len(rows) == 100 and r[rows].sum() == 33 and f[rows].sum() == 67
+
+
+def test_old_tokenizer_checkpoints_load_without_first_split_share(tiny_tokenizer):
+    """Checkpoints saved before ``first_split_fraction`` existed were trained without it."""
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    state = tiny_tokenizer.state()
+    assert state["config"]["first_split_fraction"] == TINY_TOKENIZER.get(
+        "first_split_fraction", 0.15
+    )
+    del state["config"]["first_split_fraction"]
+    assert Tokenizer.from_state(state).cfg.first_split_fraction == 0.0
+    state["config"]["root_fraction"] = float("nan")
+    with pytest.raises(InputError, match=r"old\.ckpt: bad tokenizer config"):
+        Tokenizer.from_state(state, "old.ckpt")

@@ -154,10 +154,11 @@ def decode_conserving(
 
     - ``share``: the mismatch Δ = parent − (left + right) is shared in proportion to the
       children's energies. A parent heavier than its decoded pair passes its excess mass to
-      the children's masses, so particles come out massive (demo: mean 1.2 GeV, simulated
-      0.16 GeV) and the first splittings too narrow (R_g 0.41 against 0.51);
+      the children's masses, so particles come out massive (demo model without split weights:
+      mean 1.2 GeV, simulated 0.16 GeV) and the first splittings too narrow (R_g 0.41 against
+      0.51);
     - ``two-body``: :func:`two_body_split`, the children keep their decoded masses and the
-      excess goes into their momentum. On the demo model this improved R_g (W1 0.095 ->
+      excess goes into their momentum. On that model this improved R_g (W1 0.095 ->
       0.068) and τ32 (0.123 -> 0.098) but made τ21 (0.030 -> 0.085) and D2 (0.074 -> 0.36)
       worse, so it is not the default.
     """

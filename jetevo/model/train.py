@@ -52,10 +52,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         w = self.split_weights
-        if w is not None and (
-            not isinstance(w, list) or not all(isinstance(x, (int, float)) and x >= 0 for x in w)
-        ):
-            raise ValueError(f"train.split_weights must be a list of numbers >= 0, got {w!r}")
+        if w is None:
+            return
+        ok = isinstance(w, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+            for x in w
+        )
+        if not ok:
+            raise ValueError(
+                f"train.split_weights must be a list of finite numbers >= 0, got {w!r}"
+            )
+        self.split_weights = [float(x) for x in w]
 
 
 def _section(cls, d: dict | None, name: str):
@@ -90,7 +97,9 @@ def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
             self.log("train_nll", nll, prog_bar=True, batch_size=int(out["n_children"]))
             if not tc.split_weights:
                 return nll
-            return weighted_split_loss(out["per_split"], batch, tc.split_weights)
+            loss = weighted_split_loss(out["per_split"], batch, tc.split_weights)
+            self.log("train_loss", loss, batch_size=int(out["n_children"]))
+            return loss
 
         def validation_step(self, batch, _):
             out = split_nll(self.model, batch, tc.permutation_min, stats=True)

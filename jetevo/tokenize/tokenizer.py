@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -45,9 +46,13 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         shares = (self.root_fraction, self.first_split_fraction)
-        if min(shares) < 0 or sum(shares) >= 1:
+        if not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in shares
+        ) or (min(shares) < 0 or sum(shares) >= 1):
             raise ValueError(
-                "root_fraction and first_split_fraction must be >= 0 and add up to less than 1"
+                "root_fraction and first_split_fraction must be numbers >= 0 that add up to "
+                f"less than 1, got {shares[0]!r} and {shares[1]!r}"
             )
 
     @classmethod
@@ -149,7 +154,12 @@ class Tokenizer:
                 path,
                 f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}",
             )
-        cfg = TokenizerConfig.from_dict(state["config"])
+        # checkpoints from before the first-split share were trained without it
+        saved = {"first_split_fraction": 0.0, **state["config"]}
+        try:
+            cfg = TokenizerConfig.from_dict(saved)
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"bad tokenizer config in the checkpoint ({exc})") from None
         model = cls.build_model(cfg)
         embed = state["model"].get("vq.embed")
         if embed is None or embed.shape[-2] != cfg.n_codes:

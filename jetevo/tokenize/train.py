@@ -41,12 +41,14 @@ def shallow_groups(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _oversampled(groups: list[tuple[np.ndarray, float]], n_total: int, n: int, rng) -> list:
     """Row indices: from each (indices, fraction) group ``round(fraction * n)`` rows (at least
-    the group's natural share), every member repeated equally, then a random remainder."""
-    picks = []
+    the group's natural share, at most what is left of ``n``), every member repeated
+    equally, then a random remainder."""
+    picks, left = [], n
     for idx, fraction in groups:
         if len(idx) == 0:
             continue
-        k = max(round(fraction * n), round(n * len(idx) / n_total))
+        k = min(left, max(round(fraction * n), round(n * len(idx) / n_total)))
+        left -= k
         repeats = k // len(idx)
         picks.append(np.tile(idx, repeats))
         picks.append(rng.choice(idx, k - repeats * len(idx), replace=False))
