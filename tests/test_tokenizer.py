@@ -271,7 +271,7 @@ def test_kmeans_init_gives_roots_and_first_split_their_training_share():
     assert np.array_equal(np.flatnonzero(is_first[:100]), [1, 2])
 
     cfg = TokenizerConfig(root_fraction=0.05, first_split_fraction=0.15, kmeans_sample=4_000)
-    rows = _kmeans_rows(is_root, cfg, np.random.default_rng(0), is_first)
+    rows = _kmeans_rows(is_root, is_first, cfg, np.random.default_rng(0))
     assert len(rows) == 4_000 and rows.min() >= 0 and rows.max() < len(is_root)
     assert is_root[rows].sum() == 200  # 5% of the sample, from 100 distinct roots
     assert len(np.unique(rows[is_root[rows]])) == 100
@@ -280,7 +280,8 @@ def test_kmeans_init_gives_roots_and_first_split_their_training_share():
     others = rows[~is_root[rows] & ~is_first[rows]]
     assert len(np.unique(others)) == len(others)  # other nodes are not repeated
     # without roots (or a tiny share asked) the sample is plain
-    plain = _kmeans_rows(np.zeros(500, bool), cfg, np.random.default_rng(0))
+    none = np.zeros(500, bool)
+    plain = _kmeans_rows(none, none, cfg, np.random.default_rng(0))
     assert np.array_equal(plain, np.arange(500))
     for bad in ((0.5, 0.5), (float("nan"), 0.1), (-0.1, 0.1), ("0.1", 0.1)):
         with pytest.raises(ValueError, match="add up to less than 1"):
@@ -291,7 +292,7 @@ def test_kmeans_init_gives_roots_and_first_split_their_training_share():
     )
     r, f = shallow_groups(tiny)
     cfg = TokenizerConfig(root_fraction=0.1, first_split_fraction=0.85, kmeans_sample=100)
-    rows = _kmeans_rows(r, cfg, np.random.default_rng(0), f)
+    rows = _kmeans_rows(r, f, cfg, np.random.default_rng(0))
     assert len(rows) == 100 and r[rows].sum() == 33 and f[rows].sum() == 67
 
 

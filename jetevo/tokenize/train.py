@@ -56,7 +56,7 @@ def _oversampled(groups: list[tuple[np.ndarray, float]], n_total: int, n: int, r
 
 
 def _kmeans_rows(
-    is_root: np.ndarray, cfg: TokenizerConfig, rng, is_first: np.ndarray | None = None
+    is_root: np.ndarray, is_first: np.ndarray, cfg: TokenizerConfig, rng
 ) -> np.ndarray:
     """Rows for the k-means initialisation, with roots at ``cfg.root_fraction`` and the
     root's children at ``cfg.first_split_fraction``, as in the training batches (each
@@ -69,7 +69,6 @@ def _kmeans_rows(
     widest of the tree) came back 23% too small, and every jet's first splitting with them
     (R_g, τ21, τ32; see the README).
     """
-    is_first = np.zeros(len(is_root), bool) if is_first is None else is_first
     n = min(cfg.kmeans_sample, len(is_root))
     groups = [
         (np.flatnonzero(is_root), cfg.root_fraction),
@@ -128,7 +127,7 @@ def train_tokenizer(
     else:
         std = F.Standardizer.fit(train, cfg.feature_weights)
         t0 = time.perf_counter()
-        sample = std.forward(train[_kmeans_rows(train_is_root, cfg, rng, train_is_first)])
+        sample = std.forward(train[_kmeans_rows(train_is_root, train_is_first, cfg, rng)])
         centroids = kmeans(sample, cfg.n_codes, iters=cfg.kmeans_iters, seed=cfg.seed)
         log(
             f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s"
