@@ -54,6 +54,13 @@ demo: $(STAMP)
 		--out $(DEMO_DIR)/generated --quiet
 	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
 		--out $(DEMO_DIR)/evaluate
+	# the same on massless particles (energies |p| in both samples), and the bigram reference generator
+	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
+		--out $(DEMO_DIR)/evaluate_massless --massless --no-plots
+	$(BIN)/jetevo generate --ckpt $(DEMO_DIR)/model/finetune/model.ckpt --n-jets $(DEMO_GEN_JETS) --seed 1 \
+		--baseline bigram --out $(DEMO_DIR)/generated_bigram --quiet
+	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated_bigram --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
+		--out $(DEMO_DIR)/evaluate_bigram_massless --massless --no-plots
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py

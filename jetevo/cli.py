@@ -14,8 +14,14 @@ from pathlib import Path
 
 from jetevo.errors import JetevoError
 
-# jetevo.generate.assemble.SPLIT_KINEMATICS, without importing torch for every command
-SPLIT_KINEMATICS = ("share", "two-body")
+# jetevo.generate.assemble.SPLIT_KINEMATICS and PARTICLE_MASSES (a test checks they agree),
+# without importing torch for every command
+SPLIT_KINEMATICS = ("two-body", "share")
+PARTICLE_MASSES = ("pion", "massless", "decoded")
+DECODING_HELP = (
+    "two-body (default): each pair a two-body decay of its parent, physical particle masses;"
+    " share: the old correction that passes a parent's excess mass to its children"
+)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -95,7 +101,9 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
     plots = Path(args.plots) if args.plots else Path(args.json).parent
     tok = Tokenizer.load(args.ckpt)
     report = evaluate(tok, args.trees, plots_dir=plots)
-    report["closure"] = tokenizer_closure(tok, args.trees, args.split_kinematics)
+    report["closure"] = tokenizer_closure(
+        tok, args.trees, args.split_kinematics, args.particle_mass, massless=args.massless
+    )
     write_report(report, args.json)
     rows = [
         ("leaves", report["leaves"]),
@@ -116,12 +124,19 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
     )
     closure = report["closure"]["observables"]
     print(
-        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}), W1 to the true "
-        "jets (0 is perfect; evaluate's truth-vs-truth floor in brackets): "
+        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}, "
+        f"{args.particle_mass} particles{', energies taken massless' if args.massless else ''}), "
+        "W1 on the particles to the true jets (0 is perfect; evaluate's truth-vs-truth floor "
+        "in brackets): "
         + ", ".join(
             f"{k} {closure[k]['w1']:.3g} ({closure[k]['evaluate_w1_floor']:.2g})"
             for k in ("mass", "tau21", "tau32", "d2", "zg", "rg")
         )
+    )
+    parts = report["closure"]["particles"]["rebuilt"]
+    print(
+        f"closure particles: mean mass {parts['mean_mass']:.3f} GeV, spacelike fraction "
+        f"{parts['spacelike_fraction']:.4f}"
     )
 
 
@@ -188,7 +203,8 @@ def _generate(args: argparse.Namespace) -> None:
         args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, device=args.device, max_nodes=args.max_nodes,
         root_tokens=roots, root=root, tokenizer=args.tokenizer,
-        split_kinematics=args.split_kinematics, progress=not args.quiet,
+        split_kinematics=args.split_kinematics, particle_mass=args.particle_mass,
+        baseline=args.baseline, resolution=not args.no_resolution, progress=not args.quiet,
     )  # fmt: skip
     print(
         f"{s['n_written']} trees ({s['mean_nodes_per_tree']:.1f} nodes each) in {s['seconds']:.1f}s: "
@@ -207,6 +223,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         n_resamples=args.resamples,
         seed=args.seed,
         plots=not args.no_plots,
+        massless=args.massless,
     )
     print(format_table(result))
     print(
@@ -275,9 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.add_argument("--plots", help="folder for plots (default: next to the JSON)")
     p.add_argument(
-        "--split-kinematics", choices=SPLIT_KINEMATICS, default="share",
-        help="how the closure's rebuilt pairs are made to add up to their parent (as generate)",
+        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
+        help="how the closure's rebuilt pairs add up to their parent (as generate): " + DECODING_HELP,
     )  # fmt: skip
+    p.add_argument("--particle-mass", choices=PARTICLE_MASSES, default="pion", help="as generate")
+    p.add_argument(
+        "--massless", action="store_true", help="closure observables with particle energies |p|"
+    )
     p.set_defaults(func=_tokenizer_eval)
 
     p = sub.add_parser("train", help="train the jet-evolution model on token files")
@@ -323,8 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)"
     )
     p.add_argument(
-        "--split-kinematics", choices=SPLIT_KINEMATICS, default="share",
-        help="how each decoded pair is made to add up to its parent (README: Generation)",
+        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
+        help="how each decoded pair is made to add up to its parent: " + DECODING_HELP,
+    )  # fmt: skip
+    p.add_argument(
+        "--particle-mass", choices=PARTICLE_MASSES, default="pion",
+        help="mass of every generated particle with two-body kinematics (decoded: its token's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baseline",
+        choices=("bigram",),
+        help="sample from the checkpoint's count baseline instead of the transformer",
+    )
+    p.add_argument(
+        "--no-resolution", action="store_true",
+        help="do not turn pseudojets below the checkpoint's resolution scale into particles",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)
@@ -348,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--massless", action="store_true",
+        help="take every particle's energy as |p| in both samples before computing observables",
+    )  # fmt: skip
     p.set_defaults(func=_evaluate)
     return parser
 

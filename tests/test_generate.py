@@ -115,9 +115,10 @@ def test_cli_generate_errors(model_ckpt, tmp_path, capsys):
 
 
 def test_two_body_split_conserves_and_keeps_decoded_pairs():
-    """Children rebuilt as a two-body decay add up to the parent exactly, keep their masses,
-    and come back unchanged when the decoded pair already adds up."""
-    from jetevo.generate.assemble import two_body_split
+    """Children rebuilt as a two-body decay add up to the parent exactly, come back
+    unchanged when the decoded pair already adds up, keep fixed (particle) masses, and share
+    a parent's extra mass between opening and pseudojet masses."""
+    from jetevo.generate.assemble import MASS_SHARE, two_body_split
     from jetevo.tokenize.features import four_momentum, pt_y_phi_m
 
     rng = np.random.default_rng(3)
@@ -132,21 +133,79 @@ def test_two_body_split_conserves_and_keeps_decoded_pairs():
     def mass(p):
         return pt_y_phi_m(p)[3]
 
-    left, right = random_p(20), random_p(20)
-    a, b = two_body_split(left + right, left, right)
-    assert np.allclose(a, left, rtol=1e-9, atol=1e-9) and np.allclose(b, right, atol=1e-9)
-    heavier = (left + right) * np.array([1, 1, 1, 1.002])  # a parent with more mass
-    a, b = two_body_split(heavier, left, right)
-    assert np.allclose(a + b, heavier, rtol=1e-12, atol=1e-9)
-    assert np.allclose(mass(a), mass(left), atol=1e-6) and np.allclose(mass(b), mass(right))
-
-    # the extra mass opens the pair up instead of fattening the children
     def angle(p, q):
         return np.arccos(np.clip((p[:, :3] * q[:, :3]).sum(1) / np.linalg.norm(p[:, :3], axis=1)
                                  / np.linalg.norm(q[:, :3], axis=1), -1, 1))  # fmt: skip
 
-    assert np.all(angle(a, b) >= angle(left, right) - 1e-9)
-    # massless particles into a parent lighter than they allow: masses scale down, sums hold
+    left, right = random_p(20), random_p(20)
+    a, b = two_body_split(left + right, left, right)
+    assert np.allclose(a, left, rtol=1e-9, atol=1e-7) and np.allclose(b, right, atol=1e-7)
+    heavier = (left + right) * np.array([1, 1, 1, 1.002])  # a parent with more mass
+    fixed = np.ones(n, bool)
+    a, b = two_body_split(heavier, left, right, fixed, fixed)
+    assert np.allclose(a + b, heavier, rtol=1e-12, atol=1e-9)
+    assert np.allclose(mass(a), mass(left), atol=1e-6) and np.allclose(mass(b), mass(right))
+    assert np.all(angle(a, b) >= angle(left, right) - 1e-9)  # fixed masses: the pair opens
+    a2, b2 = two_body_split(heavier, left, right)  # free masses take part of the extra mass
+    assert np.allclose(a2 + b2, heavier, rtol=1e-12, atol=1e-9)
+    assert 0 < MASS_SHARE < 1
+    assert np.all(mass(a2) >= mass(left) - 1e-9) and np.all(mass(b2) >= mass(right) - 1e-9)
+    assert np.all(angle(a2, b2) <= angle(a, b) + 1e-9)
+    # children heavier than their parent allows: masses scale down, sums hold, no collapse
     light = four_momentum(np.full(n, 50.0), np.zeros(n), np.zeros(n), np.full(n, 1.0))
     a, b = two_body_split(light, random_p(5), random_p(5))
     assert np.allclose(a + b, light, atol=1e-9) and np.all(mass(a) + mass(b) <= 1.0 + 1e-9)
+
+
+def _random_token_trees(tokenizer, n_jets, seed):
+    """Random full binary trees with random tokens (leaf flags matching the structure)."""
+    from jetevo.generate.sampler import SampledTrees
+
+    rng = np.random.default_rng(seed)
+    k = tokenizer.cfg.n_codes
+    tok, par, dep, lft, rgt, counts = [], [], [], [], [], []
+    for _ in range(n_jets):
+        n_leaves = int(rng.integers(1, 40))
+        # grow by splitting a random leaf, then relabel in generation order (root first)
+        left, right, parent = [-1], [-1], [-1]
+        leaves = [0]
+        while len(leaves) < n_leaves:
+            node = leaves.pop(int(rng.integers(len(leaves))))
+            left[node], right[node] = len(left), len(left) + 1
+            for _ in range(2):
+                left.append(-1)
+                right.append(-1)
+                parent.append(node)
+                leaves.append(len(left) - 1)
+        depth = [0] * len(left)
+        for i in range(1, len(left)):
+            depth[i] = depth[parent[i]] + 1
+        is_leaf = np.array(left) < 0
+        tok.append(rng.integers(0, k, len(left)) + k * is_leaf)
+        par.append(parent), dep.append(depth), lft.append(left), rgt.append(right)
+        counts.append(len(left))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    cat = [np.concatenate(x).astype(np.int64) for x in (tok, par, dep, lft, rgt)]
+    return SampledTrees(*cat, offsets=offsets, runaway=np.zeros(0, np.int64), steps=0)
+
+
+@pytest.mark.parametrize("particle_mass", ["pion", "massless"])
+def test_physical_decoding_of_random_token_trees(tiny_tokenizer, particle_mass):
+    """Any token tree decodes into physical particles: four-momentum conserved at every
+    split, no spacelike node, every particle at the requested mass."""
+    from jetevo.generate.assemble import PARTICLE_MASSES, decode_conserving
+    from jetevo.tokenize.features import pt_y_phi_m
+
+    trees = _random_token_trees(tiny_tokenizer, 200, seed=1)
+    p = decode_conserving(tiny_tokenizer, trees, "two-body", particle_mass)
+    first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
+    internal = np.flatnonzero(trees.left >= 0)
+    kids = p[first[internal] + trees.left[internal]] + p[first[internal] + trees.right[internal]]
+    scale = np.abs(p[internal, 3:4])
+    assert np.all(np.abs(kids - p[internal]) <= 1e-7 * scale)  # far below float32 storage
+    m2 = p[:, 3] ** 2 - (p[:, :3] ** 2).sum(1)
+    assert np.all(m2 >= -1e-9 * p[:, 3] ** 2) and np.all(p[:, 3] > 0)
+    leaf = trees.left < 0
+    # (collinear sharing of a nearly massless parent leaves its particles 1e-4 E at most)
+    m = pt_y_phi_m(p[leaf])[3]
+    assert np.all(np.abs(m - PARTICLE_MASSES[particle_mass]) <= 1e-5 + 1e-4 * p[leaf, 3])

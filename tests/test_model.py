@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from jetevo.model.train import code_feature_table
 
 N_CODES = 64
 TINY = {"n_codes": N_CODES, "n_layer": 2, "n_head": 2, "n_embd": 32}
+RIGHT_HEADS = ("context", "left-child")
 
 
 def tiny_model(tokenizer=None, seed=0, **kw) -> JetEvolutionModel:
@@ -49,63 +51,92 @@ def test_sequences_follow_preorder_expansion(token_dir):
     assert np.all(seqs.right[seqs.offsets[:-1]] == IGNORE)
 
 
-def test_causality_both_heads(tiny_tokenizer, token_dir):
+def per_position(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Values over the valid positions (flat, row-major) back on the (B, T) grid (0 elsewhere)."""
+    grid = torch.zeros(valid.shape, dtype=values.dtype)
+    grid[valid] = values
+    return grid
+
+
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
     seqs = Sequences([token_dir], N_CODES, 128)
-    model = tiny_model(tiny_tokenizer).eval()
+    model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(4))
-    t = batch["tokens"].shape[1]
+    b, t = batch["tokens"].shape
+    valid = batch["left"] != IGNORE
     rng = np.random.default_rng(0)
+
+    def later(x: torch.Tensor, k: int, high: int) -> torch.Tensor:
+        """``x`` with every position after k replaced at random (targets: where they exist)."""
+        x = x.clone()
+        new = torch.from_numpy(rng.integers(0, high, size=(b, t - k - 1)))
+        tail = x[:, k + 1 :]
+        x[:, k + 1 :] = torch.where(tail == IGNORE, tail, new)
+        return x
+
     with torch.no_grad():
         h = model.backbone(batch["tokens"], batch["depth"], batch["side"])
         left = model.left_logits(h)
         right = model.right_logits(h, batch["left"].clamp(min=0))
+        nll = per_position(split_nll(model, batch, True)["per_split"], valid)
         for k in range(1, t - 1):
-            perturbed = batch["tokens"].clone()
-            perturbed[:, k + 1 :] = torch.from_numpy(
-                rng.integers(0, 2 * N_CODES, size=(4, t - k - 1))
-            )
-            # targets at position k are children of node k: they only ever appear at positions > k
-            h2 = model.backbone(perturbed, batch["depth"], batch["side"])
+            # targets at position k are children of node k: they only ever appear at positions
+            # > k; every input there (token, depth, side) and every later target may change
+            perturbed = {
+                **batch,
+                "tokens": later(batch["tokens"], k, 2 * N_CODES),
+                "depth": later(batch["depth"], k, model.cfg.max_len + 1),
+                "side": later(batch["side"], k, 4),
+                "left": later(batch["left"], k, 2 * N_CODES),
+                "right": later(batch["right"], k, 2 * N_CODES),
+            }
+            h2 = model.backbone(perturbed["tokens"], perturbed["depth"], perturbed["side"])
             assert torch.allclose(model.left_logits(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
-            right2 = model.right_logits(h2, batch["left"].clamp(min=0))
+            right2 = model.right_logits(h2, perturbed["left"].clamp(min=0))
             assert torch.allclose(right2[:, : k + 1], right[:, : k + 1], atol=1e-5)
+            # the training path too, permutation-min swap included
+            nll2 = per_position(split_nll(model, perturbed, True)["per_split"], valid)
+            assert torch.allclose(nll2[:, : k + 1], nll[:, : k + 1], atol=1e-5)
         # the right head reads this split's left child (and no right target: none is passed)
         other_left = batch["left"].clamp(min=0).roll(1, dims=1)
         assert not torch.allclose(model.right_logits(h, other_left), right)
 
 
-def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_dir):
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_dir, right_head):
     seqs = Sequences([token_dir], N_CODES, 128)
-    model = tiny_model(tiny_tokenizer).eval()
+    model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(8))
     with torch.no_grad():
         pm = split_nll(model, batch, True)["per_split"]
         plain = split_nll(model, batch, False)["per_split"]
         assert torch.all(pm <= plain + 1e-6)
-        # recompute the swapped loss independently
+        # recompute the swapped loss independently: right logits over whole sequences with
+        # the true right child as every split's left child
         valid = batch["left"] != IGNORE
-        h = model.backbone(batch["tokens"], batch["depth"], batch["side"])[valid]
+        h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"])
         lt, rt = batch["left"][valid], batch["right"][valid]
         has_r = rt != IGNORE
-        lg = torch.log_softmax(model.left_logits(h), -1)
+        lg = torch.log_softmax(model.left_logits(h_all[valid]), -1)
+        swapped_right = model.right_logits(h_all, batch["right"].clamp(min=0))[valid][has_r]
         sw = -(
             lg[has_r].gather(1, rt[has_r, None])[:, 0]
-            + torch.log_softmax(model.right_logits(h[has_r], rt[has_r]), -1).gather(
-                1, lt[has_r, None]
-            )[:, 0]
+            + torch.log_softmax(swapped_right, -1).gather(1, lt[has_r, None])[:, 0]
         )
         worse = sw >= plain[has_r]
         assert worse.any() and torch.allclose(pm[has_r][worse], plain[has_r][worse])
         assert torch.allclose(pm[has_r][~worse], sw[~worse], atol=1e-5)
 
 
-def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir):
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir, right_head):
     """Unit weights give the plain mean NLL per child; a weight on the root split (level 1)
     counts each root split (two children) that many times, independently recomputed."""
     from jetevo.model.train import weighted_split_loss
 
     seqs = Sequences([token_dir], N_CODES, 128)
-    model = tiny_model(tiny_tokenizer).eval()
+    model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(6))
     with torch.no_grad():
         out = split_nll(model, batch, True)
@@ -216,8 +247,9 @@ def test_other_vocabulary_or_tokenizer_is_refused(tiny_tokenizer, token_dir, tmp
         load_model(tmp_path / "junk.ckpt")
 
 
-def test_predict_and_decode(tiny_tokenizer):
-    model = tiny_model(tiny_tokenizer).eval()
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_predict_and_decode(tiny_tokenizer, right_head):
+    model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     parents = torch.tensor([3, 5, 7])
     greedy = model.predict(parents)
     assert (
@@ -234,6 +266,113 @@ def test_predict_and_decode(tiny_tokenizer):
     parent_p = np.array([[300.0, 10.0, 50.0, 320.0]] * 3)
     kin = children_kinematics(tiny_tokenizer, greedy, parent_p)
     assert kin["left"].shape == (3, 4) and np.all(np.isfinite(kin["right"]))
+
+
+def test_right_head_setting_is_validated():
+    assert ModelConfig().right_head == "context"
+    with pytest.raises(ValueError, match=r"model\.right_head.*context, left-child"):
+        ModelConfig(right_head="attention")
+
+
+def test_context_right_head_really_attends(tiny_tokenizer, token_dir):
+    """The context head's attention spreads over several positions, so its query learns;
+    the one-key left-child head's query gets no gradient at all."""
+    seqs = Sequences([token_dir], N_CODES, 128)
+    batch = batch_of(seqs, range(8))
+    grads = {}
+    for right_head in RIGHT_HEADS:
+        model = tiny_model(tiny_tokenizer, seed=6, right_head=right_head)
+        out = split_nll(model, batch, True)
+        (out["nll_sum"] / out["n_children"]).backward()
+        grads[right_head] = float(model.right_xattn.q.weight.grad.norm())
+        if right_head == "context":
+            with torch.no_grad():
+                xattn, table = model.right_xattn, model.tokens.table()
+                h = model.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+                b, t, c = h.shape
+                x = h + xattn.child(table[batch["left"].clamp(min=0)])
+                q = xattn.q(x).view(b, t, 2, c // 2).transpose(1, 2)
+                k, _ = xattn.context(h)
+                causal = torch.ones(t, t, dtype=torch.bool).tril()
+                w = (q @ k.transpose(-1, -2) / math.sqrt(c // 2)).masked_fill(~causal, -math.inf)
+                top = w.softmax(-1).amax(-1)[:, :, 1:]  # positions that see 2 or more keys
+            assert float(top.max()) < 0.99, "attention must not sit on one key"
+    assert grads["context"] > 1e-4 and grads["left-child"] < 1e-7 * max(1.0, grads["context"])
+
+
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_predict_agrees_with_the_training_path(tiny_tokenizer, token_dir, right_head):
+    """``predict`` with a sequence's first p positions as context gives the children's
+    probabilities that the training loss and the whole-sequence right logits give at p."""
+    seqs = Sequences([token_dir], N_CODES, 128)
+    model = tiny_model(tiny_tokenizer, seed=2, right_head=right_head).eval()
+    full = batch_of(seqs, range(16))
+    for p in (1, 3, 6):
+        rows = full["right"][:, p] != IGNORE
+        assert int(rows.sum()) >= 2
+        batch = {k: v[rows] for k, v in full.items()}
+        context = {k: batch[k][:, :p] for k in ("tokens", "depth", "side")}
+        pred = model.predict(
+            batch["tokens"][:, p], context, parent_depth=batch["depth"][:, p],
+            parent_side=batch["side"][:, p],
+        )  # fmt: skip
+        batch["left"][:, p], batch["right"][:, p] = pred["left"], pred["right"]
+        with torch.no_grad():
+            h = model.backbone(batch["tokens"], batch["depth"], batch["side"])
+            right = model.right_logits(h, batch["left"].clamp(min=0))[:, p].softmax(-1)
+            nll = per_position(split_nll(model, batch, False)["per_split"], batch["left"] != IGNORE)
+        assert torch.equal(right.argmax(-1), pred["right"])
+        p_right = right.gather(1, pred["right"][:, None])[:, 0]
+        assert torch.allclose(p_right, pred["p_right"], atol=1e-5)
+        expected = -(pred["p_left"].log() + pred["p_right"].log())
+        assert torch.allclose(nll[:, p], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("right_head", RIGHT_HEADS)
+def test_cached_and_uncached_generation_agree(tiny_tokenizer, right_head):
+    from jetevo.generate import sample_trees
+
+    model = tiny_model(tiny_tokenizer, seed=4, right_head=right_head).eval()
+    model.shift_leaf_odds(0.5)
+    for roots in (np.arange(16) * 3, None):  # pseudojet roots (deeper trees), sampled roots
+        a, b = (
+            sample_trees(
+                model, 16, root_tokens=roots, generator=torch.Generator().manual_seed(3),
+                use_cache=use_cache,
+            )
+            for use_cache in (True, False)
+        )  # fmt: skip
+        for f in ("token", "parent", "left", "offsets", "runaway"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+        assert a.steps == b.steps
+    assert sample_trees(model, 16, root_tokens=np.arange(16) * 3).steps >= 5
+
+
+def test_checkpoint_without_right_head_loads_as_left_child(tiny_tokenizer, token_dir, tmp_path):
+    seqs = Sequences([token_dir], N_CODES, 128)
+    batch = batch_of(seqs, range(6))
+    left = batch["left"].clamp(min=0)
+    model = tiny_model(tiny_tokenizer, seed=1, right_head="left-child").eval()
+    state = model.checkpoint_state()
+    del state["config"]["right_head"]  # as saved before the setting existed
+    torch.save(state, tmp_path / "old.ckpt")
+    loaded = load_model(tmp_path / "old.ckpt")
+    assert loaded.cfg.right_head == "left-child"
+    with torch.no_grad():
+        table = loaded.tokens.table()
+        h = loaded.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+        right = loaded.right_logits(h, left, table)
+        assert torch.equal(right, model.right_logits(h, left))
+        for k, v in split_nll(loaded, batch, True, stats=True).items():
+            assert torch.equal(v, split_nll(model, batch, True, stats=True)[k]), k
+        # the one-key head written out: softmax weight 1, so it adds the left child's value
+        xattn, c = loaded.right_xattn, h.shape[-1]
+        value = xattn.kv(table[left])[..., c:]
+        state_r = loaded.right_head(xattn.ln(h + xattn.proj(value)))
+        assert torch.allclose(loaded._logits(state_r, table), right, atol=1e-5)
+    # a new checkpoint keeps its setting
+    save_model(tiny_model(tiny_tokenizer, right_head="context"), tmp_path / "new.ckpt")
+    assert load_model(tmp_path / "new.ckpt").cfg.right_head == "context"
 
 
 def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):

@@ -232,12 +232,14 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     )
     # closure: the true trees rebuilt from their own tokens keep their structure exactly
     closure = report["closure"]["observables"]
-    for k in ("multiplicity", "depth", "n_internal"):
+    for k in ("multiplicity", "tree_depth"):
         assert closure[k]["paired_abs_diff_median"] == 0
     mass = closure["mass"]
     assert 0 < mass["paired_abs_diff_median"] < 40 and 0 < mass["w1"] < 40
     assert np.isfinite(mass["evaluate_w1_floor"]) and np.isfinite(mass["paired_diff_median"])
-    assert "closure, trees rebuilt from their own tokens (share)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "closure, trees rebuilt from their own tokens (two-body, pion particles)" in out
+    assert "spacelike fraction 0.0000" in out
     capsys.readouterr()
     assert (
         main(

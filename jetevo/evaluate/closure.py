@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from jetevo.evaluate.metrics import compare
-from jetevo.evaluate.observables import OBSERVABLES, observables
+from jetevo.evaluate.observables import OBSERVABLES, SPACELIKE_TOL, observables
 from jetevo.generate.assemble import decode_conserving, to_tree_columns
 from jetevo.generate.sampler import SampledTrees
 from jetevo.trees.format import REQUIRED_COLUMNS, load, tree_files
@@ -29,7 +29,9 @@ from jetevo.trees.format import REQUIRED_COLUMNS, load, tree_files
 COLUMNS = ["px", "py", "pz", "E", "left", "right", "parent", "depth"]
 
 
-def rebuilt_trees(tokenizer, trees: ak.Array, split_kinematics: str = "share") -> ak.Array:
+def rebuilt_trees(
+    tokenizer, trees: ak.Array, split_kinematics: str = "two-body", particle_mass: str = "pion"
+) -> ak.Array:
     """The trees decoded from their own tokens: the tree format's node columns and
     ``n_constituents``, in the jet frame (``trees`` needs px, py, pz, E, left, right, parent,
     depth)."""
@@ -50,7 +52,9 @@ def rebuilt_trees(tokenizer, trees: ak.Array, split_kinematics: str = "share") -
         runaway=np.zeros(0, np.int64),
         steps=0,
     )
-    cols = to_tree_columns(sampled, decode_conserving(tokenizer, sampled, split_kinematics))
+    cols = to_tree_columns(
+        sampled, decode_conserving(tokenizer, sampled, split_kinematics, particle_mass)
+    )
     return ak.Array(
         {
             **{k: ak.unflatten(cols[k], counts) for k in REQUIRED_COLUMNS},
@@ -60,13 +64,20 @@ def rebuilt_trees(tokenizer, trees: ak.Array, split_kinematics: str = "share") -
 
 
 def tokenizer_closure(
-    tokenizer, tree_paths, split_kinematics: str = "share", n_resamples: int = 5, seed: int = 0
+    tokenizer,
+    tree_paths,
+    split_kinematics: str = "two-body",
+    particle_mass: str = "pion",
+    n_resamples: int = 5,
+    seed: int = 0,
+    massless: bool = False,
 ) -> dict:
     """Observables of the rebuilt trees against the true ones (see the module docstring)."""
     files = tree_files(tree_paths)
     trees = load(files, columns=COLUMNS)
-    true_obs, _ = observables(trees, str(files[0]))
-    rebuilt_obs, _ = observables(rebuilt_trees(tokenizer, trees, split_kinematics), "rebuilt")
+    true_obs, _, true_parts = observables(trees, str(files[0]), massless)
+    rebuilt = rebuilt_trees(tokenizer, trees, split_kinematics, particle_mass)
+    rebuilt_obs, _, rebuilt_parts = observables(rebuilt, "rebuilt", massless)
     rng = np.random.default_rng(seed)
     nan = float("nan")
     out = {}
@@ -82,4 +93,18 @@ def tokenizer_closure(
             "n_nonfinite_true": int(np.count_nonzero(~rf)),
             "evaluate_w1_floor": compare(r, r, n_resamples, rng)["w1_floor"],
         }
-    return {"split_kinematics": split_kinematics, "n_jets": len(trees), "observables": out}
+    particles = {
+        who: {
+            "mean_mass": float(p["particle_mass"].mean()),
+            "spacelike_fraction": float(np.mean(p["m2_over_e2"] < -SPACELIKE_TOL)),
+        }
+        for who, p in (("rebuilt", rebuilt_parts), ("true", true_parts))
+    }
+    return {
+        "split_kinematics": split_kinematics,
+        "particle_mass": particle_mass,
+        "massless": massless,
+        "n_jets": len(trees),
+        "observables": out,
+        "particles": particles,
+    }

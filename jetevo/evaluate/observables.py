@@ -1,18 +1,28 @@
-"""Jet observables of tree files, for comparing generated and real jets.
+"""Jet observables computed from the final-state particles alone, as for real jets.
 
-From the leaves (the constituents), through FastJet's awkward multi-event API in C++:
-jet pT and mass (of the summed constituents), multiplicity, N-subjettiness ratios τ21 and
-τ32 (fjcontrib ``Nsubjettiness``: normalized measure, β=1, R0=0.8, one-pass kt axes, i.e.
-exclusive-kt axes refined by one minimisation pass) and D2 (fjcontrib ``EnergyCorrelator``
-D2, β=1, pT-ΔR measure). From the tree as stored (the kt declustering tree of real jets,
-or the generated tree): maximum depth, number of internal nodes (N-1 for any full binary
-tree), the primary Lund plane along the harder branch (ln 1/Δ, ln kt with Δ the rapidity-
-azimuth distance of the two children and kt = pT(softer) Δ), the number of primary
-splittings, and soft drop (zcut=0.1, β=0) along the same branch: z_g and R_g of the first
-splitting with z = pT(softer)/(pT(a)+pT(b)) > zcut. Note that the usual soft-drop and Lund
-conventions decluster a Cambridge/Aachen tree; here the tree is jetevo's kt tree, since the
-point is to test the trees the model generates. Jets whose branch never passes soft drop
-have z_g = R_g = NaN (counted by the metrics as non-finite, not silently dropped).
+Every physics observable here is a function of the particles (the leaves of a tree) and
+nothing else, computed by the same code for generated and real jets, so a generated jet
+cannot score through the tree it was generated as. Through FastJet's awkward multi-event
+API (C++):
+
+- jet pT, mass (of the summed particles), multiplicity;
+- N-subjettiness ratios τ21, τ32 (fjcontrib ``Nsubjettiness``: normalized measure, β = 1,
+  R0 = 0.8, one-pass kt axes) and D2 (fjcontrib ``EnergyCorrelator``, β = 1);
+- on the Cambridge/Aachen reclustering of the particles, as fjcontrib defines them: soft
+  drop (``exclusive_jets_softdrop_grooming``: zcut 0.1, β 0, R0 0.8) z_g and R_g, and the
+  primary Lund plane (``exclusive_jets_lund_declusterings``: ln 1/Δ, ln kt along the harder
+  branch) with its number of primary declusterings ``n_primary``. Jets groomed down to one
+  particle have z_g = R_g = NaN (counted by the metrics as non-finite, never dropped).
+
+Per-particle distributions: ``particle_pt`` and ``particle_mass`` (signed: -sqrt(-m²) for
+four-vectors spacelike beyond float32 rounding, so an unphysical particle is visible).
+
+Diagnostics of the stored tree itself, under their own names and not physics: its maximum
+depth ``tree_depth`` and the length of its harder branch ``tree_n_primary``; and
+:func:`kt_self_consistent`, whether kt reclustering of a jet's particles gives back the
+stored tree (true for every reclustered real jet).
+
+``massless=True`` replaces every particle's energy by |p| before anything is computed.
 """
 
 from __future__ import annotations
@@ -23,35 +33,55 @@ import numpy as np
 
 from jetevo.errors import InputError
 
-OBSERVABLES = (
+JET_OBSERVABLES = (
     "pt",
     "mass",
     "multiplicity",
     "tau21",
     "tau32",
     "d2",
-    "depth",
-    "n_internal",
-    "n_primary",
     "zg",
     "rg",
+    "n_primary",
 )
+TREE_DIAGNOSTICS = ("tree_depth", "tree_n_primary")
+PARTICLE_OBSERVABLES = ("particle_pt", "particle_mass")
+OBSERVABLES = JET_OBSERVABLES + TREE_DIAGNOSTICS
 R0 = 0.8
 ZCUT = 0.1
+SOFTDROP_BETA = 0.0
+ALL_IN_ONE_R = 100.0  # no pair of particles of a jet is this far apart: one jet per event
+SPACELIKE_TOL = 1e-6  # m² < -tol E²: beyond float32 rounding of a massless four-vector
 CHUNK = 20_000
 
 
-def _constituents(trees: ak.Array) -> ak.Array:
+def particles(trees: ak.Array, massless: bool = False) -> ak.Array:
+    """The leaves of every tree as float64 ``Momentum4D`` records (E = |p| if ``massless``)."""
     leaf = trees["left"] < 0
-    return ak.zip(
-        {k: ak.values_astype(trees[k][leaf], np.float64) for k in ("px", "py", "pz", "E")}
-    )
+    p = {k: ak.values_astype(trees[k][leaf], np.float64) for k in ("px", "py", "pz", "E")}
+    if massless:
+        p["E"] = np.sqrt(p["px"] ** 2 + p["py"] ** 2 + p["pz"] ** 2)
+    return ak.zip(p, with_name="Momentum4D")
 
 
-def leaf_observables(trees: ak.Array) -> dict[str, np.ndarray]:
+def particle_arrays(parts: ak.Array) -> dict[str, np.ndarray]:
+    """Flat per-particle pT, signed mass and m²/E² (for the spacelike test)."""
+    px, py, pz, e = (ak.to_numpy(ak.flatten(parts[k])) for k in ("px", "py", "pz", "E"))
+    m2 = e**2 - px**2 - py**2 - pz**2
+    m2_over_e2 = m2 / np.maximum(e**2, 1e-300)
+    spacelike = m2_over_e2 < -SPACELIKE_TOL  # beyond rounding: a real -sqrt(-m²)
+    return {
+        "particle_pt": np.hypot(px, py),
+        "particle_mass": np.where(spacelike, -np.sqrt(np.abs(m2)), np.sqrt(np.maximum(m2, 0.0))),
+        "m2_over_e2": m2_over_e2,
+    }
+
+
+def particle_observables(parts: ak.Array) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Jet observables of :data:`JET_OBSERVABLES` and the C/A primary Lund points (n, 3):
+    jet index in ``parts``, ln 1/Δ, ln kt."""
     import fastjet
 
-    parts = _constituents(trees)
     px, py, pz, e = (ak.to_numpy(ak.sum(parts[k], axis=1)) for k in ("px", "py", "pz", "E"))
     n = ak.to_numpy(ak.num(parts, axis=1))
     out = {
@@ -59,31 +89,40 @@ def leaf_observables(trees: ak.Array) -> dict[str, np.ndarray]:
         "mass": np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0)),
         "multiplicity": n.astype(np.float64),
     }
-    # one cluster sequence per batch; R large enough that every jet clusters into one
-    cs = fastjet.ClusterSequence(parts, fastjet.JetDefinition(fastjet.kt_algorithm, 100.0))
-    tau = ak.to_numpy(cs.njettiness(njets=[1, 2, 3], beta=1.0, R0=R0)).reshape(len(n), 3)
+    kt = fastjet.ClusterSequence(parts, fastjet.JetDefinition(fastjet.kt_algorithm, ALL_IN_ONE_R))
+    tau = ak.to_numpy(kt.njettiness(njets=[1, 2, 3], beta=1.0, R0=R0)).reshape(len(n), 3)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["tau21"] = np.where(tau[:, 0] > 0, tau[:, 1] / tau[:, 0], np.nan)
         out["tau32"] = np.where(tau[:, 1] > 0, tau[:, 2] / tau[:, 1], np.nan)
-    d2 = (
-        ak.to_numpy(cs.exclusive_jets_energy_correlator(njets=1, func="D2", beta=1))
-        .astype(np.float64)
-        .reshape(-1)
+    d2 = ak.to_numpy(kt.exclusive_jets_energy_correlator(njets=1, func="D2", beta=1))
+    out["d2"] = np.where(n >= 3, d2.astype(np.float64).reshape(-1), np.nan)
+
+    ca = fastjet.ClusterSequence(
+        parts, fastjet.JetDefinition(fastjet.cambridge_algorithm, ALL_IN_ONE_R)
     )
-    out["d2"] = np.where(n >= 3, d2, np.nan)
-    return out
+    sd = ca.exclusive_jets_softdrop_grooming(njets=1, beta=SOFTDROP_BETA, symmetry_cut=ZCUT, R0=R0)
+    rg = ak.to_numpy(sd.deltaRsoftdrop).astype(np.float64).reshape(-1)
+    zg = ak.to_numpy(sd.symmetrysoftdrop).astype(np.float64).reshape(-1)
+    groomed_to_one = ~(rg > 0)
+    out["zg"] = np.where(groomed_to_one, np.nan, zg)
+    out["rg"] = np.where(groomed_to_one, np.nan, rg)
+    lund = ca.exclusive_jets_lund_declusterings(njets=1)[:, 0]
+    n_lund = ak.to_numpy(ak.num(lund, axis=1))
+    out["n_primary"] = n_lund.astype(np.float64)
+    delta = ak.to_numpy(ak.flatten(lund.Delta))
+    ktv = ak.to_numpy(ak.flatten(lund.kt))
+    jet = np.repeat(np.arange(len(n)), n_lund)
+    ok = (delta > 0) & (ktv > 0)
+    points = np.column_stack([jet[ok], np.log(1.0 / delta[ok]), np.log(ktv[ok])])
+    return out, points
 
 
 @numba.njit(cache=True)
-def _walk_primary(px, py, pz, e, left, right, depth, offsets, zcut, lund_out):
-    """Per jet: max depth, primary splittings along the harder branch, soft drop z_g/R_g,
-    and the primary Lund-plane points (ln 1/Δ, ln kt)."""
+def _walk_primary(px, py, left, right, depth, offsets):
+    """Per stored tree: maximum depth and the length of its harder branch."""
     n_jets = len(offsets) - 1
     max_depth = np.zeros(n_jets)
     n_primary = np.zeros(n_jets)
-    zg = np.full(n_jets, np.nan)
-    rg = np.full(n_jets, np.nan)
-    n_lund = 0
     for j in range(n_jets):
         a = offsets[j]
         m = 0
@@ -91,65 +130,128 @@ def _walk_primary(px, py, pz, e, left, right, depth, offsets, zcut, lund_out):
             m = max(m, depth[i])
         max_depth[j] = m
         node = 0
-        groomed = False
         while left[a + node] >= 0:
             h, s = a + left[a + node], a + right[a + node]
-            pth, pts = np.hypot(px[h], py[h]), np.hypot(px[s], py[s])
-            if pts > pth:  # harder child first, whatever the stored order
-                h, s = s, h
-                pth, pts = pts, pth
-            yh = 0.5 * np.log((e[h] + pz[h]) / (e[h] - pz[h]))
-            ys = 0.5 * np.log((e[s] + pz[s]) / (e[s] - pz[s]))
-            dphi = np.arctan2(py[h], px[h]) - np.arctan2(py[s], px[s])
-            dphi = (dphi + np.pi) % (2 * np.pi) - np.pi
-            delta = np.hypot(yh - ys, dphi)
-            z = pts / (pth + pts)
-            if not groomed and z > zcut:
-                zg[j] = z
-                rg[j] = delta
-                groomed = True
-            if delta > 0 and pts > 0:
-                lund_out[n_lund, 0] = np.log(1.0 / delta)
-                lund_out[n_lund, 1] = np.log(pts * delta)
-                n_lund += 1
+            if np.hypot(px[s], py[s]) > np.hypot(px[h], py[h]):
+                h = s
             n_primary[j] += 1
             node = h - a
-    return max_depth, n_primary, zg, rg, n_lund
+    return max_depth, n_primary
 
 
-def tree_observables(trees: ak.Array) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Tree observables per jet, and the primary Lund-plane points (n, 2) of all jets."""
+def _flat(trees: ak.Array, k: str, dtype) -> np.ndarray:
+    return ak.to_numpy(ak.flatten(trees[k])).astype(dtype)
+
+
+def _offsets(trees: ak.Array) -> np.ndarray:
     counts = ak.to_numpy(ak.num(trees["left"], axis=1)).astype(np.int64)
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    flat = {
-        k: ak.to_numpy(ak.flatten(trees[k]))
-        for k in ("px", "py", "pz", "E", "left", "right", "depth")
-    }
-    p = [flat[k].astype(np.float64) for k in ("px", "py", "pz", "E")]
-    lund = np.empty((len(flat["left"]), 2))
-    max_depth, n_primary, zg, rg, n_lund = _walk_primary(
-        *p, flat["left"].astype(np.int64), flat["right"].astype(np.int64), flat["depth"].astype(np.int64),
-        offsets, ZCUT, lund,
+    return offsets
+
+
+def tree_diagnostics(trees: ak.Array) -> dict[str, np.ndarray]:
+    """:data:`TREE_DIAGNOSTICS` of the trees as stored (not physics: see the module docstring)."""
+    depth, n_primary = _walk_primary(
+        _flat(trees, "px", np.float64), _flat(trees, "py", np.float64),
+        _flat(trees, "left", np.int64), _flat(trees, "right", np.int64),
+        _flat(trees, "depth", np.int64), _offsets(trees),
     )  # fmt: skip
-    obs = {
-        "depth": max_depth,
-        "n_internal": ((counts - 1) // 2).astype(np.float64),
-        "n_primary": n_primary,
-        "zg": zg,
-        "rg": rg,
-    }
-    return obs, lund[:n_lund]
+    return {"tree_depth": depth, "tree_n_primary": n_primary}
 
 
-def observables(trees: ak.Array, source: str = "trees") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """All observables of :data:`OBSERVABLES` per jet, and the primary Lund-plane points."""
+@numba.njit(cache=True)
+def _cluster_hashes(left, right, leaf_id, offsets, keys, out, out_offsets):
+    """Per jet, the hash of every internal node's set of particles (xor of random 64-bit
+    keys of its particles), sorted; ``leaf_id < 0`` means: number leaves in stored order."""
+    for j in range(len(offsets) - 1):
+        a, b = offsets[j], offsets[j + 1]
+        h = np.zeros(b - a, np.uint64)
+        ordinal = 0
+        ids = np.empty(b - a, np.int64)
+        for i in range(a, b):  # leaf ordinals in stored (pre-)order
+            if left[i] < 0:
+                ids[i - a] = leaf_id[i] if leaf_id[i] >= 0 else ordinal
+                ordinal += 1
+        for i in range(b - 1, a - 1, -1):  # children come after their parent
+            if left[i] < 0:
+                h[i - a] = keys[ids[i - a]]
+            else:
+                h[i - a] = h[left[i]] ^ h[right[i]]
+        k = out_offsets[j]
+        for i in range(a, b):
+            if left[i] >= 0:
+                out[k] = h[i - a]
+                k += 1
+        out[out_offsets[j] : k].sort()
+
+
+def _internal_hashes(left, right, leaf_id, offsets, keys) -> tuple[np.ndarray, np.ndarray]:
+    n_internal = (np.diff(offsets) - 1) // 2
+    out_offsets = np.zeros(len(n_internal) + 1, np.int64)
+    np.cumsum(n_internal, out=out_offsets[1:])
+    out = np.zeros(out_offsets[-1], np.uint64)
+    _cluster_hashes(left, right, leaf_id, offsets, keys, out, out_offsets)
+    return out, out_offsets
+
+
+def kt_self_consistent(trees: ak.Array, parts: ak.Array) -> np.ndarray:
+    """Per jet: does kt (E scheme) reclustering of its particles ``parts`` (the stored
+    leaves, in stored order) give back the stored tree, split for split?"""
+    from jetevo.trees.recluster import cluster_flat
+
+    offsets = _offsets(trees)
+    max_leaves = int(ak.max(ak.num(parts, axis=1), initial=1))
+    keys = np.random.default_rng(12345).integers(0, 2**63, max_leaves, dtype=np.int64)
+    keys = keys.astype(np.uint64)
+    left, right = _flat(trees, "left", np.int64), _flat(trees, "right", np.int64)
+    stored, stored_off = _internal_hashes(
+        left, right, np.full(len(left), -1, np.int64), offsets, keys
+    )
+    flat = [ak.to_numpy(ak.flatten(parts[k])) for k in ("px", "py", "pz", "E")]
+    counts = ak.to_numpy(ak.num(parts, axis=1)).astype(np.int64)
+    p_off = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=p_off[1:])
+    try:
+        rc = cluster_flat(*flat, p_off, "E", ALL_IN_ONE_R)
+    except RuntimeError:  # FastJet could not make one binary tree (e.g. zero-pT particles)
+        return np.full(len(counts), np.nan)
+    again, again_off = _internal_hashes(
+        rc["left"].astype(np.int64), rc["right"].astype(np.int64),
+        rc["leaf_index"].astype(np.int64), rc["node_offsets"].astype(np.int64), keys,
+    )  # fmt: skip
+    same = np.ones(len(counts), bool)
+    for j in range(len(counts)):
+        same[j] = np.array_equal(
+            stored[stored_off[j] : stored_off[j + 1]], again[again_off[j] : again_off[j + 1]]
+        )
+    return same.astype(np.float64)
+
+
+def observables(
+    trees: ak.Array, source: str = "trees", massless: bool = False, self_consistency: bool = False
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Per jet: :data:`OBSERVABLES` (and ``kt_self_consistent`` if asked); the C/A primary
+    Lund points (n, 3: jet index, ln 1/Δ, ln kt) of all jets; per particle: :data:`PARTICLE_OBSERVABLES` and m²/E².
+
+    ``trees`` needs px, py, pz, E, left, right, depth.
+    """
     if len(trees) == 0:
         raise InputError(source, "no jets to evaluate")
-    parts, lunds = [], []
+    jets, lunds, parts_out = [], [], []
     for a in range(0, len(trees), CHUNK):  # bounded memory for FastJet on large samples
         chunk = trees[a : a + CHUNK]
-        tree, lund = tree_observables(chunk)
-        parts.append({**leaf_observables(chunk), **tree})
+        parts = particles(chunk, massless)
+        obs, lund = particle_observables(parts)
+        lund[:, 0] += a
+        obs.update(tree_diagnostics(chunk))
+        if self_consistency:
+            obs["kt_self_consistent"] = kt_self_consistent(chunk, parts)
+        jets.append(obs)
         lunds.append(lund)
-    return {k: np.concatenate([p[k] for p in parts]) for k in OBSERVABLES}, np.concatenate(lunds)
+        parts_out.append(particle_arrays(parts))
+    return (
+        {k: np.concatenate([j[k] for j in jets]) for k in jets[0]},
+        np.concatenate(lunds),
+        {k: np.concatenate([p[k] for p in parts_out]) for k in parts_out[0]},
+    )

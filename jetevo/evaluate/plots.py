@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jetevo.evaluate.metrics import LUND_RANGE
+
 LABELS = {
     "pt": r"jet $p_T$ [GeV]",
     "mass": r"jet mass [GeV]",
@@ -13,14 +15,15 @@ LABELS = {
     "tau21": r"$\tau_{21}$",
     "tau32": r"$\tau_{32}$",
     "d2": r"$D_2$",
-    "depth": "tree depth",
-    "n_internal": "internal nodes",
-    "n_primary": "primary splittings",
-    "zg": r"$z_g$",
-    "rg": r"$R_g$",
+    "zg": r"C/A soft drop $z_g$",
+    "rg": r"C/A soft drop $R_g$",
+    "n_primary": "C/A primary declusterings",
+    "tree_depth": "stored tree depth (diagnostic)",
+    "tree_n_primary": "stored tree harder-branch length (diagnostic)",
+    "particle_pt": r"particle $p_T$ [GeV]",
+    "particle_mass": "particle mass [GeV] (negative: spacelike)",
 }
-LUND_RANGE = ((0.0, 6.0), (-4.0, 7.0))  # ln 1/Δ, ln kt/GeV
-LUND_BINS = (24, 22)
+LUND_BINS = (24, 22)  # plotting resolution; the metric uses coarser bins
 
 
 def _style():
@@ -52,7 +55,7 @@ def histograms(gen: dict, ref: dict, out: Path) -> list[Path]:
         if len(g) == 0 or len(r) == 0:
             continue
         lo, hi = np.quantile(np.concatenate([g, r]), [0.001, 0.999])
-        if name in ("multiplicity", "depth", "n_internal", "n_primary"):
+        if name in ("multiplicity", "n_primary", "tree_depth", "tree_n_primary"):
             edges = np.arange(
                 np.floor(lo) - 0.5, np.ceil(hi) + 1.5, max(1.0, np.ceil((hi - lo) / 40))
             )

@@ -17,13 +17,16 @@ import torch
 from jetevo.errors import InputError, JetevoError
 from jetevo.generate.assemble import (
     NODE_COLUMNS,
+    PARTICLE_MASSES,
     SPLIT_KINEMATICS,
     decode_conserving,
     to_tree_columns,
     write_generated,
 )
+from jetevo.generate.bigram import sample_bigram_trees
 from jetevo.generate.sampler import node_limit, sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.tokenize.resolution import Resolution, code_log_z
 
 
 class GenerationError(JetevoError):
@@ -88,14 +91,23 @@ def generate(
     max_attempts: float = 2.0,
     use_cache: bool = True,
     conserve: bool = True,
-    split_kinematics: str = "share",
+    split_kinematics: str = "two-body",
+    particle_mass: str = "pion",
+    baseline: str | None = None,
+    resolution: bool = True,
     progress: bool = True,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
 
     ``conserve``: decode with four-momentum conservation at every split, corrected as
-    ``split_kinematics`` says (see :func:`decode_conserving`); otherwise every node is
-    decoded independently from its token relative to its decoded parent.
+    ``split_kinematics`` says, with particles of ``particle_mass`` (see
+    :func:`decode_conserving`); otherwise every node is decoded independently from its
+    token relative to its decoded parent.
+
+    ``baseline="bigram"``: sample from the checkpoint's count baselines instead of the
+    transformer (:mod:`jetevo.generate.bigram`), everything else alike. ``resolution``:
+    apply the resolution scale stored in the checkpoint (:mod:`jetevo.tokenize.resolution`;
+    checkpoints from before it have none).
 
     Batches are started with ~12% headroom for runaway jets; complete trees beyond
     ``n_jets`` are not written and counted as ``surplus``. Runaway jets (stopped by
@@ -108,10 +120,16 @@ def generate(
 
     if n_jets < 1 or batch_size < 1:
         raise ValueError("--n-jets and --batch-size must be positive")
-    if temperature <= 0:
-        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
     if split_kinematics not in SPLIT_KINEMATICS:
         raise ValueError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
+    if particle_mass not in PARTICLE_MASSES:
+        raise ValueError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
+    if baseline not in (None, "bigram"):
+        raise ValueError(f"--baseline must be 'bigram', got {baseline!r}")
+    if baseline is not None and (root_tokens is not None or root is not None):
+        raise ValueError("--baseline samples its own roots; it takes no --root or --root-tokens")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available")
     keep_freed_memory()
@@ -130,9 +148,22 @@ def generate(
             raise ValueError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
 
     generator = torch.Generator(device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    scale = (model.extra.get("resolution") or {}).get("log_pt_min") if resolution else None
+    res = None if scale is None else Resolution(code_log_z(tok), float(scale))
+    bigram = None
+    if baseline == "bigram":
+        from jetevo.model.baselines import CountBaselines
+
+        if "baselines" not in model.extra:
+            raise InputError(ckpt, "the checkpoint holds no count baselines")
+        bigram = CountBaselines.from_state(model.extra["baselines"])
     settings = {
+        "generator": baseline or "transformer",
+        "resolution_pt": None if res is None else float(np.exp(res.log_pt_min)),
         "conserve": conserve,
         "split_kinematics": split_kinematics,
+        "particle_mass": particle_mass,
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
@@ -149,7 +180,7 @@ def generate(
         **settings,
     }
     limit = int(np.ceil(max_attempts * n_jets))
-    written = attempted = runaway = surplus = nodes = shard = 0
+    written = attempted = runaway = surplus = nodes = shard = resolved = 0
     pending: list[tuple[dict, np.ndarray]] = []
     files: list[str] = []
     t0 = time.perf_counter()
@@ -180,21 +211,28 @@ def generate(
         # tail of steps) is rarely needed; complete trees beyond the request are counted
         b = min(batch_size, limit - attempted, need + need // 8 + 4)
         roots = None if root_tokens is None else np.resize(root_tokens, b)
-        trees = sample_trees(
-            model,
-            b,
-            root_tokens=roots,
-            temperature=temperature,
-            top_k=top_k,
-            max_nodes=max_nodes,
-            generator=generator,
-            use_cache=use_cache,
-        )
+        if bigram is not None:
+            trees = sample_bigram_trees(
+                bigram, tok.vocab, b, rng, settings["max_nodes"], resolution=res
+            )
+        else:
+            trees = sample_trees(
+                model,
+                b,
+                root_tokens=roots,
+                temperature=temperature,
+                top_k=top_k,
+                max_nodes=max_nodes,
+                generator=generator,
+                use_cache=use_cache,
+                resolution=res,
+            )
         attempted += b
         runaway += len(trees.runaway)
+        resolved += trees.n_resolved
         if len(trees):
             if conserve:
-                p = decode_conserving(tok, trees, split_kinematics)
+                p = decode_conserving(tok, trees, split_kinematics, particle_mass)
             else:
                 first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
                 parent = np.where(trees.parent >= 0, first + trees.parent, -1)
@@ -226,6 +264,8 @@ def generate(
         "n_written": written,
         "attempted": attempted,
         "runaway": runaway,
+        "runaway_fraction": runaway / max(attempted, 1),
+        "resolved_to_particles": resolved,
         "surplus": surplus,
         "nodes": nodes,
         "mean_nodes_per_tree": nodes / max(written, 1),

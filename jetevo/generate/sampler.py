@@ -27,8 +27,8 @@ from jetevo.model.gpt import (
     SIDE_ROOT,
     SIDE_START,
     JetEvolutionModel,
-    KVCache,
 )
+from jetevo.tokenize.resolution import Resolution
 
 
 def node_limit(max_len: int, max_nodes: int | None) -> int:
@@ -57,6 +57,7 @@ class SampledTrees:
     runaway: np.ndarray
     steps: int
     nodes_sampled: int = 0  # all nodes sampled, runaway trees included (the work done)
+    n_resolved: int = 0  # pseudojets turned into particles by the resolution scale
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -73,8 +74,13 @@ def sample_trees(
     max_nodes: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    resolution: Resolution | None = None,
 ) -> SampledTrees:
-    """Sample ``n_jets`` trees in one batch (see the module docstring)."""
+    """Sample ``n_jets`` trees in one batch (see the module docstring).
+
+    ``resolution``: pseudojets below its scale become particles as they are sampled (a left
+    child before the right head sees it), see :mod:`jetevo.tokenize.resolution`.
+    """
     cfg = model.cfg
     device = model.out_bias.device
     k_codes = cfg.n_codes
@@ -82,7 +88,7 @@ def sample_trees(
     b = n_jets
     table = model.tokens.table()
     output_cache = model.output_cache(table) if model.group_size else None
-    cache = KVCache(cfg.n_layer) if use_cache else None
+    cache = model.kv_cache() if use_cache else None
 
     # per-jet storage in generation order (jets indexed 0..b-1 throughout)
     tok = np.full((b, max_nodes), -1, np.int64)
@@ -94,6 +100,9 @@ def sample_trees(
     stack = np.zeros((b, max_nodes), np.int64)
     sp = np.zeros(b, np.int64)
     runaway = np.zeros(b, bool)
+    log_pt = np.zeros((b, max_nodes))  # token-chain log pT (with a resolution scale only)
+    n_resolved = 0
+    resolved_left = [0]  # counted inside the left child's resolver
 
     # position 0: START for every jet; its left head gives the root
     start = torch.full((b, 1), cfg.n_node_tokens, device=device)
@@ -108,6 +117,11 @@ def sample_trees(
         roots = roots.cpu().numpy()
     else:
         roots = np.asarray(root_tokens, np.int64).reshape(b)
+    if resolution is not None:
+        log_pt[:, 0] = resolution.root_log_pt(roots)
+        resolved = resolution.resolve(roots, log_pt[:, 0])
+        n_resolved += int(np.count_nonzero(resolved != roots))
+        roots = resolved
     tok[:, 0] = roots
     pseudo = roots < k_codes
     stack[pseudo, 0] = 0
@@ -136,13 +150,24 @@ def sample_trees(
         }
         if cache is None:
             seq = {k: torch.cat([seq[k], step_in[k]], 1) for k in seq}
-            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table)[:, -1]
+            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table)
         else:
-            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)[
-                :, -1
-            ]
-        left, right = model.sample_children(h, table, temperature, top_k, generator, output_cache)
+            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)
+        context = model.right_context(h, cache)  # what the right head attends over
+        resolve = None
+        if resolution is not None:
+            parent_log_pt = log_pt[rows, node]
+            resolve = _left_resolver(resolution, parent_log_pt, resolved_left)
+        left, right = model.sample_children(
+            h[:, -1], table, temperature, top_k, generator, output_cache, context, resolve
+        )
         left, right = left.cpu().numpy(), right.cpu().numpy()
+        if resolution is not None:
+            lpt_l = resolution.child_log_pt(parent_log_pt, left)
+            lpt_r = resolution.child_log_pt(parent_log_pt, right)
+            resolved = resolution.resolve(right, lpt_r)
+            n_resolved += int(np.count_nonzero(resolved != right))
+            right = resolved
 
         li, ri = n_nodes[rows], n_nodes[rows] + 1
         over = ri >= max_nodes
@@ -150,6 +175,8 @@ def sample_trees(
         r_ok, li, ri, node = rows[ok], li[ok], ri[ok], node[ok]
         left, right = left[ok], right[ok]
         tok[r_ok, li], tok[r_ok, ri] = left, right
+        if resolution is not None:
+            log_pt[r_ok, li], log_pt[r_ok, ri] = lpt_l[ok], lpt_r[ok]
         par[r_ok, li] = par[r_ok, ri] = node
         dep[r_ok, li] = dep[r_ok, ri] = dep[r_ok, node] + 1
         lft[r_ok, node], rgt[r_ok, node] = li, ri
@@ -191,4 +218,17 @@ def sample_trees(
         runaway=np.flatnonzero(runaway),
         steps=steps,
         nodes_sampled=int(n_nodes.sum()),
+        n_resolved=n_resolved + resolved_left[0],
     )
+
+
+def _left_resolver(resolution: Resolution, parent_log_pt: np.ndarray, count: list[int]):
+    """The map from sampled left tokens to resolved ones, applied before the right head."""
+
+    def resolve(tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.cpu().numpy()
+        out = resolution.resolve(t, resolution.child_log_pt(parent_log_pt, t))
+        count[0] += int(np.count_nonzero(out != t))
+        return torch.as_tensor(out, device=tokens.device)
+
+    return resolve

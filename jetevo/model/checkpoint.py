@@ -39,8 +39,10 @@ def read_state(path: str | Path) -> dict:
 
 def load_model(path: str | Path) -> JetEvolutionModel:
     state = read_state(path)
-    # checkpoints from before the grouped output have no output_group_size: flat output
-    model = JetEvolutionModel(ModelConfig(**{"output_group_size": 0, **state["config"]}))
+    # settings that checkpoints from before them lack, as those checkpoints were trained:
+    # a flat output (no output_group_size) and the one-key right head (no right_head)
+    old = {"output_group_size": 0, "right_head": "left-child"}
+    model = JetEvolutionModel(ModelConfig(**{**old, **state["config"]}))
     model.load_state_dict(state["state_dict"])
     model.tokenizer_identity = state.get("tokenizer_identity")
     model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}

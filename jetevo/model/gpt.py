@@ -9,10 +9,14 @@ p's left child and the right head p's right child. A child token says whether th
 is a leaf (never expanded) or a pseudojet (expanded later, at its own position).
 
 No target leaks into its own prediction: attention is causal and a node's children only
-ever appear as inputs at later positions. The right head cross-attends from the parent's
-state to the embedding of *this split's* left child (the true one in training, the sampled
-one at inference, through the same code path). Tree-aware embeddings add each position's
-depth and side (start/root/left/right) to the learned position embedding.
+ever appear as inputs at later positions. The right head is conditioned on *this split's*
+left child (the true one in training, the sampled one at inference, through the same code
+path). With ``right_head="context"`` (the default) the parent's state plus the left child's
+token vector queries the final hidden states of every position the parent can see (itself
+and before), so the left child picks what in the jet's history matters for its sibling;
+``"left-child"`` is the earlier head, a cross-attention to the left child's embedding alone
+(one key: an additive conditioning), kept for its checkpoints. Tree-aware embeddings add
+each position's depth and side (start/root/left/right) to the learned position embedding.
 
 Token embeddings and output weights are a learned table plus a projection of what each
 code decodes to (the tokenizer's five node features and the leaf flag, stored as a buffer),
@@ -31,6 +35,7 @@ from torch import nn
 
 SIDE_START, SIDE_ROOT, SIDE_LEFT, SIDE_RIGHT = 0, 1, 2, 3
 IGNORE = -100
+RIGHT_HEADS = ("context", "left-child")
 
 
 @dataclass
@@ -48,6 +53,15 @@ class ModelConfig:
     # (kinematically close codes, leaf and pseudojet tokens never mixed); 0 = flat softmax.
     # Exact either way; sampling then needs 2 x sqrt(V)-sized softmaxes instead of one of V.
     output_group_size: int = 128
+    # right head: "context" attends over all visible positions given the left child;
+    # "left-child" is the earlier one-key head (checkpoints without this field load as it)
+    right_head: str = "context"
+
+    def __post_init__(self) -> None:
+        if self.right_head not in RIGHT_HEADS:
+            raise ValueError(
+                f"model.right_head must be one of {', '.join(RIGHT_HEADS)}, got {self.right_head!r}"
+            )
 
     @property
     def n_node_tokens(self) -> int:
@@ -93,7 +107,8 @@ class KVCache:
     """Keys and values (B, H, T, hd) of every layer for the positions fed so far.
 
     Generation feeds one new position per step, so each step costs one position, not the
-    whole prefix; ``keep(rows)`` drops finished sequences from the batch.
+    whole prefix; ``keep(rows)`` drops finished sequences from the batch. A context right
+    head keeps its own keys and values in one more slot (see :meth:`JetEvolutionModel.kv_cache`).
     """
 
     def __init__(self, n_layer: int):
@@ -166,6 +181,55 @@ class ChildCrossAttention(nn.Module):
         return self.ln(h + self.proj(y))
 
 
+class ContextCrossAttention(nn.Module):
+    """Right-head attention over the context: the query is the parent's state plus its left
+    child's token vector, the keys and values are the final hidden states of every position
+    the parent can see (itself and before, never later ones).
+
+    A single key (:class:`ChildCrossAttention`) always gets softmax weight 1, so its query
+    never learns; here the left child decides which nodes of the jet's history to read.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.child = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.ln = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def context(self, h_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, S, hd) of the final hidden states ``h_all`` (B, S, C)."""
+        b, s, c = h_all.shape
+        k, v = self.kv(h_all).split(c, dim=2)
+        return tuple(z.view(b, s, self.n_head, c // self.n_head).transpose(1, 2) for z in (k, v))
+
+    def forward(
+        self, h: torch.Tensor, child: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """``h``, ``child``: (B, T, C), the parents at the *last* T of the S positions in
+        ``context``; (B, C) for one parent per row, at the last position."""
+        if h.dim() == 2:
+            return self(h[:, None], child[:, None], context)[:, 0]
+        b, t, c = h.shape
+        k, v = context
+        s = k.shape[2]
+        x = h + self.child(child)
+        q = self.q(x).view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+        # query i sits at position s - t + i and sees positions 0..s - t + i: causal when
+        # t == s, everything for one new position, a shifted triangle in between
+        causal, mask = t == s and t > 1, None
+        if 1 < t < s:
+            mask = torch.ones(t, s, dtype=torch.bool, device=h.device).tril(s - t)
+        drop = self.dropout if self.training else 0.0
+        y = nnf.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=drop
+        )
+        return self.ln(x + self.proj(y.transpose(1, 2).reshape(b, t, c)))
+
+
 class TokenTable(nn.Module):
     """Per-token vectors: a learned table plus a projection of the code's decoded features."""
 
@@ -209,7 +273,10 @@ class JetEvolutionModel(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.left_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.right_xattn = ChildCrossAttention(cfg)
+        if cfg.right_head == "context":
+            self.right_xattn = ContextCrossAttention(cfg)
+        else:
+            self.right_xattn = ChildCrossAttention(cfg)
         self.right_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_node_tokens))
         gs = self.group_size = (
@@ -246,7 +313,8 @@ class JetEvolutionModel(nn.Module):
     ) -> torch.Tensor:
         """Hidden states (B, T, C) of a batch of expansion sequences.
 
-        With a ``cache``, ``tokens`` are the next position(s) after those already cached.
+        With a ``cache`` (from :meth:`kv_cache`), ``tokens`` are the next position(s) after
+        those already cached; a context right head's keys and values of them are cached too.
         """
         t0 = 0 if cache is None else cache.length
         t = tokens.shape[1]
@@ -263,7 +331,28 @@ class JetEvolutionModel(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
-        return self.ln_f(x)
+        x = self.ln_f(x)
+        if cache is not None and self.cfg.right_head == "context":
+            if len(cache.k) <= self.cfg.n_layer:
+                raise ValueError("a context right head needs the cache of model.kv_cache()")
+            cache.extend(self.cfg.n_layer, *self.right_xattn.context(x))
+        return x
+
+    def kv_cache(self) -> KVCache:
+        """An empty generation cache: every layer, and the context right head's slot."""
+        return KVCache(self.cfg.n_layer + (self.cfg.right_head == "context"))
+
+    def right_context(
+        self, h_all: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What the right head attends over (None for the left-child head): keys and values
+        of every position fed so far, from the ``cache`` when :meth:`backbone` ran with one,
+        else from ``h_all`` (B, T, C), the hidden states of the whole sequence."""
+        if self.cfg.right_head != "context":
+            return None
+        if cache is not None:
+            return cache.k[self.cfg.n_layer], cache.v[self.cfg.n_layer]
+        return self.right_xattn.context(h_all)
 
     def set_code_features(self, features: torch.Tensor) -> None:
         """Store what each code decodes to and group kinematically close codes."""
@@ -361,13 +450,20 @@ class JetEvolutionModel(nn.Module):
         top_k: int | None = None,
         generator=None,
         output_cache: dict | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        resolve_left=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampled left child, then right child given it, for parent states ``h`` (B, C)."""
+        """Sampled left child, then right child given it, for parent states ``h`` (B, C) at
+        the last position of ``context`` (see :meth:`right_context`). ``resolve_left``, if
+        given, maps the sampled left tokens to the ones the right head is conditioned on
+        (generation's resolution scale)."""
         if self.group_size and output_cache is None:
             output_cache = self.output_cache(table)
         args = (table, temperature, top_k, generator, output_cache)
         left = self._sample_head(self.left_head(h), *args)
-        right = self._sample_head(self._right_state(h, left, table), *args)
+        if resolve_left is not None:
+            left = resolve_left(left)
+        right = self._sample_head(self._right_state(h, left, table, context), *args)
         return left, right
 
     def sample_root(
@@ -388,16 +484,39 @@ class JetEvolutionModel(nn.Module):
         return self._logits(self.left_head(h), table)
 
     def right_logits(
-        self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        left_tokens: torch.Tensor,
+        table: torch.Tensor | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Right-child logits given this split's left child tokens (same shape as h[..., 0])."""
+        """Right-child logits given this split's left child tokens (same shape as h[..., 0]).
+
+        Without ``context``, ``h`` (B, T, C) is taken as the whole sequence (every position
+        a parent, seeing the positions up to itself); with it, see :meth:`_right_state`.
+        """
         table = self.tokens.table() if table is None else table
-        return self._logits(self._right_state(h, left_tokens, table), table)
+        if context is None and h.dim() == 3:
+            context = self.right_context(h)
+        return self._logits(self._right_state(h, left_tokens, table, context), table)
 
     def _right_state(
-        self, h: torch.Tensor, left_tokens: torch.Tensor, table: torch.Tensor
+        self,
+        h: torch.Tensor,
+        left_tokens: torch.Tensor,
+        table: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        return self.right_head(self.right_xattn(h, table[left_tokens]))
+        """The right head's output state: the one function of training, ``predict`` and
+        generation. Left-child head: ``h`` (..., C), ``context`` unused. Context head: ``h``
+        (B, T, C) are the parents at the last T positions of ``context`` (keys and values
+        from :meth:`right_context`), or (B, C) one parent per row at its last position."""
+        child = table[left_tokens]
+        if self.cfg.right_head == "left-child":
+            return self.right_head(self.right_xattn(h, child))
+        if context is None:
+            raise ValueError("the context right head needs the keys/values of its context")
+        return self.right_head(self.right_xattn(h, child, context))
 
     # -------------------------------------------------------------- training objective
     def split_losses(self, batch: dict, permutation_min: bool = True) -> dict:
@@ -452,10 +571,15 @@ class JetEvolutionModel(nn.Module):
         depth = torch.cat([ctx_d, pd], 1)
         side = torch.cat([ctx_s, ps], 1)
         table = self.tokens.table()
-        h = self.backbone(tokens, depth, side, table)[:, -1]
+        h_all = self.backbone(tokens, depth, side, table)
+        h = h_all[:, -1]
         left, p_left = choose(self.left_logits(h, table), sample, temperature, top_k, generator)
         right, p_right = choose(
-            self.right_logits(h, left, table), sample, temperature, top_k, generator
+            self.right_logits(h, left, table, self.right_context(h_all)),
+            sample,
+            temperature,
+            top_k,
+            generator,
         )
         return {"left": left, "right": right, "p_left": p_left, "p_right": p_right}
 
@@ -543,10 +667,19 @@ def split_nll(
     h, tgt_left, tgt_right = h_all[valid], l_all[valid], r_all[valid]
     has_r = tgt_right != IGNORE
     r_safe = tgt_right.clamp(min=0)
+    context = model.right_context(h_all)
+
+    def right_state(left_tokens: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Right states at the positions ``where`` (B, T) given left children (B, T)."""
+        if context is None:  # left-child head: per position, on the selected rows only
+            return model._right_state(h_all[where], left_tokens[where], table)
+        # context head: every position attends causally over the sequence, then select
+        return model._right_state(h_all, left_tokens.clamp(min=0), table, context)[where]
+
     # scores in column order; targets mapped to their columns (see JetEvolutionModel._scores)
     col_l, col_r = model.column_of(tgt_left), model.column_of(r_safe)
     lg = model._scores(model.left_head(h), table)
-    lg_r = model._scores(model._right_state(h, tgt_left, table), table)
+    lg_r = model._scores(right_state(l_all, valid), table)
     # grouped scores are already log-probabilities: no second log-softmax
     ce = nnf.nll_loss if model.group_size else nnf.cross_entropy
     ce_ll = ce(lg, col_l, reduction="none")
@@ -556,7 +689,8 @@ def split_nll(
     swapped = torch.zeros_like(has_r)
     lg_sw = alt = None
     if (permutation_min or stats) and has_r.any():
-        lg_sw = model._scores(model._right_state(h[has_r], tgt_right[has_r], table), table)
+        # swapped: the true right child as this split's left child
+        lg_sw = model._scores(right_state(r_all, valid & (r_all != IGNORE)), table)
         alt = ce(lg[has_r], col_r[has_r], reduction="none") + ce(
             lg_sw, col_l[has_r], reduction="none"
         )

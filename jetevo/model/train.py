@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import torch
 
@@ -26,6 +27,9 @@ from jetevo.model.checkpoint import init_from as load_init
 from jetevo.model.checkpoint import save_model
 from jetevo.model.data import Sequences, collate, token_file_info
 from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
+from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
+from jetevo.tokenize.resolution import learn_scale
+from jetevo.trees.format import load
 
 
 @dataclass
@@ -183,6 +187,18 @@ def _logger(kind: str, out: Path, log):
     return CSVLogger(str(out), name="logs")
 
 
+def training_resolution_scale(tokenizer, files) -> float:
+    """The generation resolution scale (log GeV) learned from the training trees
+    (:mod:`jetevo.tokenize.resolution`)."""
+    trees = load(files, columns=["token", "parent", "depth"])
+    counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    tok, parent, depth = (
+        ak.to_numpy(ak.flatten(trees[k])).astype(np.int64) for k in ("token", "parent", "depth")
+    )
+    return learn_scale(tokenizer, tok, np.where(parent >= 0, first + parent, -1), depth)
+
+
 def code_feature_table(tokenizer) -> np.ndarray:
     """Standardized decoded features of every code: what the model knows about each token."""
     codes = np.arange(tokenizer.cfg.n_codes)
@@ -249,6 +265,7 @@ def train(
             f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}"
         )
 
+    resolution_scale = training_resolution_scale(tok, files)
     parents, children = train_seq.pairs()
     baselines = CountBaselines.fit(parents, children, mc.n_node_tokens, mc.vocab_size, seed=tc.seed)
     pad = mc.n_node_tokens + 2
@@ -306,6 +323,7 @@ def train(
             final,
             {
                 "baselines": baselines.state(),
+                "resolution": {"log_pt_min": resolution_scale, "quantile": RESOLUTION_QUANTILE},
                 "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
                 "train": {
                     "steps": trainer.global_step,
