@@ -11,6 +11,7 @@ import torch
 from test_model import N_CODES, tiny_model
 
 from jetevo.cli import main
+from jetevo.errors import InputError
 from jetevo.generate import GenerationError, generate, sample_trees
 from jetevo.model.checkpoint import save_model
 from jetevo.trees.format import load, validate
@@ -209,3 +210,51 @@ def test_physical_decoding_of_random_token_trees(tiny_tokenizer, particle_mass):
     # (collinear sharing of a nearly massless parent leaves its particles 1e-4 E at most)
     m = pt_y_phi_m(p[leaf])[3]
     assert np.all(np.abs(m - PARTICLE_MASSES[particle_mass]) <= 1e-5 + 1e-4 * p[leaf, 3])
+
+
+def test_bigram_generator_trees_valid_and_seeded(model_ckpt, token_dir, tiny_tokenizer, tmp_path):
+    """The count-baseline generator writes valid trees in the same format, reproducibly, and
+    its roots come from the training roots only."""
+    from jetevo.generate.bigram import sample_bigram_trees
+    from jetevo.model.baselines import CountBaselines
+    from jetevo.model.data import Sequences
+
+    seqs = Sequences([token_dir], N_CODES, 128)
+    parents, children = seqs.pairs()
+    base = CountBaselines.fit(parents, children, 2 * N_CODES, 2 * N_CODES + 3)
+    a = sample_bigram_trees(base, tiny_tokenizer.vocab, 64, np.random.default_rng(5), 255)
+    b = sample_bigram_trees(base, tiny_tokenizer.vocab, 64, np.random.default_rng(5), 255)
+    assert np.array_equal(a.token, b.token) and np.array_equal(a.offsets, b.offsets)
+    roots = a.token[a.offsets[:-1]]
+    true_roots = children[parents == 2 * N_CODES]
+    assert np.all(np.isin(roots, true_roots))
+    is_leaf = a.token >= N_CODES
+    assert np.all(a.left[is_leaf] == -1) and np.all(a.left[~is_leaf] >= 0)
+    ckpt = tmp_path / "with_baselines.ckpt"
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    save_model(model, ckpt, {
+        "baselines": base.state(),
+        "tokenizer": {"identity": tiny_tokenizer.identity, "path": str(tiny_tokenizer.path)},
+    })  # fmt: skip
+    s = generate(ckpt, 30, tmp_path / "bg", baseline="bigram", seed=3, progress=False)
+    assert s["generator"] == "bigram" and s["n_written"] == 30
+    validate(load(tmp_path / "bg"), scheme="E", rtol=1e-4, harder_first=True)
+    with pytest.raises(InputError, match="no count baselines"):
+        generate(model_ckpt, 5, tmp_path / "bg2", baseline="bigram", progress=False)
+
+
+def test_resolution_scale_turns_soft_pseudojets_into_particles(tiny_tokenizer):
+    """Below the scale a sampled pseudojet becomes the leaf of the same code: no tree can
+    cascade below it, so even a model that always splits stops."""
+    from jetevo.tokenize.resolution import Resolution, code_log_z
+
+    model = tiny_model(tiny_tokenizer, seed=4).eval()
+    model.shift_leaf_odds(-1e4)  # never a leaf: runaway without a scale
+    res = Resolution(code_log_z(tiny_tokenizer), float(np.log(50.0)))
+    t = _sample(model, 8, seed=0, max_nodes=255, resolution=res)
+    assert len(t.runaway) == 0 and len(t) == 8 and t.n_resolved > 0
+    assert np.all(t.token[t.left < 0] >= N_CODES)
+    v = res.vocab
+    tokens = np.array([3, 3 + v.n_codes, 5])
+    out = res.resolve(tokens, np.log(np.array([10.0, 10.0, 100.0])))
+    assert out.tolist() == [3 + v.n_codes, 3 + v.n_codes, 5]

@@ -17,6 +17,7 @@ from jetevo.model.checkpoint import init_from, load_model, save_model
 from jetevo.model.data import Sequences, collate
 from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
 from jetevo.model.train import code_feature_table
+from jetevo.tokenize.resolution import code_log_z
 
 N_CODES = 64
 TINY = {"n_codes": N_CODES, "n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -27,9 +28,20 @@ def tiny_model(tokenizer=None, seed=0, **kw) -> JetEvolutionModel:
     torch.manual_seed(seed)
     model = JetEvolutionModel(ModelConfig(**{**TINY, **kw}))
     if tokenizer is not None:
-        model.set_code_features(torch.from_numpy(code_feature_table(tokenizer)))
+        model.set_code_features(
+            torch.from_numpy(code_feature_table(tokenizer)), code_log_z(tokenizer)
+        )
         model.tokenizer_identity = tokenizer.identity
     return model
+
+
+def sequences(token_dir) -> Sequences:
+    """The token files' expansion sequences, with the scale input of the default model."""
+    from jetevo.model.data import token_file_info
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(token_file_info([token_dir])[1]["path"])
+    return Sequences([token_dir], N_CODES, 128, code_log_z(tok), ModelConfig().scale_bins)
 
 
 def batch_of(seqs: Sequences, jets) -> dict:
@@ -38,7 +50,7 @@ def batch_of(seqs: Sequences, jets) -> dict:
 
 
 def test_sequences_follow_preorder_expansion(token_dir):
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     start = 2 * N_CODES
     assert np.all(seqs.tokens[seqs.offsets[:-1]] == start)
     # a left child that is a pseudojet is the very next node to expand, never an earlier input
@@ -60,7 +72,7 @@ def per_position(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("right_head", RIGHT_HEADS)
 def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(4))
     b, t = batch["tokens"].shape
@@ -76,7 +88,7 @@ def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
         return x
 
     with torch.no_grad():
-        h = model.backbone(batch["tokens"], batch["depth"], batch["side"])
+        h = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
         left = model.left_logits(h)
         right = model.right_logits(h, batch["left"].clamp(min=0))
         nll = per_position(split_nll(model, batch, True)["per_split"], valid)
@@ -88,10 +100,13 @@ def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
                 "tokens": later(batch["tokens"], k, 2 * N_CODES),
                 "depth": later(batch["depth"], k, model.cfg.max_len + 1),
                 "side": later(batch["side"], k, 4),
+                "scale": later(batch["scale"], k, model.cfg.scale_bins + 1),
                 "left": later(batch["left"], k, 2 * N_CODES),
                 "right": later(batch["right"], k, 2 * N_CODES),
             }
-            h2 = model.backbone(perturbed["tokens"], perturbed["depth"], perturbed["side"])
+            h2 = model.backbone(
+                perturbed["tokens"], perturbed["depth"], perturbed["side"], scale=perturbed["scale"]
+            )
             assert torch.allclose(model.left_logits(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
             right2 = model.right_logits(h2, perturbed["left"].clamp(min=0))
             assert torch.allclose(right2[:, : k + 1], right[:, : k + 1], atol=1e-5)
@@ -105,7 +120,7 @@ def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
 
 @pytest.mark.parametrize("right_head", RIGHT_HEADS)
 def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_dir, right_head):
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(8))
     with torch.no_grad():
@@ -115,7 +130,7 @@ def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_d
         # recompute the swapped loss independently: right logits over whole sequences with
         # the true right child as every split's left child
         valid = batch["left"] != IGNORE
-        h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"])
+        h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
         lt, rt = batch["left"][valid], batch["right"][valid]
         has_r = rt != IGNORE
         lg = torch.log_softmax(model.left_logits(h_all[valid]), -1)
@@ -135,7 +150,7 @@ def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir, rig
     counts each root split (two children) that many times, independently recomputed."""
     from jetevo.model.train import weighted_split_loss
 
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
     batch = batch_of(seqs, range(6))
     with torch.no_grad():
@@ -183,7 +198,7 @@ def train_steps(model, seqs, jets, steps, shuffle_targets=False, seed=0):
 
 
 def test_learns_real_splits_but_not_shuffled_ones(tiny_tokenizer, token_dir):
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     jets = np.arange(len(seqs))
     train, test = jets[::2], jets[1::2]
     parents, children = seqs.pairs()
@@ -277,7 +292,7 @@ def test_right_head_setting_is_validated():
 def test_context_right_head_really_attends(tiny_tokenizer, token_dir):
     """The context head's attention spreads over several positions, so its query learns;
     the one-key left-child head's query gets no gradient at all."""
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     batch = batch_of(seqs, range(8))
     grads = {}
     for right_head in RIGHT_HEADS:
@@ -288,7 +303,9 @@ def test_context_right_head_really_attends(tiny_tokenizer, token_dir):
         if right_head == "context":
             with torch.no_grad():
                 xattn, table = model.right_xattn, model.tokens.table()
-                h = model.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+                h = model.backbone(
+                    batch["tokens"], batch["depth"], batch["side"], table, scale=batch["scale"]
+                )
                 b, t, c = h.shape
                 x = h + xattn.child(table[batch["left"].clamp(min=0)])
                 q = xattn.q(x).view(b, t, 2, c // 2).transpose(1, 2)
@@ -304,7 +321,7 @@ def test_context_right_head_really_attends(tiny_tokenizer, token_dir):
 def test_predict_agrees_with_the_training_path(tiny_tokenizer, token_dir, right_head):
     """``predict`` with a sequence's first p positions as context gives the children's
     probabilities that the training loss and the whole-sequence right logits give at p."""
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     model = tiny_model(tiny_tokenizer, seed=2, right_head=right_head).eval()
     full = batch_of(seqs, range(16))
     for p in (1, 3, 6):
@@ -318,7 +335,7 @@ def test_predict_agrees_with_the_training_path(tiny_tokenizer, token_dir, right_
         )  # fmt: skip
         batch["left"][:, p], batch["right"][:, p] = pred["left"], pred["right"]
         with torch.no_grad():
-            h = model.backbone(batch["tokens"], batch["depth"], batch["side"])
+            h = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
             right = model.right_logits(h, batch["left"].clamp(min=0))[:, p].softmax(-1)
             nll = per_position(split_nll(model, batch, False)["per_split"], batch["left"] != IGNORE)
         assert torch.equal(right.argmax(-1), pred["right"])
@@ -349,7 +366,7 @@ def test_cached_and_uncached_generation_agree(tiny_tokenizer, right_head):
 
 
 def test_checkpoint_without_right_head_loads_as_left_child(tiny_tokenizer, token_dir, tmp_path):
-    seqs = Sequences([token_dir], N_CODES, 128)
+    seqs = sequences(token_dir)
     batch = batch_of(seqs, range(6))
     left = batch["left"].clamp(min=0)
     model = tiny_model(tiny_tokenizer, seed=1, right_head="left-child").eval()
@@ -360,7 +377,9 @@ def test_checkpoint_without_right_head_loads_as_left_child(tiny_tokenizer, token
     assert loaded.cfg.right_head == "left-child"
     with torch.no_grad():
         table = loaded.tokens.table()
-        h = loaded.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+        h = loaded.backbone(
+            batch["tokens"], batch["depth"], batch["side"], table, scale=batch.get("scale")
+        )
         right = loaded.right_logits(h, left, table)
         assert torch.equal(right, model.right_logits(h, left))
         for k, v in split_nll(loaded, batch, True, stats=True).items():
@@ -499,3 +518,19 @@ def test_comet_logger_without_package_or_key_falls_back(token_dir, tmp_path, cap
     assert main(args) == 0
     assert "logging to CSV instead" in capsys.readouterr().out
     assert list((tmp_path / "run" / "logs").glob("*/metrics.csv"))
+
+
+def test_scale_input_is_the_same_from_trees_and_from_sequences(token_dir, tiny_tokenizer):
+    """The scale input of training (token chain over the tree's parents) equals what predict
+    and generation compute from the sequence alone (tokens and depths in pre-order)."""
+    from jetevo.model.gpt import scale_bin, sequence_log_pt
+
+    seqs = sequences(token_dir)
+    batch = batch_of(seqs, range(min(20, len(seqs))))
+    tokens, depth = batch["tokens"].numpy(), batch["depth"].numpy()
+    bins = scale_bin(
+        sequence_log_pt(tokens, depth, code_log_z(tiny_tokenizer)), ModelConfig().scale_bins
+    )
+    real = (batch["left"].numpy() != IGNORE) & (np.arange(tokens.shape[1]) > 0)
+    assert np.array_equal(bins[real], batch["scale"].numpy()[real])
+    assert len(np.unique(bins[real])) > 3 and np.all(batch["scale"].numpy()[:, 0] == 0)

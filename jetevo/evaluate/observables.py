@@ -245,8 +245,9 @@ def observables(
         obs, lund = particle_observables(parts)
         lund[:, 0] += a
         obs.update(tree_diagnostics(chunk))
-        if self_consistency:
-            obs["kt_self_consistent"] = kt_self_consistent(chunk, parts)
+        if self_consistency:  # on the particles as stored: massless would move rapidities
+            stored = parts if not massless else particles(chunk)
+            obs["kt_self_consistent"] = kt_self_consistent(chunk, stored)
         jets.append(obs)
         lunds.append(lund)
         parts_out.append(particle_arrays(parts))

@@ -1,6 +1,6 @@
 """A Markov tree generator from a checkpoint's count baselines: the reference generator.
 
-The root is drawn from P(root | START) and each child of a pseudojet from the interpolated
+The root is drawn from the training roots' counts and each child of a pseudojet from the interpolated
 bigram P(child | parent) (:class:`jetevo.model.baselines.CountBaselines`), left and right
 independently: a tree whose every split depends on its parent token only. Trees are built
 in the same order, with the same node guard and resolution scale, and returned in the same
@@ -33,10 +33,14 @@ class BigramSampler:
         self.lam = b.lam
         self.unigram_cdf = np.cumsum(b.unigram)
 
-    def draw(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(
+        self, parents: np.ndarray, rng: np.random.Generator, exact: bool = False
+    ) -> np.ndarray:
+        """One child per parent; ``exact``: from the parent's own counts only (roots: the
+        training roots, not a mixture with the children's unigram)."""
         n = len(parents)
         tot = self.totals[parents]
-        use_pair = (rng.random(n) < self.lam) & (tot > 0)
+        use_pair = ((rng.random(n) < self.lam) | exact) & (tot > 0)
         u = rng.random(n)
         out = np.searchsorted(self.unigram_cdf, u * self.unigram_cdf[-1], side="right")
         out = np.minimum(out, len(self.unigram_cdf) - 1)
@@ -73,7 +77,7 @@ def sample_bigram_trees(
     runaway = np.zeros(b, bool)
     n_resolved = 0
 
-    roots = sampler.draw(np.full(b, vocab.start), rng)
+    roots = sampler.draw(np.full(b, vocab.start), rng, exact=True)
     if resolution is not None:
         log_pt[:, 0] = resolution.root_log_pt(roots)
         resolved = resolution.resolve(roots, log_pt[:, 0])

@@ -100,7 +100,12 @@ def sample_trees(
     stack = np.zeros((b, max_nodes), np.int64)
     sp = np.zeros(b, np.int64)
     runaway = np.zeros(b, bool)
-    log_pt = np.zeros((b, max_nodes))  # token-chain log pT (with a resolution scale only)
+    # token-chain log pT of every node: the model's scale input and the resolution scale
+    log_z = model.log_z_table()
+    if log_z is None and resolution is not None:
+        log_z = resolution.code_log_z
+    chain = None if log_z is None else Resolution(log_z, -np.inf)
+    log_pt = np.zeros((b, max_nodes))
     n_resolved = 0
     resolved_left = [0]  # counted inside the left child's resolver
 
@@ -110,15 +115,19 @@ def sample_trees(
         "tokens": start,
         "depth": torch.zeros_like(start),
         "side": torch.full_like(start, SIDE_START),
+        "scale": torch.zeros_like(start),
     }
-    h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache)[:, -1]
+    h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache, scale=seq["scale"])[
+        :, -1
+    ]
     if root_tokens is None:
         roots = model.sample_root(h, table, temperature, top_k, generator, output_cache)
         roots = roots.cpu().numpy()
     else:
         roots = np.asarray(root_tokens, np.int64).reshape(b)
+    if chain is not None:
+        log_pt[:, 0] = chain.root_log_pt(roots)
     if resolution is not None:
-        log_pt[:, 0] = resolution.root_log_pt(roots)
         resolved = resolution.resolve(roots, log_pt[:, 0])
         n_resolved += int(np.count_nonzero(resolved != roots))
         roots = resolved
@@ -147,24 +156,29 @@ def sample_trees(
             "tokens": torch.as_tensor(t_in, device=device)[:, None],
             "depth": torch.as_tensor(dep[rows, node] + 1, device=device)[:, None],
             "side": torch.as_tensor(side, device=device)[:, None],
+            "scale": torch.as_tensor(model.scale_of(log_pt[rows, node]), device=device)[:, None],
         }
         if cache is None:
             seq = {k: torch.cat([seq[k], step_in[k]], 1) for k in seq}
-            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table)
+            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, scale=seq["scale"])
         else:
-            h = model.backbone(step_in["tokens"], step_in["depth"], step_in["side"], table, cache)
+            h = model.backbone(
+                step_in["tokens"], step_in["depth"], step_in["side"], table, cache,
+                scale=step_in["scale"],
+            )  # fmt: skip
         context = model.right_context(h, cache)  # what the right head attends over
         resolve = None
+        parent_log_pt = log_pt[rows, node]
         if resolution is not None:
-            parent_log_pt = log_pt[rows, node]
             resolve = _left_resolver(resolution, parent_log_pt, resolved_left)
         left, right = model.sample_children(
             h[:, -1], table, temperature, top_k, generator, output_cache, context, resolve
         )
         left, right = left.cpu().numpy(), right.cpu().numpy()
+        if chain is not None:
+            lpt_l = chain.child_log_pt(parent_log_pt, left)
+            lpt_r = chain.child_log_pt(parent_log_pt, right)
         if resolution is not None:
-            lpt_l = resolution.child_log_pt(parent_log_pt, left)
-            lpt_r = resolution.child_log_pt(parent_log_pt, right)
             resolved = resolution.resolve(right, lpt_r)
             n_resolved += int(np.count_nonzero(resolved != right))
             right = resolved
@@ -175,7 +189,7 @@ def sample_trees(
         r_ok, li, ri, node = rows[ok], li[ok], ri[ok], node[ok]
         left, right = left[ok], right[ok]
         tok[r_ok, li], tok[r_ok, ri] = left, right
-        if resolution is not None:
+        if chain is not None:
             log_pt[r_ok, li], log_pt[r_ok, ri] = lpt_l[ok], lpt_r[ok]
         par[r_ok, li] = par[r_ok, ri] = node
         dep[r_ok, li] = dep[r_ok, ri] = dep[r_ok, node] + 1

@@ -40,8 +40,9 @@ def read_state(path: str | Path) -> dict:
 def load_model(path: str | Path) -> JetEvolutionModel:
     state = read_state(path)
     # settings that checkpoints from before them lack, as those checkpoints were trained:
-    # a flat output (no output_group_size) and the one-key right head (no right_head)
-    old = {"output_group_size": 0, "right_head": "left-child"}
+    # a flat output (no output_group_size), the one-key right head (no right_head) and no
+    # scale input (no scale_bins)
+    old = {"output_group_size": 0, "right_head": "left-child", "scale_bins": 0}
     model = JetEvolutionModel(ModelConfig(**{**old, **state["config"]}))
     model.load_state_dict(state["state_dict"])
     model.tokenizer_identity = state.get("tokenizer_identity")

@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import torch
 
 from jetevo.errors import InputError
-from jetevo.model.gpt import IGNORE, SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START
+from jetevo.model.gpt import IGNORE, SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START, scale_bin
+from jetevo.tokenize.resolution import chain_log_pt
 from jetevo.tokenize.tokens import TOKENIZER_KEY
 from jetevo.trees.format import load, tree_files
 
 COLUMNS = ["token", "left", "right", "parent", "depth"]
+FIELDS = ("tokens", "depth", "side", "scale", "left", "right")
 
 
 def token_file_info(paths) -> tuple[list[Path], dict]:
@@ -45,7 +47,16 @@ def token_file_info(paths) -> tuple[list[Path], dict]:
 class Sequences:
     """All expansion sequences of a set of token files, flat, with per-jet offsets."""
 
-    def __init__(self, paths, n_codes: int, max_len: int):
+    def __init__(
+        self,
+        paths,
+        n_codes: int,
+        max_len: int,
+        code_log_z: np.ndarray | None = None,
+        scale_bins: int = 0,
+    ):
+        """``code_log_z`` and ``scale_bins`` (a model with the scale input): each position's
+        :func:`~jetevo.model.gpt.scale_bin` as ``scale`` (0 everywhere otherwise)."""
         files, self.tokenizer = token_file_info(paths)
         if self.tokenizer["n_codes"] != n_codes:
             raise InputError(
@@ -96,6 +107,11 @@ class Sequences:
         )
         self.left[rest] = tok[first[g] + left[g]]
         self.right[rest] = tok[first[g] + right[g]]
+        self.scale = np.zeros(n, np.int64)
+        if scale_bins:
+            global_parent = np.where(parent >= 0, first + parent, -1)
+            log_pt = chain_log_pt(code_log_z[tok % n_codes], global_parent, depth)
+            self.scale[rest] = scale_bin(log_pt[g], scale_bins)
         self.files = files
 
     def __len__(self) -> int:
@@ -122,7 +138,7 @@ class SequenceSubset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.seqs
         a, b = s.offsets[self.jets[i]], s.offsets[self.jets[i] + 1]
-        return {k: getattr(s, k)[a:b] for k in ("tokens", "depth", "side", "left", "right")}
+        return {k: getattr(s, k)[a:b] for k in FIELDS}
 
 
 def collate(items: list[dict], pad_token: int) -> dict:
@@ -133,6 +149,7 @@ def collate(items: list[dict], pad_token: int) -> dict:
         ("tokens", pad_token),
         ("depth", 0),
         ("side", SIDE_START),
+        ("scale", 0),
         ("left", IGNORE),
         ("right", IGNORE),
     ):

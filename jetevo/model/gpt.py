@@ -36,6 +36,15 @@ from torch import nn
 SIDE_START, SIDE_ROOT, SIDE_LEFT, SIDE_RIGHT = 0, 1, 2, 3
 IGNORE = -100
 RIGHT_HEADS = ("context", "left-child")
+SCALE_LOG_PT = (math.log(0.1), math.log(2000.0))  # range of the scale bins (GeV)
+
+
+def scale_bin(log_pt: np.ndarray, n_bins: int) -> np.ndarray:
+    """Scale-embedding index of a node from its token-chain log pT: 1..n_bins over
+    :data:`SCALE_LOG_PT` (clamped), 0 reserved for START."""
+    lo, hi = SCALE_LOG_PT
+    x = (np.asarray(log_pt, np.float64) - lo) / (hi - lo) * n_bins
+    return 1 + np.clip(np.floor(x), 0, n_bins - 1).astype(np.int64)
 
 
 @dataclass
@@ -56,8 +65,18 @@ class ModelConfig:
     # right head: "context" attends over all visible positions given the left child;
     # "left-child" is the earlier one-key head (checkpoints without this field load as it)
     right_head: str = "context"
+    # the expanded node's transverse momentum, as its token chain says it, as an input
+    # (log bins): without it the model must infer from the tokens how soft a node is, and
+    # soft pseudojets kept splitting (runaways); 0 = off (checkpoints without it load so)
+    scale_bins: int = 32
 
     def __post_init__(self) -> None:
+        if (
+            not isinstance(self.scale_bins, int)
+            or isinstance(self.scale_bins, bool)
+            or self.scale_bins < 0
+        ):
+            raise ValueError(f"model.scale_bins must be an integer >= 0, got {self.scale_bins!r}")
         if self.right_head not in RIGHT_HEADS:
             raise ValueError(
                 f"model.right_head must be one of {', '.join(RIGHT_HEADS)}, got {self.right_head!r}"
@@ -269,6 +288,10 @@ class JetEvolutionModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.n_embd)
         self.depth_emb = nn.Embedding(cfg.max_len + 1, cfg.n_embd)
         self.side_emb = nn.Embedding(4, cfg.n_embd)
+        if cfg.scale_bins:
+            self.scale_emb = nn.Embedding(cfg.scale_bins + 1, cfg.n_embd)
+            # log z of every code (set with the code features): the token-chain pT
+            self.register_buffer("code_log_z", torch.zeros(cfg.n_codes))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -303,6 +326,13 @@ class JetEvolutionModel(nn.Module):
         self.tokenizer_identity: str | None = None
 
     # -------------------------------------------------------------- pieces
+    def log_z_table(self) -> np.ndarray | None:
+        """Decoded log z of every code (None for a model without the scale input)."""
+        return self.code_log_z.double().cpu().numpy() if self.cfg.scale_bins else None
+
+    def scale_of(self, log_pt: np.ndarray) -> np.ndarray:
+        return scale_bin(log_pt, max(self.cfg.scale_bins, 1))
+
     def backbone(
         self,
         tokens: torch.Tensor,
@@ -310,8 +340,10 @@ class JetEvolutionModel(nn.Module):
         side: torch.Tensor,
         table: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states (B, T, C) of a batch of expansion sequences.
+        """Hidden states (B, T, C) of a batch of expansion sequences (``scale``: the
+        positions' :func:`scale_bin`, needed when ``cfg.scale_bins``).
 
         With a ``cache`` (from :meth:`kv_cache`), ``tokens`` are the next position(s) after
         those already cached; a context right head's keys and values of them are cached too.
@@ -328,6 +360,10 @@ class JetEvolutionModel(nn.Module):
             + self.depth_emb(depth.clamp(max=self.cfg.max_len))
             + self.side_emb(side)
         )
+        if self.cfg.scale_bins:
+            if scale is None:
+                raise ValueError("this model takes each position's scale bin (model.scale_bins)")
+            x = x + self.scale_emb(scale)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
@@ -354,9 +390,14 @@ class JetEvolutionModel(nn.Module):
             return cache.k[self.cfg.n_layer], cache.v[self.cfg.n_layer]
         return self.right_xattn.context(h_all)
 
-    def set_code_features(self, features: torch.Tensor) -> None:
-        """Store what each code decodes to and group kinematically close codes."""
+    def set_code_features(self, features: torch.Tensor, log_z: np.ndarray | None = None) -> None:
+        """Store what each code decodes to (standardized features; ``log_z``, the decoded
+        momentum fraction, for the scale input) and group kinematically close codes."""
         with torch.no_grad():
+            if self.cfg.scale_bins:
+                if log_z is None:
+                    raise ValueError("a model with scale_bins needs the codes' log z")
+                self.code_log_z.copy_(torch.as_tensor(log_z, dtype=torch.float32))
             self.tokens.code_features.copy_(torch.as_tensor(features, dtype=torch.float32))
             if self.group_size:
                 codes = balanced_groups(self.tokens.code_features.cpu().numpy(), self.group_size)
@@ -571,7 +612,12 @@ class JetEvolutionModel(nn.Module):
         depth = torch.cat([ctx_d, pd], 1)
         side = torch.cat([ctx_s, ps], 1)
         table = self.tokens.table()
-        h_all = self.backbone(tokens, depth, side, table)
+        scale = None
+        if self.cfg.scale_bins:
+            log_pt = sequence_log_pt(tokens.cpu().numpy(), depth.cpu().numpy(), self.log_z_table())
+            scale = torch.as_tensor(self.scale_of(log_pt), device=device)
+            scale[:, 0] = 0  # START
+        h_all = self.backbone(tokens, depth, side, table, scale=scale)
         h = h_all[:, -1]
         left, p_left = choose(self.left_logits(h, table), sample, temperature, top_k, generator)
         right, p_right = choose(
@@ -601,6 +647,24 @@ class JetEvolutionModel(nn.Module):
 
 
 CHECKPOINT_KIND = "jetevo-model"
+
+
+def sequence_log_pt(tokens: np.ndarray, depth: np.ndarray, log_z: np.ndarray) -> np.ndarray:
+    """Token-chain log pT of every position of expansion sequences (B, T) from their tokens
+    and depths alone: in depth-first pre-order a node's parent is the last earlier position
+    one level up. Position 0 (START) gets 0. Same values as the chain over the tree."""
+    from jetevo.tokenize.resolution import ROOT_LOG_PT
+
+    n_codes = len(log_z)
+    out = np.zeros(tokens.shape)
+    for b in range(tokens.shape[0]):
+        last = {}  # depth -> log pT of the latest position at that depth
+        for t in range(1, tokens.shape[1]):
+            d = int(depth[b, t])
+            base = ROOT_LOG_PT if d <= 1 else last.get(d - 1, ROOT_LOG_PT)
+            out[b, t] = base + log_z[int(tokens[b, t]) % n_codes]
+            last[d] = out[b, t]
+    return out
 
 
 def balanced_groups(features: np.ndarray, group_size: int) -> np.ndarray:
@@ -662,7 +726,9 @@ def split_nll(
     """
     l_all, r_all = batch["left"], batch["right"]
     table = model.tokens.table()
-    h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"], table)
+    h_all = model.backbone(
+        batch["tokens"], batch["depth"], batch["side"], table, scale=batch.get("scale")
+    )
     valid = l_all != IGNORE
     h, tgt_left, tgt_right = h_all[valid], l_all[valid], r_all[valid]
     has_r = tgt_right != IGNORE

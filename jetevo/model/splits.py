@@ -30,7 +30,9 @@ def evaluate_splits(
 
     keep_freed_memory()
     model = load_model(ckpt)
-    seqs = Sequences(token_paths, model.cfg.n_codes, model.cfg.max_len)
+    seqs = Sequences(
+        token_paths, model.cfg.n_codes, model.cfg.max_len, model.log_z_table(), model.cfg.scale_bins
+    )
     if seqs.tokenizer["identity"] != model.tokenizer_identity:
         raise InputError(
             seqs.files[0],

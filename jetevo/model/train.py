@@ -28,7 +28,7 @@ from jetevo.model.checkpoint import save_model
 from jetevo.model.data import Sequences, collate, token_file_info
 from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
-from jetevo.tokenize.resolution import learn_scale
+from jetevo.tokenize.resolution import code_log_z, learn_scale
 from jetevo.trees.format import load
 
 
@@ -248,15 +248,16 @@ def train(
     mc = ModelConfig(**{**model_cfg, "n_codes": tok.cfg.n_codes})
     L.seed_everything(tc.seed, workers=True, verbose=False)
 
-    train_seq = Sequences(train_paths, mc.n_codes, mc.max_len)
-    val_seq = Sequences(val_paths, mc.n_codes, mc.max_len)
+    log_z = code_log_z(tok)
+    train_seq = Sequences(train_paths, mc.n_codes, mc.max_len, log_z, mc.scale_bins)
+    val_seq = Sequences(val_paths, mc.n_codes, mc.max_len, log_z, mc.scale_bins)
     if val_seq.tokenizer["identity"] != info["identity"]:
         raise InputError(
             val_seq.files[0],
             "validation tokens come from another tokenizer than the training tokens",
         )
     model = JetEvolutionModel(mc)
-    model.set_code_features(torch.from_numpy(code_feature_table(tok)))
+    model.set_code_features(torch.from_numpy(code_feature_table(tok)), log_z)
     model.tokenizer_identity = info["identity"]
     init_report = None
     if tc.init_from:

@@ -24,6 +24,7 @@ from jetevo.tokenize import features as F
 from jetevo.tokenize.vocab import Vocab
 
 QUANTILE = 0.001  # of the training pseudojets' token-chain pT
+ROOT_LOG_PT = float(np.log(F.ROOT_PT_REF))  # a root's pT is relative to this virtual parent
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Resolution:
         return Vocab(len(self.code_log_z))
 
     def root_log_pt(self, tokens: np.ndarray) -> np.ndarray:
-        return np.log(F.ROOT_PT_REF) + self.code_log_z[self.vocab.code(tokens)]
+        return ROOT_LOG_PT + self.code_log_z[self.vocab.code(tokens)]
 
     def child_log_pt(self, parent_log_pt: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return parent_log_pt + self.code_log_z[self.vocab.code(tokens)]
@@ -61,7 +62,7 @@ def chain_log_pt(log_z: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np
     out = np.empty(len(log_z))
     for d in range(int(depth.max(initial=0)) + 1):
         at = np.flatnonzero(depth == d)
-        base = np.log(F.ROOT_PT_REF) if d == 0 else out[parent[at]]
+        base = ROOT_LOG_PT if d == 0 else out[parent[at]]
         out[at] = base + log_z[at]
     return out
 
