@@ -182,6 +182,12 @@ def sample_trees(
             resolved = resolution.resolve(right, lpt_r)
             n_resolved += int(np.count_nonzero(resolved != right))
             right = resolved
+        if chain is not None:
+            # the pair is unordered (permutation-min); training sequences always expand the
+            # harder child first, so the harder one becomes the left child here too
+            swap = lpt_r > lpt_l
+            left, right = np.where(swap, right, left), np.where(swap, left, right)
+            lpt_l, lpt_r = np.where(swap, lpt_r, lpt_l), np.where(swap, lpt_l, lpt_r)
 
         li, ri = n_nodes[rows], n_nodes[rows] + 1
         over = ri >= max_nodes
