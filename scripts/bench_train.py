@@ -31,6 +31,8 @@ def step_flops(model, batch: int, seq: int, permutation_min: bool) -> float:
     dense = sum(p.numel() for p in model.parameters()) - emb - model.out_bias.numel()
     positions = batch * seq
     per_position = 6 * dense + 12 * n_layer * seq * c + (3 if permutation_min else 2) * 6 * c * v
+    if cfg.right_head == "context":  # the right head's attention over the sequence, per pass
+        per_position += (2 if permutation_min else 1) * 12 * seq * c
     feature_net = table_params - model.tokens.learned.weight.numel()
     return positions * per_position + 6 * v * feature_net
 
@@ -91,6 +93,8 @@ def main() -> None:
             "tokens": tokens,
             "depth": depth,
             "side": side,
+            "scale": torch.randint(0, model.cfg.scale_bins + 1, (batch, t), generator=g)
+            * (side != SIDE_START),
             "left": left,
             "right": right,
         }.items()

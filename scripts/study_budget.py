@@ -21,7 +21,9 @@ from pathlib import Path
 
 
 def jetevo(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "jetevo.cli", *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "jetevo.cli", *args], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def main() -> None:
@@ -65,7 +67,15 @@ def main() -> None:
            f"train.max_steps={args.finetune_steps}", "train.val_every=250")  # fmt: skip
     times["finetune_s"] = time.perf_counter() - t0
     ckpt = str(out / "finetune" / "model.ckpt")
-    jetevo("evaluate-splits", "--ckpt", ckpt, "--tokens", str(heldout_tokens), "--json", str(out / "splits.json"))
+    jetevo(
+        "evaluate-splits",
+        "--ckpt",
+        ckpt,
+        "--tokens",
+        str(heldout_tokens),
+        "--json",
+        str(out / "splits.json"),
+    )
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "times": times}
     for name, extra in (("transformer", []), ("bigram", ["--baseline", "bigram"])):
         jetevo("generate", "--ckpt", ckpt, "--n-jets", str(args.n_gen), "--seed", "1",

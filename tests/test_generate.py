@@ -113,6 +113,11 @@ def test_cli_generate_errors(model_ckpt, tmp_path, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
     assert run(model_ckpt, tmp_path / "e", "--root", "600,1") == 2
     assert "--root" in capsys.readouterr().err
+    for bad in (["--temperature", "nan"], ["--temperature", "inf"]):
+        assert run(model_ckpt, tmp_path / "f", *bad) == 2
+        assert "--temperature" in capsys.readouterr().err
+    assert run(model_ckpt, tmp_path / "g", "--baseline", "bigram", "--root-tokens", "3") == 2
+    assert "--baseline" in capsys.readouterr().err
 
 
 def test_two_body_split_conserves_and_keeps_decoded_pairs():
