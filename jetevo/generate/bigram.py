@@ -117,20 +117,4 @@ def sample_bigram_trees(
             sp[rows[push]] += 1
         rows = rows[sp[rows] > 0]
 
-    done = ~runaway
-    counts = n_nodes[done]
-    offsets = np.zeros(done.sum() + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    mask = np.arange(max_nodes)[None, :] < counts[:, None]
-    return SampledTrees(
-        token=tok[done][mask],
-        parent=par[done][mask],
-        depth=dep[done][mask],
-        left=lft[done][mask],
-        right=rgt[done][mask],
-        offsets=offsets,
-        runaway=np.flatnonzero(runaway),
-        steps=steps,
-        nodes_sampled=int(n_nodes.sum()),
-        n_resolved=n_resolved,
-    )
+    return SampledTrees.from_batch(tok, par, dep, lft, rgt, n_nodes, runaway, steps, n_resolved)

@@ -62,6 +62,29 @@ class SampledTrees:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    @classmethod
+    def from_batch(
+        cls, tok, par, dep, lft, rgt, n_nodes, runaway, steps: int, n_resolved: int = 0
+    ) -> SampledTrees:
+        """The complete trees of a batch's per-jet (b, max_nodes) arrays, runaways left out."""
+        done = ~runaway
+        counts = n_nodes[done]
+        offsets = np.zeros(done.sum() + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        mask = np.arange(tok.shape[1])[None, :] < counts[:, None]
+        return cls(
+            token=tok[done][mask],
+            parent=par[done][mask],
+            depth=dep[done][mask],
+            left=lft[done][mask],
+            right=rgt[done][mask],
+            offsets=offsets,
+            runaway=np.flatnonzero(runaway),
+            steps=steps,
+            nodes_sampled=int(n_nodes.sum()),
+            n_resolved=n_resolved,
+        )
+
 
 @torch.no_grad()
 def sample_trees(
@@ -223,22 +246,8 @@ def sample_trees(
                 seq = {k: v.index_select(0, keep) for k, v in seq.items()}
             rows = rows[alive]
 
-    done = ~runaway
-    counts = n_nodes[done]
-    offsets = np.zeros(done.sum() + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    mask = np.arange(max_nodes)[None, :] < counts[:, None]
-    return SampledTrees(
-        token=tok[done][mask],
-        parent=par[done][mask],
-        depth=dep[done][mask],
-        left=lft[done][mask],
-        right=rgt[done][mask],
-        offsets=offsets,
-        runaway=np.flatnonzero(runaway),
-        steps=steps,
-        nodes_sampled=int(n_nodes.sum()),
-        n_resolved=n_resolved + resolved_left[0],
+    return SampledTrees.from_batch(
+        tok, par, dep, lft, rgt, n_nodes, runaway, steps, n_resolved + resolved_left[0]
     )
 
 
