@@ -180,7 +180,8 @@ def real_trees(tmp_path_factory):
 
 def _naive_ca_primary(p: np.ndarray) -> list[tuple[float, float, float]]:
     """Cambridge/Aachen by hand (merge the closest pair in rapidity-azimuth, E scheme),
-    then the primary declusterings along the harder branch: (z, Δ, kt) each."""
+    then the primary declusterings along the harder branch: (z, Δ, kt, mass of the node
+    being declustered) each."""
 
     def rap_phi(q):  # FastJet's rapidity: m² clamped at 0 (float32 inputs round below it)
         pt2 = q[:, 0] ** 2 + q[:, 1] ** 2
@@ -210,7 +211,9 @@ def _naive_ca_primary(p: np.ndarray) -> list[tuple[float, float, float]]:
         dphi = abs(phi[0] - phi[1])
         delta = np.hypot(y[0] - y[1], min(dphi, 2 * np.pi - dphi))
         soft = int(np.argmin(pt))
-        out.append((pt[soft] / pt.sum(), delta, pt[soft] * delta))
+        q = nodes[node][0]
+        mass = np.sqrt(max(q[3] ** 2 - (q[:3] ** 2).sum(), 0.0))
+        out.append((pt[soft] / pt.sum(), delta, pt[soft] * delta, mass))
         node = (i, j)[1 - soft]
     return out
 
@@ -228,12 +231,13 @@ def test_ca_soft_drop_and_lund_agree_with_a_hand_declustering_of_real_jets(real_
         primary = _naive_ca_primary(p)
         assert obs["n_primary"][j] == len(primary)
         mine = lund[lund[:, 0] == j][:, 1:]
-        ref = np.array([(np.log(1 / d), np.log(kt)) for _, d, kt in primary if d > 0 and kt > 0])
+        ref = np.array([(np.log(1 / d), np.log(kt)) for _, d, kt, _ in primary if d > 0 and kt > 0])
         assert np.allclose(mine, ref, rtol=1e-6, atol=1e-6)
-        passing = [(z, d) for z, d, _ in primary if z > 0.1]
+        passing = [(z, d, m) for z, d, _, m in primary if z > 0.1]
         if passing:
             assert obs["zg"][j] == pytest.approx(passing[0][0], rel=1e-6)
             assert obs["rg"][j] == pytest.approx(passing[0][1], rel=1e-6)
+            assert obs["mass_sd"][j] == pytest.approx(passing[0][2], rel=1e-5)
         else:
             assert np.isnan(obs["zg"][j]) and np.isnan(obs["rg"][j])
     assert np.isfinite(obs["zg"]).mean() > 0.8

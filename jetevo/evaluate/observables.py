@@ -9,7 +9,9 @@ API (C++):
 - N-subjettiness ratios τ21, τ32 (fjcontrib ``Nsubjettiness``: normalized measure, β = 1,
   R0 = 0.8, one-pass kt axes) and D2 (fjcontrib ``EnergyCorrelator``, β = 1);
 - on the Cambridge/Aachen reclustering of the particles, as fjcontrib defines them: soft
-  drop (``exclusive_jets_softdrop_grooming``: zcut 0.1, β 0, R0 0.8) z_g and R_g, and the
+  drop (``exclusive_jets_softdrop_grooming``: zcut 0.1, β 0, R0 0.8) z_g, R_g and the groomed
+  mass ``mass_sd`` (the plain jet mass of a generated jet is its root's, which four-momentum
+  conservation fixes before any splitting is sampled; the groomed mass depends on them), the
   primary Lund plane (``exclusive_jets_lund_declusterings``: ln 1/Δ, ln kt along the harder
   branch) with its number of primary declusterings ``n_primary``. Jets groomed down to one
   particle have z_g = R_g = NaN (counted by the metrics as non-finite, never dropped).
@@ -36,6 +38,7 @@ from jetevo.errors import InputError
 JET_OBSERVABLES = (
     "pt",
     "mass",
+    "mass_sd",
     "multiplicity",
     "tau21",
     "tau32",
@@ -104,6 +107,7 @@ def particle_observables(parts: ak.Array) -> tuple[dict[str, np.ndarray], np.nda
     rg = ak.to_numpy(sd.deltaRsoftdrop).astype(np.float64).reshape(-1)
     zg = ak.to_numpy(sd.symmetrysoftdrop).astype(np.float64).reshape(-1)
     groomed_to_one = ~(rg > 0)
+    out["mass_sd"] = ak.to_numpy(sd.msoftdrop).astype(np.float64).reshape(-1)
     out["zg"] = np.where(groomed_to_one, np.nan, zg)
     out["rg"] = np.where(groomed_to_one, np.nan, rg)
     lund = ca.exclusive_jets_lund_declusterings(njets=1)[:, 0]

@@ -11,6 +11,7 @@ from jetevo.evaluate.metrics import LUND_RANGE
 LABELS = {
     "pt": r"jet $p_T$ [GeV]",
     "mass": r"jet mass [GeV]",
+    "mass_sd": r"soft-drop mass [GeV]",
     "multiplicity": "constituents",
     "tau21": r"$\tau_{21}$",
     "tau32": r"$\tau_{32}$",
