@@ -2,9 +2,9 @@
 
 Node kinematics are the tokenizer's decoding of each token relative to its decoded parent
 (top-down, in the jet frame: the root at rapidity 0 and azimuth 0 unless a root rapidity
-is given). Constituents are the leaves. Internal nodes keep their own decoded kinematics:
-quantization means a parent is not exactly the sum of its children, so generated trees
-carry no recombination scheme (``validate(trees, scheme=None, harder_first=True)`` holds).
+is given). Constituents are the leaves. With conservation (the default) every internal node is the
+sum of its children, as in an E-scheme tree; without it (``conserve=False``) each node
+keeps its own decoded kinematics and the trees carry no recombination scheme.
 Nodes are re-ordered into depth-first pre-order with the larger-pT child left, and
 ``leaf_index`` is the leaf's rank in decreasing pT.
 """
@@ -169,7 +169,10 @@ def decode_conserving(
       parent with physical masses, so no node is spacelike and no parent's mismatch turns
       into invented particle mass. Particles get ``particle_mass`` (``pion``: the charged
       pion mass, ``massless``, or ``decoded``: whatever their token decodes to); a
-      pseudojet's mass is its decoded one, at least what its particles need at rest;
+      pseudojet's mass is its decoded one, or, where that is below what its particles
+      need at rest (photons are lighter than pions), the invariant mass of its particles
+      as decoded without conservation, so that it keeps their opening instead of decaying
+      at rest into one direction;
     - ``share``: the mismatch parent - (left + right) is shared in proportion to the
       children's energies, which passes a parent's excess mass to its children: particles
       come out massive and some spacelike (kept to compare with earlier results).
@@ -192,7 +195,12 @@ def decode_conserving(
     if leaf_mass is not None:
         # a node must be able to hold its particles at rest: mass >= n_leaves * m
         floor = subtree_leaves(trees) * leaf_mass
-        root_mass = _child_mass(p[roots], trees.left[roots] < 0, floor[roots], leaf_mass)
+        # below its floor a pseudojet takes the mass of its decoded particles instead, so
+        # that it keeps their opening rather than decaying at rest into a collinear blob
+        mass_below = _decoded_particles_mass(tokenizer, trees, leaf_mass)
+        root_mass = _child_mass(
+            p[roots], trees.left[roots] < 0, floor[roots], leaf_mass, mass_below[roots]
+        )
         p[roots] = with_mass(p[roots], root_mass)
     internal = np.flatnonzero(trees.left >= 0)
     depth = trees.depth
@@ -207,8 +215,8 @@ def decode_conserving(
         if split_kinematics == "two-body":
             leaf_l, leaf_r = trees.left[li] < 0, trees.left[ri] < 0
             if floor is not None:
-                pl = with_mass(pl, _child_mass(pl, leaf_l, floor[li], leaf_mass))
-                pr = with_mass(pr, _child_mass(pr, leaf_r, floor[ri], leaf_mass))
+                pl = with_mass(pl, _child_mass(pl, leaf_l, floor[li], leaf_mass, mass_below[li]))
+                pr = with_mass(pr, _child_mass(pr, leaf_r, floor[ri], leaf_mass, mass_below[ri]))
             fl, fr = (None, None) if floor is None else (floor[li], floor[ri])
             p[li], p[ri] = two_body_split(p[par], pl, pr, leaf_l, leaf_r, fl, fr)
         else:
@@ -219,9 +227,28 @@ def decode_conserving(
     return p
 
 
-def _child_mass(p, is_leaf, floor, leaf_mass) -> np.ndarray:
+def _child_mass(p, is_leaf, floor, leaf_mass, mass_below) -> np.ndarray:
+    """A node's mass: a particle's is ``leaf_mass``; a pseudojet keeps its decoded mass
+    unless that is below ``floor`` (its particles at rest), where it takes ``mass_below``."""
     m = F.pt_y_phi_m(p)[3]
-    return np.where(is_leaf, leaf_mass, np.maximum(m, floor))
+    return np.where(is_leaf, leaf_mass, np.where(m >= floor, m, np.maximum(mass_below, floor)))
+
+
+def _decoded_particles_mass(tokenizer, trees: SampledTrees, leaf_mass: float) -> np.ndarray:
+    """Per node, the invariant mass of its particles as decoded without conservation (each
+    node relative to its decoded parent) and given ``leaf_mass``: at least the floor, and
+    with the decoded openings."""
+    first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
+    parent = np.where(trees.parent >= 0, first + trees.parent, -1)
+    free = tokenizer.decode_trees(trees.token, parent, trees.depth)
+    leaf = trees.left < 0
+    total = np.zeros_like(free)
+    total[leaf] = with_mass(free[leaf], np.full(int(leaf.sum()), leaf_mass))
+    internal = np.flatnonzero(~leaf)
+    for d in range(int(trees.depth.max(initial=0)) - 1, -1, -1):
+        par = internal[trees.depth[internal] == d]
+        total[par] = total[first[par] + trees.left[par]] + total[first[par] + trees.right[par]]
+    return F.pt_y_phi_m(total)[3]
 
 
 def with_mass(p: np.ndarray, m: np.ndarray) -> np.ndarray:
