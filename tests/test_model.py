@@ -534,3 +534,12 @@ def test_scale_input_is_the_same_from_trees_and_from_sequences(token_dir, tiny_t
     real = (batch["left"].numpy() != IGNORE) & (np.arange(tokens.shape[1]) > 0)
     assert np.array_equal(bins[real], batch["scale"].numpy()[real])
     assert len(np.unique(bins[real])) > 3 and np.all(batch["scale"].numpy()[:, 0] == 0)
+
+
+def test_init_from_refuses_to_keep_heads_of_another_right_head(tiny_tokenizer, tmp_path):
+    path = tmp_path / "old_head.ckpt"
+    save_model(tiny_model(tiny_tokenizer, right_head="left-child"), path)
+    with pytest.raises(InputError, match="right_head=left-child"):
+        init_from(tiny_model(tiny_tokenizer), path, "keep")
+    report = init_from(tiny_model(tiny_tokenizer), path, "reinit")
+    assert any(k.startswith("right_xattn") for k in report["missing"])

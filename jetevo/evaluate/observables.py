@@ -10,11 +10,12 @@ API (C++):
   R0 = 0.8, one-pass kt axes) and D2 (fjcontrib ``EnergyCorrelator``, β = 1);
 - on the Cambridge/Aachen reclustering of the particles, as fjcontrib defines them: soft
   drop (``exclusive_jets_softdrop_grooming``: zcut 0.1, β 0, R0 0.8) z_g, R_g and the groomed
-  mass ``mass_sd`` (the plain jet mass of a generated jet is its root's, which four-momentum
-  conservation fixes before any splitting is sampled; the groomed mass depends on them), the
+  mass ``mass_sd`` (four-momentum conservation makes a generated jet's plain mass its
+  decoded root's, fixed before any splitting is sampled; the groomed mass depends on the
+  splittings), the
   primary Lund plane (``exclusive_jets_lund_declusterings``: ln 1/Δ, ln kt along the harder
   branch) with its number of primary declusterings ``n_primary``. Jets groomed down to one
-  particle have z_g = R_g = NaN (counted by the metrics as non-finite, never dropped).
+  particle have z_g = R_g = NaN (the metrics leave them out of W1/KL and count them).
 
 Per-particle distributions: ``particle_pt`` and ``particle_mass`` (signed: -sqrt(-m²) for
 four-vectors spacelike beyond float32 rounding, so an unphysical particle is visible).

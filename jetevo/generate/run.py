@@ -150,7 +150,9 @@ def generate(
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale = (model.extra.get("resolution") or {}).get("log_pt_min") if resolution else None
-    res = None if scale is None else Resolution(code_log_z(tok), float(scale))
+    # the token chain is always followed (it orders each sampled pair harder first, as in
+    # training); only a checkpoint's scale turns soft pseudojets into particles
+    res = Resolution(code_log_z(tok), -np.inf if scale is None else float(scale))
     bigram = None
     if baseline == "bigram":
         from jetevo.model.baselines import CountBaselines
@@ -160,7 +162,7 @@ def generate(
         bigram = CountBaselines.from_state(model.extra["baselines"])
     settings = {
         "generator": baseline or "transformer",
-        "resolution_pt": None if res is None else float(np.exp(res.log_pt_min)),
+        "resolution_pt": None if scale is None else float(np.exp(scale)),
         "conserve": conserve,
         "split_kinematics": split_kinematics,
         "particle_mass": particle_mass,

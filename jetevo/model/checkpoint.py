@@ -76,6 +76,13 @@ def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -
             f"pretrained on tokenizer {state.get('tokenizer_identity')}, these tokens come from {model.tokenizer_identity}",
         )
     weights = state["state_dict"]
+    pretrained_head = cfg.get("right_head", "left-child")
+    if heads == "keep" and pretrained_head != model.cfg.right_head:
+        raise InputError(
+            path,
+            f"pretrained with right_head={pretrained_head}, this model has "
+            f"{model.cfg.right_head}: the heads cannot be kept (train.init_heads=reinit)",
+        )
     if heads == "reinit":
         weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIXES)}
     own = model.state_dict()
