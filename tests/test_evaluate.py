@@ -131,10 +131,11 @@ def test_tokenizer_closure_rebuilds_valid_e_scheme_trees(tiny_tokenizer, tree_di
     making a decoded pair add up to its parent; the two differ."""
     from jetevo import cli
     from jetevo.evaluate.closure import rebuilt_trees
-    from jetevo.generate.assemble import SPLIT_KINEMATICS
+    from jetevo.generate.assemble import PARTICLE_MASSES, SPLIT_KINEMATICS
     from jetevo.trees.format import load, validate
 
     assert cli.SPLIT_KINEMATICS == SPLIT_KINEMATICS
+    assert cli.PARTICLE_MASSES == tuple(PARTICLE_MASSES)
     trees = load(tree_dir)[:20]
     rebuilt = {k: rebuilt_trees(tiny_tokenizer, trees, k) for k in SPLIT_KINEMATICS}
     for r in rebuilt.values():

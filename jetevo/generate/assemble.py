@@ -26,6 +26,7 @@ from jetevo.trees.format import (
     non_nullable_table,
     write_table,
 )
+from jetevo.trees.kernel import subtree_sizes
 from jetevo.trees.recluster import JetColumns
 
 
@@ -142,14 +143,10 @@ PARTICLE_MASSES = {"pion": 0.13957, "massless": 0.0, "decoded": None}
 
 
 def subtree_leaves(trees: SampledTrees) -> np.ndarray:
-    """Number of leaves under every node (1 for a leaf), bottom-up by depth."""
-    first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
-    n = np.ones(len(trees.token), np.int64)
-    internal = np.flatnonzero(trees.left >= 0)
-    for d in range(int(trees.depth.max(initial=0)) - 1, -1, -1):
-        par = internal[trees.depth[internal] == d]
-        n[par] = n[first[par] + trees.left[par]] + n[first[par] + trees.right[par]]
-    return n
+    """Number of particles under every node (1 for a particle): a full binary subtree of
+    n nodes has (n + 1) / 2 leaves; generation order, like pre-order, puts children after
+    their parent, which :func:`~jetevo.trees.kernel.subtree_sizes` needs."""
+    return (subtree_sizes(trees.left, trees.right, trees.offsets) + 1) // 2
 
 
 def decode_conserving(
