@@ -23,6 +23,7 @@ import torch
 def main() -> None:
     from jetevo.allocator import keep_freed_memory
     from jetevo.generate import generate, sample_trees
+    from jetevo.generate.run import load_tokenizer_for, resolution_for
     from jetevo.model.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -79,15 +80,16 @@ def main() -> None:
             )
 
     model = load_model(args.ckpt).to(args.device)
+    res = resolution_for(model, load_tokenizer_for(model, args.ckpt, None))  # as generate does
     base = {k: v.detach().clone() for k, v in model.state_dict().items() if "bias" in k}
     b = max(int(x) for x in args.batch_sizes.split(","))
     for shift in (float(x) for x in args.leaf_shifts.split(",")):
         model.load_state_dict(base, strict=False)
         model.shift_leaf_odds(shift)
         g = torch.Generator(args.device).manual_seed(0)
-        sample_trees(model, 16, generator=g)  # warm-up
+        sample_trees(model, 16, generator=g, resolution=res)  # warm-up
         t0 = time.perf_counter()
-        trees = sample_trees(model, b, generator=g)
+        trees = sample_trees(model, b, generator=g, resolution=res)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

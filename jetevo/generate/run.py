@@ -49,6 +49,13 @@ def load_tokenizer_for(model, ckpt: Path, given: str | Path | None):
     return tok
 
 
+def resolution_for(model, tokenizer, enabled: bool = True) -> Resolution:
+    """The token chain every generation follows (it orders each sampled pair harder first, as
+    in training) with the checkpoint's resolution scale, if it has one and ``enabled``."""
+    scale = (model.extra.get("resolution") or {}).get("log_pt_min") if enabled else None
+    return Resolution(code_log_z(tokenizer), -np.inf if scale is None else float(scale))
+
+
 def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tuple[int, float]:
     """Nearest root token to a jet (pT, η, mass), and the root rapidity to place it at."""
     if not (pt > 0 and mass >= 0 and np.isfinite(eta)):
@@ -149,10 +156,8 @@ def generate(
 
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
-    scale = (model.extra.get("resolution") or {}).get("log_pt_min") if resolution else None
-    # the token chain is always followed (it orders each sampled pair harder first, as in
-    # training); only a checkpoint's scale turns soft pseudojets into particles
-    res = Resolution(code_log_z(tok), -np.inf if scale is None else float(scale))
+    res = resolution_for(model, tok, resolution)
+    scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
     bigram = None
     if baseline == "bigram":
         from jetevo.model.baselines import CountBaselines
