@@ -287,7 +287,12 @@ def test_observables_depend_on_the_particles_only(real_trees):
     assert np.allclose(np.sort(parts_a["particle_pt"]), np.sort(parts_b["particle_pt"]))
     assert not np.array_equal(a["tree_depth"], b["tree_depth"])
     assert np.all(a["kt_self_consistent"] == 1.0)
-    assert np.mean(b["kt_self_consistent"][a["multiplicity"] > 3]) == 0.0
+    # the caterpillar's clusters are not the kt history: only the whole jet (and the last
+    # pair, by chance) is a kt cluster too
+    many = a["multiplicity"] > 3
+    assert (
+        np.all(b["kt_self_consistent"][many] < 1) and np.mean(b["kt_self_consistent"][many]) < 0.3
+    )
 
 
 def test_massless_option_and_particle_sanity(real_trees, tmp_path):

@@ -203,8 +203,8 @@ def format_table(result: dict) -> str:
         )
     sc = result["kt_self_consistency"]
     lines.append(
-        f"kt reclustering of the particles gives back the stored tree: generated {_num(sc['generated'], '.3f')}, "
-        f"reference {_num(sc['reference'], '.3f')}"
+        f"share of the stored trees' clusters that kt reclustering of their particles makes too: "
+        f"generated {_num(sc['generated'], '.3f')}, reference {_num(sc['reference'], '.3f')}"
     )
     gen = result["generation"]
     if gen is not None:
