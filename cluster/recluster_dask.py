@@ -13,10 +13,12 @@ import argparse
 import json
 import time
 
+from jetevo.cli import add_recluster_options, recluster_config
 from jetevo.io.atomic import ensure_writable_dir
-from jetevo.trees.recluster import ReclusterConfig
+from jetevo.runtime import configure_process
 from jetevo.trees.run import (
     DEFAULT_CHUNK_SIZE,
+    SUMMARY_KEYS,
     input_files,
     plan_shards,
     process_shard,
@@ -25,26 +27,19 @@ from jetevo.trees.run import (
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("inputs", nargs="+")
-    ap.add_argument("--out", required=True)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    add_recluster_options(ap)  # the same options as ``jetevo recluster``
     ap.add_argument("--scheduler", help="address of a running Dask scheduler")
     ap.add_argument(
         "--local-workers", type=int, default=4, help="LocalCluster size without --scheduler"
     )
-    ap.add_argument("--R", type=float, default=0.8)
-    ap.add_argument("--scheme", choices=("E", "wta_pt"), default="E")
-    ap.add_argument("--on-split", choices=("merge", "hardest", "drop"), default="merge")
-    ap.add_argument("--max-constituents", type=int, default=128)
-    ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
-    ap.add_argument("--shard-size", type=int, default=100_000)
     args = ap.parse_args()
+    configure_process()
 
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cfg = ReclusterConfig(
-        R=args.R, scheme=args.scheme, on_split=args.on_split, max_constituents=args.max_constituents
-    )
+    cfg = recluster_config(args)
+    chunk_size = DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size
     out = ensure_writable_dir(args.out)
     files = input_files(args.inputs)
     shards = plan_shards(files, out, args.shard_size)
@@ -57,7 +52,7 @@ def main() -> None:
     t0 = time.perf_counter()
     # one single-threaded task per core: the threaded pipeline would only add CPU
     futures = client.map(
-        process_shard, todo, cfg=cfg, chunk_size=args.chunk_size, pipeline=False, pure=False
+        process_shard, todo, cfg=cfg, chunk_size=chunk_size, pipeline=False, pure=False
     )
     jets = 0
     for fut in as_completed(futures):
@@ -72,14 +67,7 @@ def main() -> None:
         len(client.scheduler_info()["workers"]),
         time.perf_counter() - t0,
     )
-    print(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in ("jets_read", "trees_written", "skipped", "dropped", "jets_per_s")
-            }
-        )
-    )
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from jetevo.errors import JetevoError
+from jetevo.errors import JetevoError, SettingError
 
 # jetevo.generate.assemble.SPLIT_KINEMATICS and PARTICLE_MASSES (a test checks they agree),
 # without importing torch for every command
@@ -39,21 +39,42 @@ def _simulate(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _recluster(args: argparse.Namespace) -> None:
-    from jetevo.trees.recluster import ReclusterConfig
-    from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, recluster_files
+def add_recluster_options(p: argparse.ArgumentParser) -> None:
+    """The options that make a :class:`~jetevo.trees.recluster.ReclusterConfig` and shard the
+    output: ``jetevo recluster`` and ``cluster/recluster_dask.py`` share them."""
+    from jetevo.trees.recluster import ON_SPLIT, PRECISIONS, SCHEMES
 
-    cfg = ReclusterConfig(
+    p.add_argument("inputs", nargs="+", help="JetClass .root / AOJ .h5 files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--R", type=float, default=0.8, help="analysis radius (default 0.8)")
+    p.add_argument("--scheme", choices=tuple(SCHEMES), default="E")
+    p.add_argument("--on-split", choices=ON_SPLIT, default="merge")
+    p.add_argument("--max-constituents", type=int, default=128)
+    p.add_argument("--precision", choices=PRECISIONS, default="float32")
+    p.add_argument("--chunk-size", type=int, help="jets per FastJet batch (default 5000)")
+    p.add_argument("--shard-size", type=int, default=100_000, help="jets per output file")
+
+
+def recluster_config(args: argparse.Namespace):
+    """The :class:`~jetevo.trees.recluster.ReclusterConfig` of :func:`add_recluster_options`."""
+    from jetevo.trees.recluster import ReclusterConfig
+
+    return ReclusterConfig(
         R=args.R,
         scheme=args.scheme,
         on_split=args.on_split,
         max_constituents=args.max_constituents,
         precision=args.precision,
     )
+
+
+def _recluster(args: argparse.Namespace) -> None:
+    from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, recluster_files
+
     summary = recluster_files(
         args.inputs,
         args.out,
-        cfg,
+        recluster_config(args),
         workers=args.workers,
         chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size,
         shard_size=args.shard_size,
@@ -89,13 +110,14 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
     from jetevo.tokenize.tokenizer import Tokenizer
     from jetevo.tokenize.tokens import decode_files
 
-    for path in decode_files(Tokenizer.load(args.ckpt), args.tokens, args.out):
+    tok = Tokenizer.load(args.ckpt)
+    for path in decode_files(tok, args.tokens, args.out, args.split_kinematics, args.particle_mass):
         print(path)
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
     from jetevo.evaluate.closure import tokenizer_closure
-    from jetevo.tokenize.report import evaluate, write_report
+    from jetevo.tokenize.report import evaluate, format_report, write_report
     from jetevo.tokenize.tokenizer import Tokenizer
 
     plots = Path(args.plots) if args.plots else Path(args.json).parent
@@ -105,39 +127,8 @@ def _tokenizer_eval(args: argparse.Namespace) -> None:
         tok, args.trees, args.split_kinematics, args.particle_mass, massless=args.massless
     )
     write_report(report, args.json)
-    rows = [
-        ("leaves", report["leaves"]),
-        ("internal", report["internal"]),
-        ("root", report["root"]),
-    ]
-    floor = report.get("kmeans_floor", {})
-    print(f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}")
-    for name, r in rows:
-        f = floor.get(name, {}).get("pt_rel_err_mean")
-        print(
-            f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f} {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}"
-        )
-    print(
-        f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "
-        f"codebook utilization {report['codebook_utilization']:.3f}; perplexity {report['perplexity']:.0f}; "
-        f"{report['n_nodes']} nodes; report {args.json}, plots in {plots}"
-    )
-    closure = report["closure"]["observables"]
-    print(
-        f"closure, trees rebuilt from their own tokens ({args.split_kinematics}, "
-        f"{args.particle_mass} particles{', energies taken massless' if args.massless else ''}), "
-        "W1 on the particles to the true jets (0 is perfect; evaluate's truth-vs-truth floor "
-        "in brackets): "
-        + ", ".join(
-            f"{k} {closure[k]['w1']:.3g} ({closure[k]['evaluate_w1_floor']:.2g})"
-            for k in ("mass", "tau21", "tau32", "d2", "zg", "rg")
-        )
-    )
-    parts = report["closure"]["particles"]["rebuilt"]
-    print(
-        f"closure particles: mean mass {parts['mean_mass']:.3f} GeV, spacelike fraction "
-        f"{parts['spacelike_fraction']:.4f}"
-    )
+    print(format_report(report))
+    print(f"report {args.json}, plots in {plots}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -158,23 +149,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate_splits(args: argparse.Namespace) -> None:
-    from jetevo.io.atomic import atomic_path
-    from jetevo.model.splits import evaluate_splits
+    from jetevo.io.atomic import atomic_path, ensure_writable_dir
+    from jetevo.model.splits import evaluate_splits, format_splits
 
+    ensure_writable_dir(Path(args.json).parent)  # before the work, as tokenizer eval
     result = evaluate_splits(args.ckpt, args.tokens)
     with atomic_path(args.json) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'':<8} {'nll':>8} {'top1':>7} {'top5':>7}")
-    print(f"{'model':<8} {result['nll']:>8.3f} {result['top1']:>7.3f} {result['top5']:>7.3f}")
-    print(
-        f"{'bigram':<8} {result['bigram_nll']:>8.3f} {result['bigram_top1']:>7.3f} {result['bigram_top5']:>7.3f}"
-    )
-    print(
-        f"{'unigram':<8} {result['unigram_nll']:>8.3f} {result['unigram_top1']:>7.3f} {result['unigram_top5']:>7.3f}"
-    )
-    print(
-        f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets; {args.json}"
-    )
+    print(format_splits(result) + f"; {args.json}")
 
 
 def _floats(text: str, n: int, what: str) -> list[float]:
@@ -183,19 +165,19 @@ def _floats(text: str, n: int, what: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != n:
-        raise ValueError(f"{what} takes {n} comma-separated numbers, got {text!r}")
+        raise SettingError(f"{what} takes {n} comma-separated numbers, got {text!r}")
     return values
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from jetevo.generate import generate
+    from jetevo.generate.run import format_summary, generate
 
     roots = None
     if args.root_tokens:
         try:
             roots = [int(v) for v in args.root_tokens.split(",")]
         except ValueError:
-            raise ValueError(
+            raise SettingError(
                 f"--root-tokens takes comma-separated integers, got {args.root_tokens!r}"
             ) from None
     root = tuple(_floats(args.root, 3, "--root")) if args.root else None
@@ -206,11 +188,7 @@ def _generate(args: argparse.Namespace) -> None:
         split_kinematics=args.split_kinematics, particle_mass=args.particle_mass,
         baseline=args.baseline, resolution=not args.no_resolution, progress=not args.quiet,
     )  # fmt: skip
-    print(
-        f"{s['n_written']} trees ({s['mean_nodes_per_tree']:.1f} nodes each) in {s['seconds']:.1f}s: "
-        f"{s['trees_per_s']:.1f} trees/s, {s['nodes_per_s']:.0f} nodes/s; {s['runaway']} runaway trees "
-        f"replaced; {args.out}/summary.json"
-    )
+    print(f"{format_summary(s)}; {args.out}/summary.json")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -231,10 +209,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetevo", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_decoding_options(p: argparse.ArgumentParser, what: str = "decoded") -> None:
+    p.add_argument(
+        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
+        help=f"how each {what} pair is made to add up to its parent: " + DECODING_HELP,
+    )  # fmt: skip
+    p.add_argument(
+        "--particle-mass", choices=tuple(PARTICLE_MASSES), default="pion",
+        help="mass of every particle with two-body kinematics (decoded: its token's)",
+    )  # fmt: skip
 
+
+def _simulate_parser(sub) -> None:
     p = sub.add_parser(
         "simulate", help="generate Pythia 8 jets in the JetClass or AspenOpenJets layout"
     )
@@ -247,22 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_simulate)
 
+
+def _recluster_parser(sub) -> None:
     p = sub.add_parser(
         "recluster", help="recluster JetClass/AOJ jets into kt declustering trees (Parquet)"
     )
-    p.add_argument("inputs", nargs="+", help="JetClass .root / AOJ .h5 files or folders")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--R", type=float, default=0.8, help="analysis radius (default 0.8)")
-    p.add_argument("--scheme", choices=("E", "wta_pt"), default="E")
-    p.add_argument("--on-split", choices=("merge", "hardest", "drop"), default="merge")
-    p.add_argument("--max-constituents", type=int, default=128)
-    p.add_argument("--precision", choices=("float32", "float64"), default="float32")
+    add_recluster_options(p)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--chunk-size", type=int, help="jets per FastJet batch (default 5000)")
-    p.add_argument("--shard-size", type=int, default=100_000, help="jets per output file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_recluster)
 
+
+def _tokenizer_parser(sub) -> None:
     tok = sub.add_parser("tokenizer", help="per-node VQ-VAE tokenizer: train, encode, decode, eval")
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True)
     p = tsub.add_parser("train", help="train a tokenizer on tree files")
@@ -281,26 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_tokenizer_encode)
-    p = tsub.add_parser("decode", help="rebuild node kinematics from token files")
+    p = tsub.add_parser(
+        "decode", help="rebuild node kinematics from token files (as generated trees are decoded)"
+    )
     p.add_argument("--ckpt", required=True)
     p.add_argument("--tokens", nargs="+", required=True)
     p.add_argument("--out", required=True)
+    _add_decoding_options(p)
     p.set_defaults(func=_tokenizer_decode)
     p = tsub.add_parser("eval", help="resolution report (JSON) and residual plots")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--trees", nargs="+", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--plots", help="folder for plots (default: next to the JSON)")
-    p.add_argument(
-        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
-        help="how the closure's rebuilt pairs add up to their parent (as generate): " + DECODING_HELP,
-    )  # fmt: skip
-    p.add_argument("--particle-mass", choices=PARTICLE_MASSES, default="pion", help="as generate")
+    _add_decoding_options(p, "rebuilt")
     p.add_argument(
         "--massless", action="store_true", help="closure observables with particle energies |p|"
     )
     p.set_defaults(func=_tokenizer_eval)
 
+
+def _train_parsers(sub) -> None:
     p = sub.add_parser("train", help="train the jet-evolution model on token files")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/tree_demo.yaml")
     p.add_argument("--train", nargs="+", required=True, help="token Parquet files or folders")
@@ -322,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True)
     p.set_defaults(func=_evaluate_splits)
 
+
+def _generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate jets as declustering trees from a trained model")
     p.add_argument("--ckpt", required=True, help="model.ckpt from jetevo train")
     p.add_argument("--n-jets", type=int, required=True)
@@ -343,14 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer", help="tokenizer checkpoint (default: the one recorded in the model)"
     )
-    p.add_argument(
-        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
-        help="how each decoded pair is made to add up to its parent: " + DECODING_HELP,
-    )  # fmt: skip
-    p.add_argument(
-        "--particle-mass", choices=PARTICLE_MASSES, default="pion",
-        help="mass of every generated particle with two-body kinematics (decoded: its token's)",
-    )  # fmt: skip
+    _add_decoding_options(p)
     p.add_argument(
         "--baseline",
         choices=("bigram",),
@@ -363,21 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)
 
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="compare two sets of trees on jet observables (KL, W1, floors, plots)"
     )
     p.add_argument(
-        "--generated",
-        nargs="+",
-        required=True,
+        "--generated", nargs="+", required=True,
         help="tree files or folders (e.g. jetevo generate output)",
-    )
+    )  # fmt: skip
     p.add_argument(
-        "--reference",
-        nargs="+",
-        required=True,
+        "--reference", nargs="+", required=True,
         help="tree files or folders (e.g. held-out reclustered jets)",
-    )
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--resamples", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -387,6 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="take every particle's energy as |p| in both samples before computing observables",
     )  # fmt: skip
     p.set_defaults(func=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetevo", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of a user error too"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _simulate_parser, _recluster_parser, _tokenizer_parser, _train_parsers,
+        _generate_parser, _evaluate_parser,
+    ):  # fmt: skip
+        add(sub)
     return parser
 
 
@@ -398,7 +387,8 @@ def _reclaim_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
     """Move ``key=value`` words that argparse put into a file list back to the overrides.
 
     ``jetevo train --config c.yaml --train a --val b train.max_steps=600`` otherwise reads
-    the override as a third file; a word is reclaimed only when no such file exists.
+    the override as a third file. The rule is the word's shape alone (``dotted.key=...``),
+    never whether such a file exists: a file named like that is passed as ``./name``.
     """
     if not hasattr(args, "overrides"):
         return
@@ -406,7 +396,7 @@ def _reclaim_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
         words = getattr(args, name, None)
         if not isinstance(words, list):
             continue
-        moved = [w for w in words if OVERRIDE.match(w) and not Path(w).exists()]
+        moved = [w for w in words if OVERRIDE.match(w)]
         if moved:
             kept = [w for w in words if w not in moved]
             if not kept:
@@ -416,15 +406,22 @@ def _reclaim_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, configure the process once (:func:`jetevo.runtime.configure_process`), run.
+
+    Problems with the user's input (:class:`~jetevo.errors.JetevoError`) are one line on
+    stderr and exit 2 (``--debug``: the traceback too); anything else is a bug and keeps its
+    traceback."""
+    from jetevo.runtime import configure_process
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _reclaim_overrides(args, parser)
+    configure_process(quiet=getattr(args, "quiet", False))
     try:
         args.func(args)
     except JetevoError as err:
-        print(f"jetevo {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
+        if args.debug:
+            raise
         print(f"jetevo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

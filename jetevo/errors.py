@@ -19,3 +19,8 @@ class InputError(JetevoError):
 
     def __reduce__(self):  # picklable: a worker process hands it to the parent
         return (type(self), (self.path, self.problem))
+
+
+class SettingError(JetevoError, ValueError):
+    """A setting (command-line option, config value or argument) that cannot be used; the
+    message names the setting and what it takes. A ``ValueError`` too, for Python callers."""

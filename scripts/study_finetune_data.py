@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jetevo.trees.format import write_table
+from jetevo.trees.writer import write_table
 
 PHYSICS = ("mass", "tau21", "tau32", "rg")
 
@@ -54,6 +54,7 @@ def main() -> None:
     from jetevo.generate import GenerationError, generate
     from jetevo.model.splits import evaluate_splits
     from jetevo.model.train import train
+    from jetevo.runtime import configure_process
     from jetevo.trees.format import tree_files
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--generate", type=int, default=500, help="jets generated per run (0: none)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=100")
     args = ap.parse_args()
+    configure_process(quiet=True)
     files = tree_files(args.train)
     results = []
     for n in (int(x) for x in args.sizes.split(",")):

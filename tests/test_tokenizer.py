@@ -11,6 +11,7 @@ from conftest import TINY_TOKENIZER
 
 from jetevo.cli import main
 from jetevo.errors import InputError
+from jetevo.kinematics import pt_y_phi_m, wrap_phi
 from jetevo.tokenize import features as F
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig
 from jetevo.tokenize.vocab import Vocab
@@ -32,10 +33,10 @@ def test_feature_inverse_is_exact(tree_dir):
     ctx = F.parent_context(a["p"], a["parent"])
     f = F.features(a["p"], ctx)
     p = F.invert(f, ctx)
-    pt, y, phi, m = F.pt_y_phi_m(a["p"])
-    pt2, y2, phi2, m2 = F.pt_y_phi_m(p)
+    pt, y, phi, m = pt_y_phi_m(a["p"])
+    pt2, y2, phi2, m2 = pt_y_phi_m(p)
     assert np.allclose(pt2, pt, rtol=1e-9)
-    assert np.allclose(y2, y, atol=1e-6) and np.allclose(F.wrap(phi2 - phi), 0, atol=1e-6)
+    assert np.allclose(y2, y, atol=1e-6) and np.allclose(wrap_phi(phi2 - phi), 0, atol=1e-6)
     assert np.allclose(m2, m, rtol=1e-6, atol=1e-3)
     std = F.Standardizer.fit(f, [3, 1, 0.7, 0.7, 1.5])
     assert np.allclose(std.inverse(std.forward(f)), f, rtol=0, atol=1e-12)
@@ -51,7 +52,7 @@ def test_round_trip_shapes_and_ranges(tiny_tokenizer, tree_dir):
     parent_p = np.where((a["parent"] >= 0)[:, None], a["p"][np.maximum(a["parent"], 0)], np.nan)
     decoded = tiny_tokenizer.decode(tokens, parent=parent_p)
     assert decoded.shape == (len(tokens), 4) and np.all(np.isfinite(decoded))
-    pt, pt_dec = F.pt_y_phi_m(a["p"])[0], F.pt_y_phi_m(decoded)[0]
+    pt, pt_dec = pt_y_phi_m(a["p"])[0], pt_y_phi_m(decoded)[0]
     assert np.median(np.abs(pt_dec - pt) / pt) < 0.5, "even 64 codes reconstruct pT roughly"
 
 
@@ -110,8 +111,18 @@ def test_token_files_from_another_tokenizer_are_refused(tiny_tokenizer, tree_dir
         tiny_tokenizer.standardizer,
         Tokenizer.build_model(TokenizerConfig(n_codes=32)),
     )
-    with pytest.raises(InputError, match="32"):
+    with pytest.raises(InputError, match="not by this one"):
         decode_files(other, [tmp_path / "tokens"], tmp_path / "decoded")
+    # the same codebook size is not enough: another tokenizer's tokens mean other kinematics
+    same_k = Tokenizer(
+        TokenizerConfig(**TINY_TOKENIZER),
+        tiny_tokenizer.standardizer,
+        Tokenizer.build_model(TokenizerConfig(**TINY_TOKENIZER)),
+    )
+    assert same_k.cfg.n_codes == tiny_tokenizer.cfg.n_codes
+    with pytest.raises(InputError, match="not by this one"):
+        decode_files(same_k, [tmp_path / "tokens"], tmp_path / "decoded")
+    assert not (tmp_path / "decoded").exists() or not any((tmp_path / "decoded").iterdir())
 
 
 def test_empty_and_non_finite_input_rejected(tiny_tokenizer):

@@ -2,7 +2,7 @@
 
 Every node is tokenized, and the whole tree is decoded back top-down with four-momentum
 conservation at every split, exactly as generated trees are decoded
-(:func:`jetevo.generate.assemble.decode_conserving`). The tree structure is the true one, so
+(:func:`jetevo.tokenize.decode.decode_physical`). The tree structure is the true one, so
 what the jet observables lose here is what the tokenizer alone costs: no generated jet can
 come closer to the truth than this.
 
@@ -22,9 +22,9 @@ from scipy.stats import wasserstein_distance
 
 from jetevo.evaluate.metrics import compare
 from jetevo.evaluate.observables import OBSERVABLES, SPACELIKE_TOL, observables
-from jetevo.generate.assemble import decode_conserving, to_tree_columns
-from jetevo.generate.sampler import SampledTrees
-from jetevo.trees.format import REQUIRED_COLUMNS, load, tree_files
+from jetevo.kinematics import pt
+from jetevo.tokenize.decode import decode_physical
+from jetevo.trees.format import NODE_FLOAT_FIELDS, Topology, load, tree_files
 
 COLUMNS = ["px", "py", "pz", "E", "left", "right", "parent", "depth"]
 
@@ -35,30 +35,26 @@ def rebuilt_trees(
     """The trees decoded from their own tokens: the tree format's node columns and
     ``n_constituents``, in the jet frame (``trees`` needs px, py, pz, E, left, right, parent,
     depth)."""
-    counts = ak.to_numpy(ak.num(trees["left"], axis=1)).astype(np.int64)
-    offsets = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-
-    def flat(k: str) -> np.ndarray:
-        return ak.to_numpy(ak.flatten(trees[k])).astype(np.int64)
-
-    sampled = SampledTrees(
-        token=tokenizer.encode_trees(trees),
-        parent=flat("parent"),
-        depth=flat("depth"),
-        left=flat("left"),
-        right=flat("right"),
-        offsets=offsets,
-        runaway=np.zeros(0, np.int64),
-        steps=0,
-    )
-    cols = to_tree_columns(
-        sampled, decode_conserving(tokenizer, sampled, split_kinematics, particle_mass)
-    )
+    topology = Topology.of(trees)
+    tokens = tokenizer.encode_trees(trees)
+    p = decode_physical(tokenizer, tokens, topology, split_kinematics, particle_mass)
+    # in the tree format's order, as generated trees are written
+    order, topology, leaf_index = topology.harder_first(pt(p))
+    counts = np.diff(topology.offsets)
+    q = p[order].astype(np.float32)
+    nodes = {k: q[:, i] for i, k in enumerate(NODE_FLOAT_FIELDS)}
+    ints = {
+        "left": topology.left,
+        "right": topology.right,
+        "parent": topology.parent,
+        "depth": topology.depth,
+        "leaf_index": leaf_index,
+    }
+    nodes.update({k: v.astype(np.int32) for k, v in ints.items()})
     return ak.Array(
         {
-            **{k: ak.unflatten(cols[k], counts) for k in REQUIRED_COLUMNS},
-            "n_constituents": cols["n_constituents"],
+            **{k: ak.unflatten(v, counts) for k, v in nodes.items()},
+            "n_constituents": ((counts + 1) // 2).astype(np.int32),
         }
     )
 

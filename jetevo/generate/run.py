@@ -1,8 +1,10 @@
 """``jetevo generate``: sample whole jets as declustering trees from a trained model.
 
-Batches of jets are sampled with :func:`jetevo.generate.sampler.sample_trees`, decoded
-top-down with the model's tokenizer and written in the tree format (plus ``token``) in
-shards, atomically, with a ``summary.json`` that counts every runaway jet.
+Glue: batches of jets are sampled with :func:`jetevo.generate.sampler.sample_trees` (or
+the bigram reference), decoded with :func:`jetevo.tokenize.decode.decode_physical`, put in
+the tree format's order by :meth:`jetevo.trees.format.Topology.harder_first` and written
+(plus ``token``) by the tree writer, in atomic shards, with a ``summary.json`` that counts
+every runaway jet.
 """
 
 from __future__ import annotations
@@ -12,21 +14,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from jetevo.errors import InputError, JetevoError
-from jetevo.generate.assemble import (
-    NODE_COLUMNS,
-    PARTICLE_MASSES,
-    SPLIT_KINEMATICS,
-    decode_conserving,
-    to_tree_columns,
-    write_generated,
-)
+from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
-from jetevo.generate.sampler import node_limit, sample_trees
+from jetevo.generate.sampler import SampledTrees, node_limit, sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.kinematics import boost_rapidity, pt
+from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS, decode_free, decode_physical
 from jetevo.tokenize.resolution import Resolution, code_log_z
+from jetevo.trees.format import JetColumns
+from jetevo.trees.writer import ShardedTreeWriter, tree_table
 
 
 class GenerationError(JetevoError):
@@ -59,7 +58,7 @@ def resolution_for(model, tokenizer, enabled: bool = True) -> Resolution:
 def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tuple[int, float]:
     """Nearest root token to a jet (pT, η, mass), and the root rapidity to place it at."""
     if not (pt > 0 and mass >= 0 and np.isfinite(eta)):
-        raise ValueError(
+        raise SettingError(
             f"root condition needs pT > 0, mass >= 0 and a finite eta, got {pt}, {eta}, {mass}"
         )
     pz = pt * np.sinh(eta)
@@ -69,15 +68,16 @@ def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tupl
     return token, float(0.5 * np.log((e + pz) / (e - pz)))
 
 
-def boost_rapidity(p: np.ndarray, dy: float) -> np.ndarray:
-    """Longitudinal boost of four-momenta (n, 4) by a rapidity shift ``dy``."""
-    if dy == 0.0:
-        return p
-    ch, sh = np.cosh(dy), np.sinh(dy)
-    out = p.copy()
-    out[:, 2] = p[:, 2] * ch + p[:, 3] * sh
-    out[:, 3] = p[:, 3] * ch + p[:, 2] * sh
-    return out
+def generated_table(
+    trees: SampledTrees, p: np.ndarray, entry0: int, source: str, metadata: dict
+) -> pa.Table:
+    """Decoded trees (four-momenta ``p`` in generation order) as a tree table: harder child
+    first, ``leaf_index`` by decreasing pT, the node tokens, entries from ``entry0``."""
+    order, topology, leaf_index = trees.harder_first(pt(p))
+    jets = JetColumns.constant("generated", source, np.arange(entry0, entry0 + len(trees)))
+    return tree_table(
+        p[order], topology, leaf_index, jets, metadata, "float32", {"token": trees.token[order]}
+    )
 
 
 def generate(
@@ -108,7 +108,7 @@ def generate(
 
     ``conserve``: decode with four-momentum conservation at every split, corrected as
     ``split_kinematics`` says, with particles of ``particle_mass`` (see
-    :func:`decode_conserving`); otherwise every node is decoded independently from its
+    :func:`~jetevo.tokenize.decode.decode_physical`); otherwise every node is decoded independently from its
     token relative to its decoded parent.
 
     ``baseline="bigram"``: sample from the checkpoint's count baselines instead of the
@@ -122,24 +122,22 @@ def generate(
     ``n_jets`` jets in all; if that is not enough, the trees made
     so far are written, the summary says so, and :class:`GenerationError` is raised.
     """
-    from jetevo.allocator import keep_freed_memory
     from jetevo.model.checkpoint import load_model
 
     if n_jets < 1 or batch_size < 1:
-        raise ValueError("--n-jets and --batch-size must be positive")
+        raise SettingError("--n-jets and --batch-size must be positive")
     if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
+        raise SettingError(f"--temperature must be a finite number > 0, got {temperature}")
     if split_kinematics not in SPLIT_KINEMATICS:
-        raise ValueError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
+        raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
     if particle_mass not in PARTICLE_MASSES:
-        raise ValueError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
+        raise SettingError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
     if baseline not in (None, "bigram"):
-        raise ValueError(f"--baseline must be 'bigram', got {baseline!r}")
+        raise SettingError(f"--baseline must be 'bigram', got {baseline!r}")
     if baseline is not None and (root_tokens is not None or root is not None):
-        raise ValueError("--baseline samples its own roots; it takes no --root or --root-tokens")
+        raise SettingError("--baseline samples its own roots; it takes no --root or --root-tokens")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    keep_freed_memory()
+        raise SettingError("--device cuda requested but no CUDA device is available")
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
     tok = load_tokenizer_for(model, ckpt, tokenizer)
@@ -152,7 +150,7 @@ def generate(
     if root_tokens is not None:
         root_tokens = np.asarray(root_tokens, np.int64).reshape(-1)
         if len(root_tokens) == 0 or np.any((root_tokens < 0) | (root_tokens >= cfg.n_node_tokens)):
-            raise ValueError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
+            raise SettingError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
 
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -187,82 +185,47 @@ def generate(
         **settings,
     }
     limit = int(np.ceil(max_attempts * n_jets))
-    written = attempted = runaway = surplus = nodes = shard = resolved = 0
-    pending: list[tuple[dict, np.ndarray]] = []
-    files: list[str] = []
+    written = attempted = runaway = surplus = nodes = resolved = 0
     t0 = time.perf_counter()
-
-    def flush() -> None:
-        nonlocal shard, pending
-        if not pending:
-            return
-        cols = {k: np.concatenate([c[k] for c, _ in pending]) for k in pending[0][0]}
-        counts = np.concatenate([np.diff(o) for _, o in pending])
-        offsets = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        path = out / f"generated.{shard:04d}.trees.parquet"
-        write_generated(cols, offsets, "generated", ckpt.name, shard * shard_size, meta, path)
-        files.append(path.name)
-        shard += 1
-        pending = []
-
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n_jets, unit="jet", desc="generate")
-    buffered = 0
-    while written < n_jets and attempted < limit:
-        need = n_jets - written
-        # headroom for runaway trees, so that a small refill batch (with its own long
-        # tail of steps) is rarely needed; complete trees beyond the request are counted
-        b = min(batch_size, limit - attempted, need + need // 8 + 4)
-        roots = None if root_tokens is None else np.resize(root_tokens, b)
-        if bigram is not None:
-            trees = sample_bigram_trees(
-                bigram, tok.vocab, b, rng, settings["max_nodes"], resolution=res
-            )
-        else:
-            trees = sample_trees(
-                model,
-                b,
-                root_tokens=roots,
-                temperature=temperature,
-                top_k=top_k,
-                max_nodes=max_nodes,
-                generator=generator,
-                use_cache=use_cache,
-                resolution=res,
-            )
-        attempted += b
-        runaway += len(trees.runaway)
-        resolved += trees.n_resolved
-        if len(trees):
-            if conserve:
-                p = decode_conserving(tok, trees, split_kinematics, particle_mass)
+    with ShardedTreeWriter(out, "generated", shard_size) as writer:
+        while written < n_jets and attempted < limit:
+            need = n_jets - written
+            # headroom for runaway trees, so that a small refill batch (with its own long
+            # tail of steps) is rarely needed; complete trees beyond the request are counted
+            b = min(batch_size, limit - attempted, need + need // 8 + 4)
+            roots = None if root_tokens is None else np.resize(root_tokens, b)
+            if bigram is not None:
+                trees = sample_bigram_trees(
+                    bigram, tok.vocab, b, rng, settings["max_nodes"], resolution=res
+                )
             else:
-                first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
-                parent = np.where(trees.parent >= 0, first + trees.parent, -1)
-                p = tok.decode_trees(trees.token, parent, trees.depth)
-            p = boost_rapidity(p, root_y)
-            cols = to_tree_columns(trees, p)
-            # split at shard boundaries so every file holds shard_size jets (the last fewer)
-            keep = min(len(trees), need)
-            surplus += len(trees) - keep
-            done = 0
-            while done < keep:
-                take = min(keep - done, shard_size - buffered)
-                pending.append(_slice(cols, trees.offsets, done, done + take))
-                buffered += take
-                done += take
-                if buffered == shard_size:
-                    flush()
-                    buffered = 0
-            written += keep
-            nodes += int(trees.offsets[keep])
-        if bar is not None:
-            bar.update(len(trees))
-    flush()
+                trees = sample_trees(
+                    model, b, root_tokens=roots, temperature=temperature, top_k=top_k,
+                    max_nodes=max_nodes, generator=generator, use_cache=use_cache,
+                    resolution=res,
+                )  # fmt: skip
+            attempted += b
+            runaway += len(trees.runaway)
+            resolved += trees.n_resolved
+            if len(trees):
+                if conserve:
+                    p = decode_physical(tok, trees.token, trees, split_kinematics, particle_mass)
+                else:
+                    p = decode_free(tok, trees.token, trees)
+                p = boost_rapidity(p, root_y)
+                keep = min(len(trees), need)
+                surplus += len(trees) - keep
+                writer.write(generated_table(trees, p, written, ckpt.name, meta).slice(0, keep))
+                written += keep
+                nodes += int(trees.offsets[keep])
+            if bar is not None:
+                bar.update(len(trees))
+    files = writer.files
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -293,9 +256,10 @@ def generate(
     return summary
 
 
-def _slice(cols: dict, offsets: np.ndarray, a: int, b: int) -> tuple[dict, np.ndarray]:
-    lo, hi = offsets[a], offsets[b]
-    out = {}
-    for k, v in cols.items():
-        out[k] = v[lo:hi] if k in NODE_COLUMNS else v[a:b]
-    return out, offsets[a : b + 1] - lo
+def format_summary(s: dict) -> str:
+    """The one line ``jetevo generate`` prints about a run."""
+    return (
+        f"{s['n_written']} trees ({s['mean_nodes_per_tree']:.1f} nodes each) in "
+        f"{s['seconds']:.1f}s: {s['trees_per_s']:.1f} trees/s, {s['nodes_per_s']:.0f} nodes/s; "
+        f"{s['runaway']} runaway trees replaced"
+    )

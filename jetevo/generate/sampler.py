@@ -29,6 +29,7 @@ from jetevo.model.gpt import (
     JetEvolutionModel,
 )
 from jetevo.tokenize.resolution import Resolution
+from jetevo.trees.format import Topology
 
 
 def node_limit(max_len: int, max_nodes: int | None) -> int:
@@ -39,28 +40,20 @@ def node_limit(max_len: int, max_nodes: int | None) -> int:
 
 
 @dataclass
-class SampledTrees:
-    """Trees in generation order (flat over jets, ``offsets`` per jet).
+class SampledTrees(Topology):
+    """Trees in generation order (flat over jets, ``offsets`` per jet): the topology
+    (:class:`~jetevo.trees.format.Topology`, local indices) and each node's ``token``.
 
-    ``token``; ``parent`` (local node index, -1 for the root); ``depth`` (root 0);
-    ``left``/``right`` (local child indices, -1 for leaves); ``runaway``: jets stopped by
-    the node guard, in the order they were started (their nodes are not included).
-    ``nodes_sampled`` counts every sampled node, runaway trees included.
+    ``runaway``: jets stopped by the node guard, in the order they were started (their
+    nodes are not included). ``nodes_sampled`` counts every sampled node, runaway trees
+    included (the work done).
     """
 
     token: np.ndarray
-    parent: np.ndarray
-    depth: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    offsets: np.ndarray
     runaway: np.ndarray
     steps: int
-    nodes_sampled: int = 0  # all nodes sampled, runaway trees included (the work done)
+    nodes_sampled: int = 0
     n_resolved: int = 0  # pseudojets turned into particles by the resolution scale
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
 
     @classmethod
     def from_batch(

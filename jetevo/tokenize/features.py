@@ -22,6 +22,9 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from jetevo.errors import SettingError
+from jetevo.kinematics import four_momentum, pt_y_phi_m, wrap_phi
+
 FEATURES = ("log_z", "log_dr", "cos_psi", "sin_psi", "log_mass")
 FEATURE_SET = "parent-relative-v1"
 ROOT_PT_REF = 1000.0
@@ -29,31 +32,11 @@ MIN_DR = 1e-6
 MASS_EPS = 1e-3
 
 
-def pt_y_phi_m(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pT, rapidity, azimuth, mass) of (n, 4) px, py, pz, E rows."""
-    p = np.asarray(p, np.float64)
-    pt = np.hypot(p[:, 0], p[:, 1])
-    e = np.maximum(p[:, 3], np.abs(p[:, 2]) + 1e-12)
-    y = 0.5 * np.log((e + p[:, 2]) / (e - p[:, 2]))
-    phi = np.arctan2(p[:, 1], p[:, 0])
-    m = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0.0))
-    return pt, y, phi, m
-
-
-def four_momentum(pt, y, phi, m) -> np.ndarray:
-    mt = np.sqrt(pt**2 + m**2)
-    return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)], axis=1)
-
-
-def wrap(dphi: np.ndarray) -> np.ndarray:
-    return (dphi + np.pi) % (2 * np.pi) - np.pi
-
-
 def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
     """Flat per-node arrays of a tree batch: four-momenta, global parent index, leaf flag, depth."""
     counts = ak.to_numpy(ak.num(trees["px"], axis=1)).astype(np.int64)
     if counts.sum() == 0:
-        raise ValueError("no nodes to tokenize (empty input)")
+        raise SettingError("no nodes to tokenize (empty input)")
     first = np.repeat(np.cumsum(counts) - counts, counts)
     p = np.stack(
         [ak.to_numpy(ak.flatten(trees[k])).astype(np.float64) for k in ("px", "py", "pz", "E")],
@@ -61,11 +44,17 @@ def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
     )
     if not np.all(np.isfinite(p)):
         bad = int(np.repeat(np.arange(len(counts)), counts)[~np.all(np.isfinite(p), axis=1)][0])
-        raise ValueError(f"non-finite node kinematics in jet {bad}")
+        raise SettingError(f"non-finite node kinematics in jet {bad}")
     parent_local = ak.to_numpy(ak.flatten(trees["parent"])).astype(np.int64)
     parent = np.where(parent_local >= 0, first + parent_local, -1)
     is_leaf = ak.to_numpy(ak.flatten(trees["left"])) < 0
     return {"p": p, "parent": parent, "is_leaf": is_leaf, "counts": counts}
+
+
+def root_context(n: int) -> np.ndarray:
+    """(n, 3) context of roots decoded in the jet frame: the virtual parent of pT
+    ``ROOT_PT_REF`` on the jet axis (rapidity 0, azimuth 0)."""
+    return np.column_stack([np.full(n, ROOT_PT_REF), np.zeros(n), np.zeros(n)])
 
 
 def parent_context(p: np.ndarray, parent: np.ndarray) -> np.ndarray:
@@ -83,7 +72,7 @@ def features(p: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     """(n, 5) float64 features of nodes with four-momenta ``p`` given parent context ``ctx``."""
     pt, y, phi, m = pt_y_phi_m(p)
     pt = np.maximum(pt, 1e-9)
-    dy, dphi = y - ctx[:, 1], wrap(phi - ctx[:, 2])
+    dy, dphi = y - ctx[:, 1], wrap_phi(phi - ctx[:, 2])
     dr = np.hypot(dy, dphi)
     psi = np.arctan2(dphi, dy)
     return np.stack(
@@ -107,7 +96,7 @@ def invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     dr = np.where(dr <= MIN_DR * (1 + 1e-6), 0.0, dr)
     norm = np.maximum(np.hypot(f[:, 2], f[:, 3]), 1e-12)
     y = ctx[:, 1] + dr * f[:, 2] / norm
-    phi = wrap(ctx[:, 2] + dr * f[:, 3] / norm)
+    phi = wrap_phi(ctx[:, 2] + dr * f[:, 3] / norm)
     m = pt * np.maximum(np.exp(f[:, 4]) - MASS_EPS, 0.0)
     return four_momentum(pt, y, phi, m)
 

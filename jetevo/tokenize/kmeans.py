@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from jetevo.errors import SettingError
+
 
 def nearest(centroids: np.ndarray, x: np.ndarray, workers: int = -1) -> np.ndarray:
     """Index of the nearest centroid (Euclidean) for every row of ``x``."""
@@ -21,7 +23,7 @@ def kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = np.asarray(x, np.float64)
     if len(x) < k:
-        raise ValueError(f"k-means needs at least as many points ({len(x)}) as codes ({k})")
+        raise SettingError(f"k-means needs at least as many points ({len(x)}) as codes ({k})")
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(iters):
         dist, assign = cKDTree(centroids).query(x, k=1, workers=-1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jetevo.kinematics import pt_y_phi_m, wrap_phi
 from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import nearest
 from jetevo.tokenize.tokenizer import Tokenizer
@@ -28,11 +29,11 @@ def _eta(p: np.ndarray) -> np.ndarray:
 
 
 def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
-    pt_t, _, phi_t, m_t = F.pt_y_phi_m(true_p)
-    pt_r, _, phi_r, m_r = F.pt_y_phi_m(reco_p)
+    pt_t, _, phi_t, m_t = pt_y_phi_m(true_p)
+    pt_r, _, phi_r, m_r = pt_y_phi_m(reco_p)
     rel = np.abs(pt_r - pt_t) / np.maximum(pt_t, 1e-12)
     deta = np.abs(_eta(reco_p) - _eta(true_p))
-    dphi = np.abs(F.wrap(phi_r - phi_t))
+    dphi = np.abs(wrap_phi(phi_r - phi_t))
     dm = np.abs(m_r - m_t)
     root = a["parent"] < 0
     masks = {"leaves": a["is_leaf"], "internal": ~a["is_leaf"] & ~root, "root": root}
@@ -63,7 +64,7 @@ def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
     sums_r = np.zeros_like(sums_t)
     np.add.at(sums_t, jet[leaf], true_p[leaf])
     np.add.at(sums_r, jet[leaf], reco_p[leaf])
-    mt, mr = F.pt_y_phi_m(sums_t)[3], F.pt_y_phi_m(sums_r)[3]
+    mt, mr = pt_y_phi_m(sums_t)[3], pt_y_phi_m(sums_r)[3]
     out["jet_mass_rel_err_median"] = float(np.median(np.abs(mr - mt) / np.maximum(mt, 1e-12)))
     return out
 
@@ -129,3 +130,44 @@ def write_report(report: dict, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def format_report(report: dict) -> str:
+    """The resolution table, codebook use and closure of a report, as ``tokenizer eval``
+    prints them."""
+    floor = report.get("kmeans_floor", {})
+    lines = [
+        f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}"
+    ]
+    for name in ("leaves", "internal", "root"):
+        r = report[name]
+        f = floor.get(name, {}).get("pt_rel_err_mean")
+        lines.append(
+            f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f}"
+            f" {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}"
+        )
+    lines.append(
+        f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "
+        f"codebook utilization {report['codebook_utilization']:.3f}; perplexity "
+        f"{report['perplexity']:.0f}; {report['n_nodes']} nodes"
+    )
+    closure = report.get("closure")
+    if closure:
+        obs = closure["observables"]
+        lines.append(
+            f"closure, trees rebuilt from their own tokens ({closure['split_kinematics']}, "
+            f"{closure['particle_mass']} particles"
+            f"{', energies taken massless' if closure['massless'] else ''}), W1 on the "
+            "particles to the true jets (0 is perfect; evaluate's truth-vs-truth floor in "
+            "brackets): "
+            + ", ".join(
+                f"{k} {obs[k]['w1']:.3g} ({obs[k]['evaluate_w1_floor']:.2g})"
+                for k in ("mass", "tau21", "tau32", "d2", "zg", "rg")
+            )
+        )
+        parts = closure["particles"]["rebuilt"]
+        lines.append(
+            f"closure particles: mean mass {parts['mean_mass']:.3f} GeV, spacelike fraction "
+            f"{parts['spacelike_fraction']:.4f}"
+        )
+    return "\n".join(lines)

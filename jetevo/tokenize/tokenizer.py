@@ -16,7 +16,8 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
+from jetevo.kinematics import pt_y_phi_m
 from jetevo.tokenize import features as F
 from jetevo.tokenize.vocab import Vocab
 
@@ -50,7 +51,7 @@ class TokenizerConfig:
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
             for x in shares
         ) or (min(shares) < 0 or sum(shares) >= 1):
-            raise ValueError(
+            raise SettingError(
                 "root_fraction and first_split_fraction must be numbers >= 0 that add up to "
                 f"less than 1, got {shares[0]!r} and {shares[1]!r}"
             )
@@ -60,7 +61,7 @@ class TokenizerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown tokenizer setting(s): {', '.join(unknown)}")
+            raise SettingError(f"unknown tokenizer setting(s): {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -222,7 +223,7 @@ class Tokenizer:
         ``None``: roots, decoded in the jet frame)."""
         tokens = np.asarray(tokens, np.int64)
         if not np.all(self.vocab.is_node(tokens)):
-            raise ValueError("decode() takes node tokens only (no START/STOP/PAD)")
+            raise SettingError("decode() takes node tokens only (no START/STOP/PAD)")
         ctx = self._context(parent, len(tokens))
         return F.invert(self.features_from_codes(self.vocab.code(tokens)), ctx)
 
@@ -232,51 +233,28 @@ class Tokenizer:
         ctx = F.parent_context(a["p"], a["parent"])
         return self.vocab.token(self.codes_from_features(F.features(a["p"], ctx)), a["is_leaf"])
 
-    def decode_trees(self, tokens: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """Four-momenta of whole trees from their flat tokens, top-down: every node is
-        decoded relative to its *decoded* parent, as for generated trees (jet frame).
-        ``parent``: global parent index per node (-1 for roots); ``depth``: root 0."""
-        f = self.features_from_codes(self.vocab.code(np.asarray(tokens, np.int64)))
-        return decode_top_down(f, np.asarray(parent, np.int64), np.asarray(depth, np.int64))
-
     def _context(self, parent: np.ndarray | None, n: int) -> np.ndarray:
         if parent is None:
-            return np.column_stack([np.full(n, F.ROOT_PT_REF), np.zeros(n), np.zeros(n)])
+            return F.root_context(n)
         parent = _check_p(parent, "parent four-momenta", allow_nan_rows=True)
         is_root = np.isnan(parent[:, 0])
-        pt, y, phi, _ = F.pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
+        pt, y, phi, _ = pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
         ctx = np.column_stack([pt, y, phi])
-        ctx[is_root] = (F.ROOT_PT_REF, 0.0, 0.0)
+        ctx[is_root] = F.root_context(int(is_root.sum()))
         return ctx
-
-
-def decode_top_down(f: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """Invert features level by level, so that each node uses its decoded parent."""
-    p = np.zeros((len(f), 4))
-    for d in range(int(depth.max(initial=0)) + 1):
-        at = np.flatnonzero(depth == d)
-        if d == 0:
-            ctx = np.column_stack(
-                [np.full(len(at), F.ROOT_PT_REF), np.zeros(len(at)), np.zeros(len(at))]
-            )
-        else:
-            pt, y, phi, _ = F.pt_y_phi_m(p[parent[at]])
-            ctx = np.column_stack([pt, y, phi])
-        p[at] = F.invert(f[at], ctx)
-    return p
 
 
 def _check_p(p, what: str, allow_nan_rows: bool = False) -> np.ndarray:
     p = np.asarray(p, np.float64)
     if p.ndim != 2 or p.shape[1] != 4:
-        raise ValueError(f"{what} must have shape (n, 4), got {p.shape}")
+        raise SettingError(f"{what} must have shape (n, 4), got {p.shape}")
     if len(p) == 0:
-        raise ValueError(f"{what}: empty input")
+        raise SettingError(f"{what}: empty input")
     bad = ~np.isfinite(p)
     if allow_nan_rows:
         bad &= ~np.all(np.isnan(p), axis=1, keepdims=True)
     if np.any(bad):
-        raise ValueError(
+        raise SettingError(
             f"{what}: non-finite values in row {int(np.flatnonzero(bad.any(axis=1))[0])}"
         )
     return p

@@ -2,8 +2,9 @@
 
 Encoding keeps every tree column and adds the tokens; the tokenizer's identity and path
 are stored in the schema metadata (``jetevo_tokenizer``) so later stages can check that
-their tokens and tokenizer match. Decoding rebuilds node kinematics top-down from the
-tokens alone (as for generated trees) and writes ordinary tree files in the jet frame.
+their tokens and tokenizer match. Decoding rebuilds node kinematics from the tokens alone
+with :func:`jetevo.tokenize.decode.decode_physical` (as generated trees are decoded) and
+writes ordinary tree files in the jet frame, node for node in the stored order.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import pyarrow.parquet as pq
 
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
+from jetevo.kinematics import jet_kinematics
+from jetevo.tokenize.decode import decode_physical
 from jetevo.tokenize.tokenizer import Tokenizer
-from jetevo.trees.format import list_column, read_metadata, tree_files, write_table
+from jetevo.trees.format import Topology, list_column, read_metadata, tree_files
+from jetevo.trees.writer import write_table
 
 TOKENIZER_KEY = b"jetevo_tokenizer"
 
@@ -61,25 +65,35 @@ def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def decode_files(tok: Tokenizer, token_paths, out_dir: str | Path) -> list[Path]:
+def decode_files(
+    tok: Tokenizer,
+    token_paths,
+    out_dir: str | Path,
+    split_kinematics: str = "two-body",
+    particle_mass: str = "pion",
+) -> list[Path]:
+    """Tree files rebuilt from token files (see the module docstring); ``split_kinematics``
+    and ``particle_mass`` as in :func:`~jetevo.tokenize.decode.decode_physical`."""
     out = ensure_writable_dir(out_dir)
     written = []
     for f in tree_files(token_paths):
         info = tokenizer_metadata(f)
-        if info["n_codes"] != tok.cfg.n_codes:
+        if info.get("identity") != tok.identity:
             raise InputError(
                 f,
-                f"tokens were made with {info['n_codes']} codes, the tokenizer has {tok.cfg.n_codes}",
+                f"tokens were made by tokenizer {info.get('identity')}, not by this one "
+                f"({tok.identity})",
             )
         table = pq.read_table(f)
         offsets = _offsets(table)
         flat = {
-            k: np.asarray(table.column(k).combine_chunks().flatten())
-            for k in ("token", "parent", "depth")
+            k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)
+            for k in ("token", "left", "right", "parent", "depth")
         }
-        first = np.repeat(offsets[:-1], np.diff(offsets))
-        parent = np.where(flat["parent"] >= 0, first + flat["parent"], -1)
-        p = tok.decode_trees(flat["token"], parent, flat["depth"])
+        topology = Topology(
+            flat["left"], flat["right"], flat["parent"], flat["depth"], offsets.astype(np.int64)
+        )
+        p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
         dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
         for i, k in enumerate(("px", "py", "pz", "E")):
             table = table.set_column(
@@ -87,15 +101,7 @@ def decode_files(tok: Tokenizer, token_paths, out_dir: str | Path) -> list[Path]
                 pa.field(k, table.schema.field(k).type, nullable=False),
                 list_column(p[:, i].astype(dtype), offsets),
             )
-        root = p[offsets[:-1]]
-        pt = np.hypot(root[:, 0], root[:, 1])
-        jet = {
-            "jet_pt": pt,
-            "jet_eta": np.arcsinh(root[:, 2] / np.maximum(pt, 1e-12)),
-            "jet_phi": np.arctan2(root[:, 1], root[:, 0]),
-            "jet_mass": np.sqrt(np.maximum(root[:, 3] ** 2 - (root[:, :3] ** 2).sum(axis=1), 0.0)),
-        }
-        for k, v in jet.items():
+        for k, v in jet_kinematics(p[offsets[:-1]]).items():
             i = table.column_names.index(k)
             table = table.set_column(
                 i,

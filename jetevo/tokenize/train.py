@@ -92,9 +92,6 @@ def train_tokenizer(
     import torch
     from tqdm import tqdm
 
-    from jetevo.allocator import keep_freed_memory
-
-    keep_freed_memory()
     cfg = cfg or TokenizerConfig()
     out = Path(out)
     ensure_writable_dir(out.parent)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import awkward as ak
@@ -29,24 +30,125 @@ import pyarrow.parquet as pq
 from jetevo.errors import InputError
 
 TREE_SUFFIX = ".parquet"
-# Measured on top-jet trees (scripts/bench_recluster.py): dictionary encoding of the float
-# columns and statistics tripled the write time for a 25% smaller file; lz4 costs 0.6x the
-# CPU of zstd level 1 for a 17% larger file.
-PARQUET_OPTIONS = {
-    "compression": "lz4",
-    "use_dictionary": ["label", "source"],
-    "write_statistics": False,
-}
 REQUIRED_COLUMNS = ("px", "py", "pz", "E", "left", "right", "parent", "depth", "leaf_index")
+NODE_FLOAT_FIELDS = ("px", "py", "pz", "E")
+NODE_INT_FIELDS = ("left", "right", "parent", "depth", "leaf_index")
+JET_FLOAT_FIELDS = ("jet_pt", "jet_eta", "jet_phi", "jet_mass")
 
 
-def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
-    """The jet columns ``jet_pt, jet_eta, jet_phi, jet_mass`` of root four-momenta (n, 4)."""
-    pt = np.hypot(root[:, 0], root[:, 1])
-    eta = np.arcsinh(np.divide(root[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
-    mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pt**2 - root[:, 2] ** 2, 0.0))
-    phi = np.arctan2(root[:, 1], root[:, 0])
-    return {"jet_pt": pt, "jet_eta": eta, "jet_phi": phi, "jet_mass": mass}
+@dataclass
+class Topology:
+    """The shape of a batch of binary trees, flat over jets: ``left``/``right`` (local child
+    indices, -1 for leaves), ``parent`` (local, -1 for the root), ``depth`` (root 0) and
+    per-jet ``offsets``. Every child comes after its parent (pre-order and generation order
+    both do), the one property the bottom-up helpers need."""
+
+    left: np.ndarray
+    right: np.ndarray
+    parent: np.ndarray
+    depth: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @classmethod
+    def of(cls, trees: ak.Array) -> Topology:
+        """The topology of tree records (columns left, right, parent, depth)."""
+        counts = ak.to_numpy(ak.num(trees["left"], axis=1)).astype(np.int64)
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        flat = {
+            k: ak.to_numpy(ak.flatten(trees[k])).astype(np.int64)
+            for k in ("left", "right", "parent", "depth")
+        }
+        return cls(offsets=offsets, **flat)
+
+    @property
+    def jet_start(self) -> np.ndarray:
+        """Global index of each node's root."""
+        return np.repeat(self.offsets[:-1], np.diff(self.offsets))
+
+    @property
+    def is_leaf(self) -> np.ndarray:
+        return self.left < 0
+
+    def global_parent(self) -> np.ndarray:
+        """Global parent index of each node, -1 for roots."""
+        return np.where(self.parent >= 0, self.jet_start + self.parent, -1)
+
+    def leaves_below(self) -> np.ndarray:
+        """Number of particles under every node (1 for a particle): a full binary subtree
+        of n nodes has (n + 1) / 2 leaves."""
+        return (_subtree_sizes(self.left, self.right, self.offsets) + 1) // 2
+
+    def harder_first(self, pt: np.ndarray) -> tuple[np.ndarray, Topology, np.ndarray]:
+        """The trees in the tree format's order: depth-first pre-order, the child with the
+        larger ``pt`` first (the first-stored child on ties). Returns the node at every new
+        slot (global indices), the new topology, and ``leaf_index``: each leaf's rank in
+        decreasing ``pt`` within its jet, -1 for internal nodes."""
+        from jetevo.trees.kernel import preorder_batch
+
+        order, left, right, parent, depth, leaf = preorder_batch(
+            self.left, self.right, np.asarray(pt, np.float64), self.offsets
+        )
+        return order, Topology(left, right, parent, depth, self.offsets), leaf
+
+
+@dataclass
+class JetColumns:
+    """The jet-level columns copied from the input (or set by a generator): label, source,
+    entry.
+
+    Strings are kept dictionary-encoded (a handful of distinct values per chunk) as numpy
+    codes, so that the reclustering finisher thread builds the output without awkward
+    (which holds the GIL that the clustering thread needs).
+    """
+
+    label_codes: np.ndarray
+    label_names: list[str]
+    source_codes: np.ndarray
+    source_names: list[str]
+    entry: np.ndarray
+
+    @classmethod
+    def of(cls, jets: ak.Array) -> JetColumns:
+        label, source = _dictionary(jets["label"]), _dictionary(jets["source"])
+        entry = ak.to_numpy(jets["entry"]).astype(np.int64)
+        return cls(*label, *source, entry)
+
+    @classmethod
+    def constant(cls, label: str, source: str, entry: np.ndarray) -> JetColumns:
+        """One label and one source for every jet."""
+        one = np.zeros(len(entry), np.int32)
+        return cls(one, [label], one, [source], np.asarray(entry, np.int64))
+
+    def select(self, mask: np.ndarray) -> JetColumns:
+        return JetColumns(
+            self.label_codes[mask], self.label_names,
+            self.source_codes[mask], self.source_names, self.entry[mask],
+        )  # fmt: skip
+
+    def arrow(self) -> dict[str, pa.Array]:
+        def strings(codes, names):
+            return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+
+        return {
+            "label": strings(self.label_codes, self.label_names),
+            "source": strings(self.source_codes, self.source_names),
+            "entry": pa.array(self.entry),
+        }
+
+
+def _dictionary(strings: ak.Array) -> tuple[np.ndarray, list[str]]:
+    """int32 codes and distinct values of an awkward string array."""
+    arrow = ak.to_arrow(strings, extensionarray=False)
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    if not pa.types.is_dictionary(arrow.type):
+        arrow = arrow.cast(pa.string()).dictionary_encode()
+    codes = arrow.indices.cast(pa.int32()).to_numpy(zero_copy_only=False)
+    return codes, [str(v) for v in arrow.dictionary.to_pylist()]
 
 
 def list_column(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
@@ -64,14 +166,6 @@ def non_nullable_table(columns: dict[str, pa.Array], metadata: dict) -> pa.Table
         [pa.field(k, v.type, nullable=False) for k, v in columns.items()], metadata=metadata
     )
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
-
-
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a whole table atomically (temporary name, then rename)."""
-    from jetevo.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **PARQUET_OPTIONS)
 
 
 def tree_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:

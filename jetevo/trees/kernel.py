@@ -1,4 +1,5 @@
-"""Numba kernel: FastJet ``unique_history_order`` -> binary trees in pre-order.
+"""Numba kernels: FastJet ``unique_history_order`` -> binary trees in pre-order, and the
+pre-order writer that generated trees share.
 
 FastJet's history order is a post-order of history indices: indices ``< N`` are the
 input particles (in input order), every later index is a pairwise merge whose two
@@ -103,6 +104,193 @@ def _split_now(hp, a, b, terms, pt2_min, soft, inv_r2):
 
 
 @nb.njit(cache=True, nogil=True)
+def _history_to_tree(hist, h0, n_hist, n, hp, hl, hr, stack, scheme):
+    """FastJet's post-order history of one jet -> children (``hl``, ``hr``; -1 for the n
+    particles) and kinematics of every merge (``hp``, rows n..2n-2) by the recombination
+    ``scheme``. Returns the history index of the root, or -1 if the history is not one
+    binary tree (the last history entry is the beam merge)."""
+    size = 2 * n - 1
+    for i in range(size):
+        hl[i] = -1
+        hr[i] = -1
+    top = 0
+    for k in range(n_hist - 1):
+        h = hist[h0 + k]
+        if h < n:
+            stack[top] = h
+            top += 1
+            continue
+        if top < 2 or h >= size or hl[h] != -1:
+            return -1
+        b = stack[top - 1]
+        a = stack[top - 2]
+        top -= 2
+        hl[h] = a
+        hr[h] = b
+        if scheme == SCHEME_E:
+            for c in range(4):
+                hp[h, c] = hp[a, c] + hp[b, c]
+        else:
+            pta = math.hypot(hp[a, 0], hp[a, 1])
+            ptb = math.hypot(hp[b, 0], hp[b, 1])
+            hard = a if pta * pta >= ptb * ptb else b
+            rap, phi = _rap_phi(hp[hard, 0], hp[hard, 1], hp[hard, 2], hp[hard, 3])
+            m2 = hp[hard, 3] ** 2 - hp[hard, 0] ** 2 - hp[hard, 1] ** 2 - hp[hard, 2] ** 2
+            pt = pta + ptb
+            mt = math.sqrt(pt * pt + abs(m2))
+            hp[h, 0] = pt * math.cos(phi)
+            hp[h, 1] = pt * math.sin(phi)
+            hp[h, 2] = mt * math.sinh(rap)
+            hp[h, 3] = mt * math.cosh(rap)
+        stack[top] = h
+        top += 1
+    if top != 1:
+        return -1
+    return stack[0]
+
+
+@nb.njit(cache=True, nogil=True)
+def _kt_would_split(hp, hl, hr, pt2, n, inv_r2, leaf_order, alive, merged_alive, merged_pos):
+    """Replay the merges in time order: would kt at the analysis radius have sent something
+    to the beam, i.e. made more than one inclusive jet?
+
+    That needs the softest alive pseudojet at every merge. Leaves die in any order but are
+    visited softest-first through ``leaf_order`` (the input is normally pT-ordered already);
+    the few alive merged pseudojets sit in a compact list, scanned only when the cheap lower
+    bound (softest alive leaf, softest merged pseudojet so far) cannot decide."""
+    if n <= 1:
+        return False
+    size = 2 * n - 1
+    sorted_leaves = True
+    for i in range(1, n):
+        if pt2[i] > pt2[i - 1]:
+            sorted_leaves = False
+            break
+    if sorted_leaves:
+        for i in range(n):
+            leaf_order[i] = i
+    else:
+        leaf_order[:n] = np.argsort(pt2[:n], kind="mergesort")[::-1]
+    for i in range(size):
+        alive[i] = i < n
+    soft_leaf_pos = n - 1  # leaf_order position of the softest leaf that may be alive
+    n_merged_alive = 0
+    merged_floor = math.inf  # softest merged pseudojet made so far: a lower bound
+    for h in range(n, size):
+        a = hl[h]
+        b = hr[h]
+        while soft_leaf_pos >= 0 and not alive[leaf_order[soft_leaf_pos]]:
+            soft_leaf_pos -= 1
+        soft_leaf = pt2[leaf_order[soft_leaf_pos]] if soft_leaf_pos >= 0 else math.inf
+        pt2_min = min(pt2[a], pt2[b])
+        terms = _pair_terms(hp, a, b)
+        if _may_split(terms, pt2_min, min(soft_leaf, merged_floor), inv_r2):
+            soft = soft_leaf
+            for k in range(n_merged_alive):
+                soft = min(soft, pt2[merged_alive[k]])
+            if _split_now(hp, a, b, terms, pt2_min, soft, inv_r2):
+                return True
+        for x in (a, b):
+            alive[x] = False
+            if x >= n:  # swap-remove from the list of alive merged pseudojets
+                k = merged_pos[x]
+                last = merged_alive[n_merged_alive - 1]
+                merged_alive[k] = last
+                merged_pos[last] = k
+                n_merged_alive -= 1
+        alive[h] = True
+        merged_alive[n_merged_alive] = h
+        merged_pos[h] = n_merged_alive
+        n_merged_alive += 1
+        merged_floor = min(merged_floor, pt2[h])
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def write_preorder(root, left, right, key, order, out_left, out_right, out_parent, out_depth,
+                   stack, stack_parent):  # fmt: skip
+    """One tree in the tree format's order: depth-first pre-order from ``root``, at every
+    split the child with the larger ``key`` (pT or pT^2) first, the first-stored child on
+    ties. ``left``/``right``: children of each input node (-1: a leaf), in any numbering.
+
+    Fills, per output slot s: ``order[s]`` (the input node), and the slot-numbered
+    ``out_left``, ``out_right``, ``out_parent`` (-1: none) and ``out_depth``; returns the
+    number of nodes. This is the one pre-order writer: reclustering and generation use it.
+    """
+    stack[0] = root
+    stack_parent[0] = -1
+    top = 1
+    nxt = 0
+    while top > 0:
+        top -= 1
+        h = stack[top]
+        par = stack_parent[top]
+        order[nxt] = h
+        out_parent[nxt] = par
+        out_depth[nxt] = 0 if par < 0 else out_depth[par] + 1
+        out_left[nxt] = -1
+        out_right[nxt] = -1
+        if par >= 0:
+            if out_left[par] == -1:
+                out_left[par] = nxt
+            else:
+                out_right[par] = nxt
+        a = left[h]
+        if a >= 0:
+            b = right[h]
+            if key[b] > key[a]:
+                a, b = b, a
+            # push the softer first so the harder child is popped (and numbered) first
+            stack[top] = b
+            stack_parent[top] = nxt
+            stack[top + 1] = a
+            stack_parent[top + 1] = nxt
+            top += 2
+        nxt += 1
+    return nxt
+
+
+@nb.njit(cache=True)
+def preorder_batch(left, right, pt, offsets):
+    """:func:`write_preorder` for every jet of a batch stored with local indices and root
+    first (e.g. generation order); also ``leaf_index``, each leaf's rank in decreasing
+    ``pt`` within its jet. Returns global ``order`` and local left, right, parent, depth,
+    leaf_index (int64)."""
+    n = left.shape[0]
+    order = np.empty(n, np.int64)
+    out_left = np.empty(n, np.int64)
+    out_right = np.empty(n, np.int64)
+    out_parent = np.empty(n, np.int64)
+    out_depth = np.empty(n, np.int64)
+    out_leaf = np.full(n, -1, np.int64)
+    max_n = 0
+    for j in range(offsets.shape[0] - 1):
+        max_n = max(max_n, offsets[j + 1] - offsets[j])
+    stack = np.empty(max_n + 1, np.int64)
+    stack_parent = np.empty(max_n + 1, np.int64)
+    leaf_pt = np.empty(max_n, np.float64)
+    leaf_slot = np.empty(max_n, np.int64)
+    for j in range(offsets.shape[0] - 1):
+        a, b = offsets[j], offsets[j + 1]
+        write_preorder(
+            0, left[a:b], right[a:b], pt[a:b], order[a:b], out_left[a:b], out_right[a:b],
+            out_parent[a:b], out_depth[a:b], stack, stack_parent,
+        )  # fmt: skip
+        n_leaves = 0
+        for s in range(b - a):
+            if out_left[a + s] < 0:
+                leaf_pt[n_leaves] = pt[a + order[a + s]]
+                leaf_slot[n_leaves] = s
+                n_leaves += 1
+        rank = np.argsort(-leaf_pt[:n_leaves], kind="mergesort")
+        for r in range(n_leaves):
+            out_leaf[a + leaf_slot[rank[r]]] = r
+        for s in range(b - a):
+            order[a + s] += a
+    return order, out_left, out_right, out_parent, out_depth, out_leaf
+
+
+@nb.njit(cache=True, nogil=True)
 def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     """Build pre-order trees for every jet of a chunk.
 
@@ -110,7 +298,9 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     ``offsets[j]:offsets[j+1]``, at least one constituent) and the flat history order with
     ``hist_offsets``. Returns flat node arrays (``2N-1`` nodes per jet, root first, harder
     child left), ``node_offsets``, a per-jet ``split`` flag (kt at ``r_split`` would give more
-    than one inclusive jet) and a per-jet ``status``.
+    than one inclusive jet) and a per-jet ``status``. Three steps per jet: the history
+    becomes a tree (:func:`_history_to_tree`), the kt split replay
+    (:func:`_kt_would_split`), and the pre-order writer (:func:`write_preorder`).
     """
     n_jets = offsets.shape[0] - 1
     node_offsets = np.empty(n_jets + 1, np.int64)
@@ -141,9 +331,13 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
     leaf_order = np.empty(max_n, np.int64)
     merged_alive = np.empty(max_n, np.int64)
     merged_pos = np.empty(max_size, np.int64)
-    stack = np.empty(max_size, np.int64)
-    dfs_parent = np.empty(max_size, np.int64)
-    dfs_depth = np.empty(max_size, np.int64)
+    stack = np.empty(max_size + 1, np.int64)
+    stack_parent = np.empty(max_size + 1, np.int64)
+    order = np.empty(max_size, np.int64)
+    s_left = np.empty(max_size, np.int64)
+    s_right = np.empty(max_size, np.int64)
+    s_parent = np.empty(max_size, np.int64)
+    s_depth = np.empty(max_size, np.int64)
 
     for j in range(n_jets):
         p0 = offsets[j]
@@ -159,142 +353,28 @@ def build_trees(px, py, pz, E, offsets, hist, hist_offsets, scheme, r_split):
             hp[i, 1] = py[p0 + i]
             hp[i, 2] = pz[p0 + i]
             hp[i, 3] = E[p0 + i]
-        for i in range(n, size):
-            hl[i] = -1
-
-        # post-order -> children and kinematics (the last entry is the beam merge)
-        top = 0
-        ok = True
-        for k in range(n_hist - 1):
-            h = hist[h0 + k]
-            if h < n:
-                stack[top] = h
-                top += 1
-                continue
-            if top < 2 or h >= size or hl[h] != -1:
-                ok = False
-                break
-            b = stack[top - 1]
-            a = stack[top - 2]
-            top -= 2
-            hl[h] = a
-            hr[h] = b
-            if scheme == SCHEME_E:
-                for c in range(4):
-                    hp[h, c] = hp[a, c] + hp[b, c]
-            else:
-                pta = math.hypot(hp[a, 0], hp[a, 1])
-                ptb = math.hypot(hp[b, 0], hp[b, 1])
-                hard = a if pta * pta >= ptb * ptb else b
-                rap, phi = _rap_phi(hp[hard, 0], hp[hard, 1], hp[hard, 2], hp[hard, 3])
-                m2 = hp[hard, 3] ** 2 - hp[hard, 0] ** 2 - hp[hard, 1] ** 2 - hp[hard, 2] ** 2
-                pt = pta + ptb
-                mt = math.sqrt(pt * pt + abs(m2))
-                hp[h, 0] = pt * math.cos(phi)
-                hp[h, 1] = pt * math.sin(phi)
-                hp[h, 2] = mt * math.sinh(rap)
-                hp[h, 3] = mt * math.cosh(rap)
-            stack[top] = h
-            top += 1
-        if not ok or top != 1:
+        root = _history_to_tree(hist, h0, n_hist, n, hp, hl, hr, stack, scheme)
+        if root < 0:
             status[j] = STATUS_BAD_HISTORY
             continue
-        root = stack[0]
         for i in range(size):
             pt2[i] = hp[i, 0] * hp[i, 0] + hp[i, 1] * hp[i, 1]
-
-        # replay merges in time order: would kt at r_split have sent something to the beam?
-        # That needs the softest alive pseudojet at every merge. Leaves die in any order but are
-        # visited softest-first through leaf_order (the input is normally pT-ordered already);
-        # the few alive merged pseudojets sit in a compact list, scanned only when the cheap
-        # lower bound (softest alive leaf, softest merged pseudojet so far) cannot decide.
-        if n > 1:
-            sorted_leaves = True
-            for i in range(1, n):
-                if pt2[i] > pt2[i - 1]:
-                    sorted_leaves = False
-                    break
-            if sorted_leaves:
-                for i in range(n):
-                    leaf_order[i] = i
-            else:
-                leaf_order[:n] = np.argsort(pt2[:n], kind="mergesort")[::-1]
-            for i in range(size):
-                alive[i] = i < n
-            soft_leaf_pos = n - 1  # leaf_order position of the softest leaf that may be alive
-            n_merged_alive = 0
-            merged_floor = math.inf  # softest merged pseudojet made so far: a lower bound
-            for h in range(n, size):
-                a = hl[h]
-                b = hr[h]
-                while soft_leaf_pos >= 0 and not alive[leaf_order[soft_leaf_pos]]:
-                    soft_leaf_pos -= 1
-                soft_leaf = pt2[leaf_order[soft_leaf_pos]] if soft_leaf_pos >= 0 else math.inf
-                pt2_min = min(pt2[a], pt2[b])
-                terms = _pair_terms(hp, a, b)
-                if _may_split(terms, pt2_min, min(soft_leaf, merged_floor), inv_r2):
-                    soft = soft_leaf
-                    for k in range(n_merged_alive):
-                        soft = min(soft, pt2[merged_alive[k]])
-                    if _split_now(hp, a, b, terms, pt2_min, soft, inv_r2):
-                        split[j] = True
-                        break
-                for x in (a, b):
-                    alive[x] = False
-                    if x >= n:  # swap-remove from the list of alive merged pseudojets
-                        k = merged_pos[x]
-                        last = merged_alive[n_merged_alive - 1]
-                        merged_alive[k] = last
-                        merged_pos[last] = k
-                        n_merged_alive -= 1
-                alive[h] = True
-                merged_alive[n_merged_alive] = h
-                merged_pos[h] = n_merged_alive
-                n_merged_alive += 1
-                merged_floor = min(merged_floor, pt2[h])
-
-        # depth-first pre-order, harder (larger pT) child first
+        split[j] = _kt_would_split(
+            hp, hl, hr, pt2, n, inv_r2, leaf_order, alive, merged_alive, merged_pos
+        )
+        write_preorder(
+            root, hl, hr, pt2, order, s_left, s_right, s_parent, s_depth, stack, stack_parent
+        )
         q0 = node_offsets[j]
-        stack[0] = root
-        dfs_parent[0] = -1
-        dfs_depth[0] = 0
-        top = 1
-        nxt = 0
-        while top > 0:
-            top -= 1
-            h = stack[top]
-            par = dfs_parent[top]
-            depth = dfs_depth[top]
-            q = q0 + nxt
+        for s in range(size):
+            h = order[s]
             for c in range(4):
-                out_p[q, c] = hp[h, c]
-            out_parent[q] = par
-            out_depth[q] = depth
-            out_left[q] = -1
-            out_right[q] = -1
-            if par >= 0:
-                pq = q0 + par
-                if out_left[pq] == -1:
-                    out_left[pq] = nxt
-                else:
-                    out_right[pq] = nxt
-            if h < n:
-                out_leaf[q] = h
-            else:
-                out_leaf[q] = -1
-                a = hl[h]
-                b = hr[h]
-                if pt2[b] > pt2[a]:
-                    a, b = b, a
-                # push softer first so the harder child is popped (and numbered) first
-                stack[top] = b
-                dfs_parent[top] = nxt
-                dfs_depth[top] = depth + 1
-                stack[top + 1] = a
-                dfs_parent[top + 1] = nxt
-                dfs_depth[top + 1] = depth + 1
-                top += 2
-            nxt += 1
+                out_p[q0 + s, c] = hp[h, c]
+            out_left[q0 + s] = s_left[s]
+            out_right[q0 + s] = s_right[s]
+            out_parent[q0 + s] = s_parent[s]
+            out_depth[q0 + s] = s_depth[s]
+            out_leaf[q0 + s] = h if h < n else -1
 
     return out_p, out_left, out_right, out_parent, out_depth, out_leaf, node_offsets, split, status
 

@@ -17,7 +17,6 @@ and the ``on_split`` policy says what to do about it:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -25,7 +24,8 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-from jetevo.trees.format import jet_kinematics, list_column, non_nullable_table
+from jetevo.errors import SettingError
+from jetevo.trees.format import NODE_INT_FIELDS, JetColumns, Topology
 from jetevo.trees.kernel import (
     JET_EMPTY,
     JET_NEGATIVE_ENERGY,
@@ -37,18 +37,18 @@ from jetevo.trees.kernel import (
     build_trees,
     prepare_constituents,
 )
+from jetevo.trees.writer import tree_table
 
 CLUSTER_R = 100.0
 SCHEMES = {"E": SCHEME_E, "wta_pt": SCHEME_WTA_PT}
 ON_SPLIT = ("merge", "hardest", "drop")
+PRECISIONS = ("float32", "float64")
 SKIP_CODES = {
     "no_constituents": JET_EMPTY,
     "non_finite": JET_NON_FINITE,
     "negative_energy": JET_NEGATIVE_ENERGY,
 }
 SKIP_REASONS = tuple(SKIP_CODES)
-NODE_FLOAT_FIELDS = ("px", "py", "pz", "E")
-NODE_INT_FIELDS = ("left", "right", "parent", "depth", "leaf_index")
 FORMAT_NAME = "jetevo-trees"
 FORMAT_VERSION = 1
 
@@ -65,15 +65,15 @@ class ReclusterConfig:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {self.scheme!r}")
+            raise SettingError(f"scheme must be one of {sorted(SCHEMES)}, got {self.scheme!r}")
         if self.on_split not in ON_SPLIT:
-            raise ValueError(f"on_split must be one of {ON_SPLIT}, got {self.on_split!r}")
+            raise SettingError(f"on_split must be one of {ON_SPLIT}, got {self.on_split!r}")
         if not 0.0 < self.R < CLUSTER_R:
-            raise ValueError(f"R must be in (0, {CLUSTER_R}), got {self.R}")
+            raise SettingError(f"R must be in (0, {CLUSTER_R}), got {self.R}")
         if self.max_constituents < 1:
-            raise ValueError("max_constituents must be >= 1")
-        if self.precision not in ("float32", "float64"):
-            raise ValueError("precision must be float32 or float64")
+            raise SettingError("max_constituents must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise SettingError("precision must be float32 or float64")
 
     def metadata(self) -> dict:
         return {
@@ -163,55 +163,6 @@ def _hardest_subsets(
 
 
 @dataclass
-class JetColumns:
-    """The jet-level columns the output copies from the input: label, source, entry.
-
-    Strings are kept dictionary-encoded (a handful of distinct values per chunk) as numpy
-    codes, so that the finisher thread builds the output without awkward (which holds the
-    GIL that the clustering thread needs).
-    """
-
-    label_codes: np.ndarray
-    label_names: list[str]
-    source_codes: np.ndarray
-    source_names: list[str]
-    entry: np.ndarray
-
-    @classmethod
-    def of(cls, jets: ak.Array) -> JetColumns:
-        label, source = _dictionary(jets["label"]), _dictionary(jets["source"])
-        entry = ak.to_numpy(jets["entry"]).astype(np.int64)
-        return cls(*label, *source, entry)
-
-    def select(self, mask: np.ndarray) -> JetColumns:
-        return JetColumns(
-            self.label_codes[mask], self.label_names,
-            self.source_codes[mask], self.source_names, self.entry[mask],
-        )  # fmt: skip
-
-    def arrow(self) -> dict[str, pa.Array]:
-        def strings(codes, names):
-            return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
-
-        return {
-            "label": strings(self.label_codes, self.label_names),
-            "source": strings(self.source_codes, self.source_names),
-            "entry": pa.array(self.entry),
-        }
-
-
-def _dictionary(strings: ak.Array) -> tuple[np.ndarray, list[str]]:
-    """int32 codes and distinct values of an awkward string array."""
-    arrow = ak.to_arrow(strings, extensionarray=False)
-    if isinstance(arrow, pa.ChunkedArray):
-        arrow = arrow.combine_chunks()
-    if not pa.types.is_dictionary(arrow.type):
-        arrow = arrow.cast(pa.string()).dictionary_encode()
-    codes = arrow.indices.cast(pa.int32()).to_numpy(zero_copy_only=False)
-    return codes, [str(v) for v in arrow.dictionary.to_pylist()]
-
-
-@dataclass
 class ChunkInProgress:
     """A chunk of jets between the three steps of :func:`recluster_chunk`.
 
@@ -265,15 +216,14 @@ def finish_chunk(chunk: ChunkInProgress, cfg: ReclusterConfig) -> tuple[pa.Table
     )  # fmt: skip
     split = trees["split"]
     counts["split_jets"] += int(split.sum())
-    n_leaves = np.diff(offsets)
     if cfg.on_split == "drop" and split.any():
         counts["dropped_split"] += int(split.sum())
         trees = _select_jets(trees, ~split)
-        jets, n_leaves = jets.select(~split), n_leaves[~split]
+        jets = jets.select(~split)
     elif cfg.on_split == "hardest" and split.any():
-        trees, n_leaves = _replace_by_hardest(trees, cols, offsets, split, cfg, counts)
+        trees = _replace_by_hardest(trees, cols, offsets, split, cfg, counts)
 
-    table = _to_table(trees, n_leaves, jets, cfg)
+    table = _to_table(trees, jets, cfg)
     counts["trees_written"] += table.num_rows
     return table, counts
 
@@ -295,7 +245,7 @@ def _select_jets(trees: dict, mask: np.ndarray) -> dict:
     return out
 
 
-def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> tuple[dict, np.ndarray]:
+def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> dict:
     """Re-cluster split jets from the constituents of their hardest inclusive jet at R."""
     jet_ids = np.flatnonzero(split)
     starts, ends = offsets[:-1][jet_ids], offsets[1:][jet_ids]
@@ -329,8 +279,7 @@ def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> tuple[dict,
     merged["node_offsets"] = np.zeros(len(order) + 1, np.int64)
     np.cumsum(sizes[order], out=merged["node_offsets"][1:])
     merged["split"] = np.concatenate([kept["split"], re["split"]])[order]
-    n_leaves = (merged["node_offsets"][1:] - merged["node_offsets"][:-1] + 1) // 2
-    return merged, n_leaves
+    return merged
 
 
 def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -342,20 +291,11 @@ def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(shift, sizes) + np.arange(int(sizes.sum()))
 
 
-def _to_table(
-    trees: dict, n_leaves: np.ndarray, jets: JetColumns, cfg: ReclusterConfig
-) -> pa.Table:
-    off = trees["node_offsets"]
-    p = trees["p"]
-    root = p[off[:-1]] if len(off) > 1 else np.zeros((0, 4))
-    ftype = np.dtype(cfg.precision)
-    columns = {k: list_column(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
-    for k in NODE_INT_FIELDS:
-        columns[k] = list_column(trees[k], off)
-    columns.update(
-        n_constituents=pa.array(n_leaves.astype(np.int32)),
-        **{k: pa.array(v.astype(ftype)) for k, v in jet_kinematics(root).items()},
-        **jets.arrow(),
+def _to_table(trees: dict, jets: JetColumns, cfg: ReclusterConfig) -> pa.Table:
+    """The chunk's trees as a tree table."""
+    topology = Topology(
+        trees["left"], trees["right"], trees["parent"], trees["depth"], trees["node_offsets"]
     )
-    schema_meta = {b"jetevo": json.dumps(cfg.metadata()).encode()}
-    return non_nullable_table(columns, schema_meta)
+    return tree_table(
+        trees["p"], topology, trees["leaf_index"], jets, cfg.metadata(), cfg.precision
+    )

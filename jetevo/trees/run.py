@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.io.readers import count_jets, detect_format, iter_jets
-from jetevo.trees.format import PARQUET_OPTIONS
 from jetevo.trees.recluster import (
     SKIP_REASONS,
     ChunkInProgress,
@@ -32,6 +31,7 @@ from jetevo.trees.recluster import (
     finish_chunk,
     prepare_chunk,
 )
+from jetevo.trees.writer import TreeFileWriter
 
 INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
 # jets per FastJet call: large enough that per-call costs vanish, small enough that the
@@ -114,35 +114,26 @@ def process_shard(
     serialized and the hand-overs cost more than the overlap gained.
     """
     counts: Counter = Counter()
-    writer = None
 
     def collect(c: Counter) -> None:
         counts.update(c)
         if progress is not None:
             progress(c["jets_read"])
 
-    with atomic_path(shard.output) as tmp:
+    with TreeFileWriter(shard.output) as out:
 
         def finish_and_write(chunk: ChunkInProgress) -> Counter:
-            nonlocal writer
             table, c = finish_chunk(chunk, cfg)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
-            if table.num_rows:
-                writer.write_table(table)
+            out.write(table)
             return c
 
-        try:
-            chunks = _prepared_chunks(shard, cfg, chunk_size)
-            if pipeline:
-                _run_pipelined(chunks, cfg, finish_and_write, collect)
-            else:
-                for chunk in chunks:
-                    collect(finish_and_write(cluster_chunk(chunk, cfg)))
-            writer.add_key_value_metadata({COUNTS_KEY: json.dumps(dict(counts))})
-        finally:
-            if writer is not None:
-                writer.close()
+        chunks = _prepared_chunks(shard, cfg, chunk_size)
+        if pipeline:
+            _run_pipelined(chunks, cfg, finish_and_write, collect)
+        else:
+            for chunk in chunks:
+                collect(finish_and_write(cluster_chunk(chunk, cfg)))
+        out.add_metadata({COUNTS_KEY: json.dumps(dict(counts)).encode()})
     return counts
 
 
@@ -195,7 +186,7 @@ def recluster_files(
         ("workers", workers),
     ):
         if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+            raise SettingError(f"{name} must be at least 1, got {value}")
     cfg = cfg or ReclusterConfig()
     out = ensure_writable_dir(out_dir)
     files = input_files(inputs)

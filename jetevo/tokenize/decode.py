@@ -1,161 +1,56 @@
-"""Generated trees -> the jetevo tree format (the same Parquet as ``jetevo recluster``).
+"""Decoding a token tree into four-momenta: the one home of what a "decoded tree" is.
 
-Node kinematics are the tokenizer's decoding of each token relative to its decoded parent
-(top-down, in the jet frame: the root at rapidity 0 and azimuth 0 unless a root rapidity
-is given). Constituents are the leaves. With conservation (the default) every internal node is the
-sum of its children, as in an E-scheme tree; without it (``conserve=False``) each node
-keeps its own decoded kinematics and the trees carry no recombination scheme.
-Nodes are re-ordered into depth-first pre-order with the larger-pT child left, and
-``leaf_index`` is the leaf's rank in decreasing pT.
+Generation, the tokenizer closure and ``jetevo tokenizer decode`` all call
+:func:`decode_physical`; :func:`decode_free` is the plain inverse it starts from. Both work
+top-down in the jet frame (the root at rapidity 0 and azimuth 0), every node decoded from
+its token relative to its *decoded* parent, over a :class:`~jetevo.trees.format.Topology`
+(pre-order or generation order: children after their parent). No torch here: the
+tokenizer's decoded code table is all this module reads from it.
 """
 
 from __future__ import annotations
 
-import json
-
-import numba
 import numpy as np
-import pyarrow as pa
 
-from jetevo.generate.sampler import SampledTrees
+from jetevo.errors import SettingError
+from jetevo.kinematics import boost, mass, pt_y_phi_m, velocity, with_mass
 from jetevo.tokenize import features as F
-from jetevo.trees.format import (
-    REQUIRED_COLUMNS,
-    jet_kinematics,
-    list_column,
-    non_nullable_table,
-    write_table,
-)
-from jetevo.trees.kernel import subtree_sizes
-from jetevo.trees.recluster import JetColumns
-
-
-@numba.njit(cache=True)
-def _preorder(
-    left, right, pt, offsets, out_order, out_left, out_right, out_parent, out_depth, out_leaf
-):
-    """Per jet: DFS from the root, larger-pT child first; fills the output arrays (local
-    indices) and ``out_order`` (the generation-order node at each output slot)."""
-    n_jets = len(offsets) - 1
-    max_n = 0
-    for j in range(n_jets):
-        max_n = max(max_n, offsets[j + 1] - offsets[j])
-    stack = np.empty(max_n + 1, np.int64)
-    stack_parent = np.empty(max_n + 1, np.int64)
-    new_index = np.empty(max_n, np.int64)
-    leaf_pt = np.empty(max_n, np.float64)
-    leaf_slot = np.empty(max_n, np.int64)
-    for j in range(n_jets):
-        a = offsets[j]
-        top = 0
-        stack[0] = 0
-        stack_parent[0] = -1
-        slot = 0
-        n_leaves = 0
-        while top >= 0:
-            g = stack[top]
-            p = stack_parent[top]
-            top -= 1
-            new_index[g] = slot
-            out_order[a + slot] = a + g
-            out_parent[a + slot] = -1 if p < 0 else new_index[p]
-            out_depth[a + slot] = 0 if p < 0 else out_depth[a + new_index[p]] + 1
-            out_left[a + slot] = -1
-            out_right[a + slot] = -1
-            out_leaf[a + slot] = -1
-            if p >= 0:
-                ps = a + new_index[p]
-                if out_left[ps] < 0:
-                    out_left[ps] = slot
-                else:
-                    out_right[ps] = slot
-            lc, rc = left[a + g], right[a + g]
-            if lc >= 0:
-                hard, soft = (lc, rc) if pt[a + lc] >= pt[a + rc] else (rc, lc)
-                top += 1
-                stack[top] = soft
-                stack_parent[top] = g
-                top += 1
-                stack[top] = hard
-                stack_parent[top] = g
-            else:
-                leaf_pt[n_leaves] = pt[a + g]
-                leaf_slot[n_leaves] = slot
-                n_leaves += 1
-            slot += 1
-        order = np.argsort(-leaf_pt[:n_leaves], kind="mergesort")
-        for rank in range(n_leaves):
-            out_leaf[a + leaf_slot[order[rank]]] = rank
-
-
-def to_tree_columns(trees: SampledTrees, p: np.ndarray) -> dict[str, np.ndarray]:
-    """Flat tree-format node columns (pre-order, harder first) and per-jet columns."""
-    off = trees.offsets
-    pt = np.hypot(p[:, 0], p[:, 1])
-    n = len(trees.token)
-    order = np.empty(n, np.int64)
-    left, right, parent, depth, leaf = (np.empty(n, np.int64) for _ in range(5))
-    _preorder(trees.left, trees.right, pt, off, order, left, right, parent, depth, leaf)
-    q = p[order]
-    jet = jet_kinematics(q[off[:-1]])
-    return {
-        "px": q[:, 0].astype(np.float32),
-        "py": q[:, 1].astype(np.float32),
-        "pz": q[:, 2].astype(np.float32),
-        "E": q[:, 3].astype(np.float32),
-        "left": left.astype(np.int32),
-        "right": right.astype(np.int32),
-        "parent": parent.astype(np.int32),
-        "depth": depth.astype(np.int32),
-        "leaf_index": leaf.astype(np.int32),
-        "token": trees.token[order].astype(np.int32),
-        "n_constituents": ((np.diff(off) + 1) // 2).astype(np.int32),
-        **{k: v.astype(np.float32) for k, v in jet.items()},
-    }
-
-
-# the tree format's node columns, plus the generated token of each node
-NODE_COLUMNS = (*REQUIRED_COLUMNS, "token")
-
-
-def write_generated(
-    columns: dict[str, np.ndarray],
-    offsets: np.ndarray,
-    label: str,
-    source: str,
-    entry0: int,
-    metadata: dict,
-    path,
-) -> None:
-    """Write one Parquet file of generated trees (atomically)."""
-    n_jets = len(offsets) - 1
-    cols: dict[str, pa.Array] = {k: list_column(columns[k], offsets) for k in NODE_COLUMNS}
-    for k in ("n_constituents", "jet_pt", "jet_eta", "jet_phi", "jet_mass"):
-        cols[k] = pa.array(columns[k])
-    one = np.zeros(n_jets, np.int32)  # a single label and source: dictionary-encoded
-    entry = np.arange(entry0, entry0 + n_jets, dtype=np.int64)
-    cols.update(JetColumns(one, [label], one, [source], entry).arrow())
-    write_table(non_nullable_table(cols, {"jetevo": json.dumps(metadata)}), path)
-
+from jetevo.trees.format import Topology
 
 SPLIT_KINEMATICS = ("two-body", "share")
 PARTICLE_MASSES = {"pion": 0.13957, "massless": 0.0, "decoded": None}
 
 
-def subtree_leaves(trees: SampledTrees) -> np.ndarray:
-    """Number of particles under every node (1 for a particle): a full binary subtree of
-    n nodes has (n + 1) / 2 leaves; generation order, like pre-order, puts children after
-    their parent, which :func:`~jetevo.trees.kernel.subtree_sizes` needs."""
-    return (subtree_sizes(trees.left, trees.right, trees.offsets) + 1) // 2
+def _features(tokenizer, tokens: np.ndarray) -> np.ndarray:
+    return tokenizer.features_from_codes(tokenizer.vocab.code(np.asarray(tokens, np.int64)))
 
 
-def decode_conserving(
+def decode_free(tokenizer, tokens: np.ndarray, topology: Topology) -> np.ndarray:
+    """Four-momenta (n, 4) of every node, each decoded relative to its decoded parent,
+    without conservation: level by level, so that a node's parent is decoded first."""
+    f = _features(tokenizer, tokens)
+    parent = topology.global_parent()
+    depth = topology.depth
+    p = np.zeros((len(f), 4))
+    for d in range(int(depth.max(initial=0)) + 1):
+        at = np.flatnonzero(depth == d)
+        if d == 0:
+            ctx = F.root_context(len(at))
+        else:
+            pt, y, phi, _ = pt_y_phi_m(p[parent[at]])
+            ctx = np.column_stack([pt, y, phi])
+        p[at] = F.invert(f[at], ctx)
+    return p
+
+
+def decode_physical(
     tokenizer,
-    trees: SampledTrees,
+    tokens: np.ndarray,
+    trees: Topology,
     split_kinematics: str = "two-body",
     particle_mass: str = "pion",
 ) -> np.ndarray:
-    """Four-momenta of generated nodes, top-down, with four-momentum conservation.
+    """Four-momenta (n, 4) of every node, top-down, with four-momentum conservation.
 
     Each pair of children is decoded from its tokens relative to the (already decoded)
     parent, then made to add up exactly to the parent, so the particles add up to the root
@@ -175,26 +70,22 @@ def decode_conserving(
       come out massive and some spacelike (kept to compare with earlier results).
     """
     if split_kinematics not in SPLIT_KINEMATICS:
-        raise ValueError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
+        raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
     if particle_mass not in PARTICLE_MASSES:
-        raise ValueError(f"particle mass must be one of {tuple(PARTICLE_MASSES)}")
-    off = trees.offsets
-    first = np.repeat(off[:-1], np.diff(off))
-    f = tokenizer.features_from_codes(tokenizer.vocab.code(trees.token))
+        raise SettingError(f"particle mass must be one of {tuple(PARTICLE_MASSES)}")
+    first = trees.jet_start
+    f = _features(tokenizer, tokens)
     p = np.zeros((len(f), 4))
-    roots = off[:-1]
-    ctx = np.column_stack(
-        [np.full(len(roots), F.ROOT_PT_REF), np.zeros(len(roots)), np.zeros(len(roots))]
-    )
-    p[roots] = F.invert(f[roots], ctx)
+    roots = trees.offsets[:-1]
+    p[roots] = F.invert(f[roots], F.root_context(len(roots)))
     leaf_mass = PARTICLE_MASSES[particle_mass] if split_kinematics == "two-body" else None
     floor = None
     if leaf_mass is not None:
         # a node must be able to hold its particles at rest: mass >= n_leaves * m
-        floor = subtree_leaves(trees) * leaf_mass
+        floor = trees.leaves_below() * leaf_mass
         # below its floor a pseudojet takes the mass of its decoded particles instead, so
         # that it keeps their opening rather than decaying at rest into a collinear blob
-        mass_below = _decoded_particles_mass(tokenizer, trees, leaf_mass)
+        mass_below = _decoded_particles_mass(tokenizer, tokens, trees, leaf_mass)
         root_mass = _child_mass(
             p[roots], trees.left[roots] < 0, floor[roots], leaf_mass, mass_below[roots]
         )
@@ -206,7 +97,7 @@ def decode_conserving(
         if len(par) == 0:
             continue
         li, ri = first[par] + trees.left[par], first[par] + trees.right[par]
-        pt, y, phi, _ = F.pt_y_phi_m(p[par])
+        pt, y, phi, _ = pt_y_phi_m(p[par])
         c = np.column_stack([pt, y, phi])
         pl, pr = F.invert(f[li], c), F.invert(f[ri], c)
         if split_kinematics == "two-body":
@@ -227,17 +118,18 @@ def decode_conserving(
 def _child_mass(p, is_leaf, floor, leaf_mass, mass_below) -> np.ndarray:
     """A node's mass: a particle's is ``leaf_mass``; a pseudojet keeps its decoded mass
     unless that is below ``floor`` (its particles at rest), where it takes ``mass_below``."""
-    m = F.pt_y_phi_m(p)[3]
+    m = mass(p)
     return np.where(is_leaf, leaf_mass, np.where(m >= floor, m, np.maximum(mass_below, floor)))
 
 
-def _decoded_particles_mass(tokenizer, trees: SampledTrees, leaf_mass: float) -> np.ndarray:
+def _decoded_particles_mass(
+    tokenizer, tokens: np.ndarray, trees: Topology, leaf_mass: float
+) -> np.ndarray:
     """Per node, the invariant mass of its particles as decoded without conservation (each
     node relative to its decoded parent) and given ``leaf_mass``: at least the floor, and
     with the decoded openings."""
-    first = np.repeat(trees.offsets[:-1], np.diff(trees.offsets))
-    parent = np.where(trees.parent >= 0, first + trees.parent, -1)
-    free = tokenizer.decode_trees(trees.token, parent, trees.depth)
+    first = trees.jet_start
+    free = decode_free(tokenizer, tokens, trees)
     leaf = trees.left < 0
     total = np.zeros_like(free)
     total[leaf] = with_mass(free[leaf], np.full(int(leaf.sum()), leaf_mass))
@@ -245,30 +137,7 @@ def _decoded_particles_mass(tokenizer, trees: SampledTrees, leaf_mass: float) ->
     for d in range(int(trees.depth.max(initial=0)) - 1, -1, -1):
         par = internal[trees.depth[internal] == d]
         total[par] = total[first[par] + trees.left[par]] + total[first[par] + trees.right[par]]
-    return F.pt_y_phi_m(total)[3]
-
-
-def with_mass(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Four-vectors with the same three-momentum and mass ``m``."""
-    out = p.copy()
-    out[:, 3] = np.sqrt((p[:, :3] ** 2).sum(axis=1) + m**2)
-    return out
-
-
-def _boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Lorentz boost of four-vectors ``p`` (n, 4) by velocities ``beta`` (n, 3)."""
-    b2 = np.clip((beta**2).sum(axis=1), 0.0, 1.0 - 1e-15)
-    gamma = 1.0 / np.sqrt(1.0 - b2)
-    bp = (beta * p[:, :3]).sum(axis=1)
-    coef = np.where(b2 > 0, (gamma - 1.0) / np.where(b2 > 0, b2, 1.0), 0.0)
-    out = np.empty_like(p)
-    out[:, :3] = p[:, :3] + (coef * bp + gamma * p[:, 3])[:, None] * beta
-    out[:, 3] = gamma * (p[:, 3] + bp)
-    return out
-
-
-def _velocity(p: np.ndarray) -> np.ndarray:
-    return p[:, :3] / np.maximum(p[:, 3:4], 1e-300)
+    return mass(total)
 
 
 # how the rest-frame rescaling of a decoded pair is shared (in log) between the children's
@@ -325,15 +194,15 @@ def two_body_split(
     n = len(parent)
     fixed_l = np.zeros(n, bool) if fixed_l is None else fixed_l
     fixed_r = np.zeros(n, bool) if fixed_r is None else fixed_r
-    m_parent = F.pt_y_phi_m(parent)[3]
-    m_l, m_r = F.pt_y_phi_m(left)[3], F.pt_y_phi_m(right)[3]
+    m_parent = mass(parent)
+    m_l, m_r = mass(left), mass(right)
     f_l = np.where(fixed_l, m_l, 0.0 if floor_l is None else np.minimum(floor_l, m_l))
     f_r = np.where(fixed_r, m_r, 0.0 if floor_r is None else np.minimum(floor_r, m_r))
     pair = left + right
-    m_pair = F.pt_y_phi_m(pair)[3]
+    m_pair = mass(pair)
     # the pair's rest frame, or the parent's where the decoded pair is (nearly) massless
-    frame = np.where((m_pair > 1e-6 * pair[:, 3])[:, None], _velocity(pair), _velocity(parent))
-    rest_dec = _boost(left, -frame)[:, :3]
+    frame = np.where((m_pair > 1e-6 * pair[:, 3])[:, None], velocity(pair), velocity(parent))
+    rest_dec = boost(left, -frame)[:, :3]
     p_dec = np.linalg.norm(rest_dec, axis=1)
     axis = np.where(
         p_dec[:, None] > 0, rest_dec / np.maximum(p_dec, 1e-300)[:, None], [0.0, 0.0, 1.0]
@@ -355,8 +224,8 @@ def two_body_split(
     p_star = np.sqrt(np.maximum(lam, 0.0)) / (2 * np.maximum(m_parent, 1e-300))
     rest_l = np.column_stack([p_star[:, None] * axis, np.sqrt(p_star**2 + m_l**2)])
     rest_r = np.column_stack([-p_star[:, None] * axis, np.sqrt(p_star**2 + m_r**2)])
-    beta = np.where(heavy[:, None], _velocity(parent), 0.0)
-    out_l, out_r = _boost(rest_l, beta), _boost(rest_r, beta)
+    beta = np.where(heavy[:, None], velocity(parent), 0.0)
+    out_l, out_r = boost(rest_l, beta), boost(rest_r, beta)
     # massless (or nearly) parents: collinear sharing by decoded energy
     z = left[:, 3] / np.maximum(left[:, 3] + right[:, 3], 1e-300)
     out_l[~heavy] = z[~heavy, None] * parent[~heavy]

@@ -1,0 +1,101 @@
+"""The one home of four-vector kinematics on flat (n, 4) ``px, py, pz, E`` arrays.
+
+Trees, tokens and generated jets are flat numpy arrays by the time kinematics is needed,
+so these are numpy functions; awkward records are tagged ``Momentum4D`` and can be read
+with scikit-hep ``vector`` directly. Numba kernels that need FastJet's exact conventions
+keep their own twin next to the kernel (:func:`jetevo.trees.kernel._rap_phi`).
+
+Conventions: rapidity ``y`` (not pseudorapidity) is the angle variable of every distance;
+azimuth in (-pi, pi]; masses of spacelike vectors are 0 (use :func:`signed_mass` to see
+them); ``eta`` is the pseudorapidity and is only used for the stored jet columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pt(p: np.ndarray) -> np.ndarray:
+    """Transverse momentum of (n, 4) rows."""
+    return np.hypot(p[:, 0], p[:, 1])
+
+
+def pt_y_phi_m(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pT, rapidity, azimuth, mass) of (n, 4) px, py, pz, E rows.
+
+    A massless vector along the beam would have infinite rapidity: E is raised to just
+    above |pz| so that it stays finite."""
+    p = np.asarray(p, np.float64)
+    pt = np.hypot(p[:, 0], p[:, 1])
+    e = np.maximum(p[:, 3], np.abs(p[:, 2]) + 1e-12)
+    y = 0.5 * np.log((e + p[:, 2]) / (e - p[:, 2]))
+    phi = np.arctan2(p[:, 1], p[:, 0])
+    m = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1), 0.0))
+    return pt, y, phi, m
+
+
+def mass(p: np.ndarray) -> np.ndarray:
+    """Invariant mass of (n, 4) rows; 0 for spacelike rows."""
+    return pt_y_phi_m(p)[3]
+
+
+def signed_mass(p: np.ndarray) -> np.ndarray:
+    """sign(m^2) sqrt(|m^2|): spacelike rows come out negative instead of 0."""
+    m2 = p[:, 3] ** 2 - (p[:, :3] ** 2).sum(axis=1)
+    return np.sign(m2) * np.sqrt(np.abs(m2))
+
+
+def four_momentum(pt, y, phi, m) -> np.ndarray:
+    """(n, 4) px, py, pz, E from pT, rapidity, azimuth and mass."""
+    mt = np.sqrt(pt**2 + m**2)
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)], axis=1)
+
+
+def wrap_phi(dphi: np.ndarray) -> np.ndarray:
+    """Azimuth (differences) wrapped into [-pi, pi)."""
+    return (dphi + np.pi) % (2 * np.pi) - np.pi
+
+
+def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
+    """The stored jet columns ``jet_pt, jet_eta, jet_phi, jet_mass`` of (n, 4) root rows
+    (``jet_eta`` is the pseudorapidity, 0 for a jet along the beam)."""
+    pt = np.hypot(root[:, 0], root[:, 1])
+    eta = np.arcsinh(np.divide(root[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
+    mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pt**2 - root[:, 2] ** 2, 0.0))
+    phi = np.arctan2(root[:, 1], root[:, 0])
+    return {"jet_pt": pt, "jet_eta": eta, "jet_phi": phi, "jet_mass": mass}
+
+
+def with_mass(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Four-vectors with the same three-momentum and mass ``m``."""
+    out = p.copy()
+    out[:, 3] = np.sqrt((p[:, :3] ** 2).sum(axis=1) + m**2)
+    return out
+
+
+def velocity(p: np.ndarray) -> np.ndarray:
+    """Velocity (n, 3) = p / E of (n, 4) rows."""
+    return p[:, :3] / np.maximum(p[:, 3:4], 1e-300)
+
+
+def boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Lorentz boost of four-vectors ``p`` (n, 4) by velocities ``beta`` (n, 3)."""
+    b2 = np.clip((beta**2).sum(axis=1), 0.0, 1.0 - 1e-15)
+    gamma = 1.0 / np.sqrt(1.0 - b2)
+    bp = (beta * p[:, :3]).sum(axis=1)
+    coef = np.where(b2 > 0, (gamma - 1.0) / np.where(b2 > 0, b2, 1.0), 0.0)
+    out = np.empty_like(p)
+    out[:, :3] = p[:, :3] + (coef * bp + gamma * p[:, 3])[:, None] * beta
+    out[:, 3] = gamma * (p[:, 3] + bp)
+    return out
+
+
+def boost_rapidity(p: np.ndarray, dy: float) -> np.ndarray:
+    """Longitudinal boost of four-momenta (n, 4) by a rapidity shift ``dy``."""
+    if dy == 0.0:
+        return p
+    ch, sh = np.cosh(dy), np.sinh(dy)
+    out = p.copy()
+    out[:, 2] = p[:, 2] * ch + p[:, 3] * sh
+    out[:, 3] = p[:, 3] * ch + p[:, 2] * sh
+    return out
