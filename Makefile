@@ -26,6 +26,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check jetevo tests scripts cluster
 	$(BIN)/ruff format --check jetevo tests scripts cluster
+	$(BIN)/python -m mypy
 
 # Main job end to end on the embedded default (small Pythia samples, CPU).
 demo: $(STAMP)

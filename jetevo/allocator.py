@@ -2,9 +2,8 @@
 
 Torch commands (tokenizer, training, generation) make tensors of tens of MB per step. glibc serves
 allocations above its mmap threshold with fresh ``mmap`` calls, so every step page-faults
-them in again: on 2 CPU cores that doubled a training step (measured 0.8 s -> 0.33 s for
-the demo model at batch 16, system time 4.5 s -> 0.7 s; the tokenizer's encoder MLP on
-65k nodes: 44 ms -> 20 ms). ``mallopt`` raises the threshold
+them in again, which on a few CPU cores doubled a training step (docs/benchmarks.md,
+"Measured design choices"). ``mallopt`` raises the threshold
 and the trim limit at run time. A no-op where the C library is not glibc.
 """
 

@@ -42,11 +42,12 @@ def _simulate(args: argparse.Namespace) -> None:
 def add_recluster_options(p: argparse.ArgumentParser) -> None:
     """The options that make a :class:`~jetevo.trees.recluster.ReclusterConfig` and shard the
     output: ``jetevo recluster`` and ``cluster/recluster_dask.py`` share them."""
+    from jetevo.kinematics import JET_R
     from jetevo.trees.recluster import ON_SPLIT, PRECISIONS, SCHEMES
 
     p.add_argument("inputs", nargs="+", help="JetClass .root / AOJ .h5 files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--R", type=float, default=0.8, help="analysis radius (default 0.8)")
+    p.add_argument("--R", type=float, default=JET_R, help=f"analysis radius (default {JET_R})")
     p.add_argument("--scheme", choices=tuple(SCHEMES), default="E")
     p.add_argument("--on-split", choices=ON_SPLIT, default="merge")
     p.add_argument("--max-constituents", type=int, default=128)

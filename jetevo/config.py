@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -50,7 +50,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     cfg = dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise SettingError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw else None
         node = cfg

@@ -14,6 +14,24 @@ from __future__ import annotations
 
 import numpy as np
 
+# Jet definitions every stage shares: both datasets' anti-kt radius, which is also the R0 of
+# soft drop and N-subjettiness; soft drop's zcut and beta; and a radius that no pair of a
+# jet's particles reaches (clustering at it makes the whole jet one tree / one jet).
+JET_R = 0.8
+SOFT_DROP_ZCUT = 0.1
+SOFT_DROP_BETA = 0.0
+ALL_IN_ONE_R = 100.0
+
+
+def eta_of(px, py, pz):
+    """Pseudorapidity of particles (pT > 0) from components: numpy or awkward arrays."""
+    return np.arcsinh(pz / np.hypot(px, py))
+
+
+def phi_of(px, py):
+    """Azimuth in (-pi, pi] from components: numpy or awkward arrays."""
+    return np.arctan2(py, px)
+
 
 def pt(p: np.ndarray) -> np.ndarray:
     """Transverse momentum of (n, 4) rows."""
@@ -56,14 +74,20 @@ def wrap_phi(dphi: np.ndarray) -> np.ndarray:
     return (dphi + np.pi) % (2 * np.pi) - np.pi
 
 
+def eta(p: np.ndarray) -> np.ndarray:
+    """Pseudorapidity of (n, 4) rows; 0 for a row along the beam (pT = 0)."""
+    pt = np.hypot(p[:, 0], p[:, 1])
+    return np.arcsinh(np.divide(p[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
+
+
 def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
     """The stored jet columns ``jet_pt, jet_eta, jet_phi, jet_mass`` of (n, 4) root rows
     (``jet_eta`` is the pseudorapidity, 0 for a jet along the beam)."""
     pt = np.hypot(root[:, 0], root[:, 1])
-    eta = np.arcsinh(np.divide(root[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
+    eta_ = eta(root)
     mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pt**2 - root[:, 2] ** 2, 0.0))
     phi = np.arctan2(root[:, 1], root[:, 0])
-    return {"jet_pt": pt, "jet_eta": eta, "jet_phi": phi, "jet_mass": mass}
+    return {"jet_pt": pt, "jet_eta": eta_, "jet_phi": phi, "jet_mass": mass}
 
 
 def with_mass(p: np.ndarray, m: np.ndarray) -> np.ndarray:

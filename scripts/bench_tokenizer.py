@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    keep_freed_memory()  # as train_tokenizer does
+    keep_freed_memory()  # as the jetevo command does (jetevo.runtime.configure_process)
     torch.manual_seed(0)
 
     p, ctx = sample_nodes(args.work, args.n_jets)

@@ -12,7 +12,7 @@ JSON object (and keeps the runs in --work).
     python scripts/study_finetune_data.py --pretrained demo_out/model/pretrain/model.ckpt \\
         --train demo_out/tokens/TTBar_000.0000.trees.parquet \\
         --heldout demo_out/tokens/TTBar_000.0001.trees.parquet --sizes 50,150,500 \\
-        train.max_steps=100 train.split_weights=null   # the README's table
+        train.max_steps=100 train.split_weights=null   # docs/results/earlier_evaluation.md
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ def test_sequences_follow_preorder_expansion(token_dir):
     internal_left = ~leaf & ~last & (seqs.right != IGNORE)
     assert np.array_equal(seqs.tokens[nxt[internal_left]], seqs.left[internal_left])
     assert np.all(seqs.right[seqs.offsets[:-1]] == IGNORE)
+    # the depth convention the split weighting relies on: START 0, the root's split 1
+    assert np.all(seqs.depth[seqs.offsets[:-1]] == 0)
+    assert np.all(seqs.depth[seqs.offsets[:-1] + 1] == 1)
 
 
 def per_position(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -144,34 +147,64 @@ def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_d
         assert torch.allclose(pm[has_r][~worse], sw[~worse], atol=1e-5)
 
 
-@pytest.mark.parametrize("right_head", RIGHT_HEADS)
-def test_split_weights_weigh_the_first_splittings(tiny_tokenizer, token_dir, right_head):
-    """Unit weights give the plain mean NLL per child; a weight on the root split (level 1)
-    counts each root split (two children) that many times, independently recomputed."""
-    from jetevo.model.train import weighted_split_loss
+def test_split_weights_weigh_the_first_splittings():
+    """``weighted_split_loss`` on a batch built by hand, against values worked out from its
+    definition (docs/model.md, ``TrainConfig.split_weights``): the mean NLL per child, each
+    prediction of generation level k (level 0: the root token at START, 1: the root split,
+    2: the splits of its children, ...) counted ``weights[k]`` times, later levels once."""
+    from fractions import Fraction
 
-    seqs = sequences(token_dir)
-    model = tiny_model(tiny_tokenizer, right_head=right_head).eval()
-    batch = batch_of(seqs, range(6))
-    with torch.no_grad():
-        out = split_nll(model, batch, True)
-        plain = out["nll_sum"] / out["n_children"]
-        assert torch.allclose(weighted_split_loss(out["per_split"], batch, [1.0, 1.0, 1.0]), plain)
-        valid = batch["left"] != IGNORE
-        depth = batch["depth"][valid]
-        children = 1 + (batch["right"][valid] != IGNORE).float()
-        root_split = depth == 1  # input depth: START 0, root 1
-        assert int(root_split.sum()) == 6 and torch.all(children[root_split] == 2)
-        w = torch.where(root_split, 5.0, 1.0)
-        expected = (w * out["per_split"]).sum() / (w * children).sum()
-        got = weighted_split_loss(out["per_split"], batch, [1.0, 5.0])
-        assert torch.allclose(got, expected) and not torch.allclose(got, plain)
-        start = depth == 0  # the root-token prediction: one child, level 0
-        assert int(start.sum()) == 6 and torch.all(children[start] == 1)
-        w = torch.where(start, 3.0, 1.0)
-        expected = (w * out["per_split"]).sum() / (w * children).sum()
-        assert torch.allclose(weighted_split_loss(out["per_split"], batch, [3.0]), expected)
-    from jetevo.model.train import TrainConfig
+    from jetevo.model.train import TrainConfig, weighted_split_loss
+
+    pad = 2 * N_CODES + 2
+
+    def jet(depth, left, right):
+        n = len(depth)
+        return {
+            "tokens": np.array([2 * N_CODES] + [5] * (n - 1)),
+            "depth": np.array(depth),
+            "side": np.zeros(n, np.int64),
+            "scale": np.zeros(n, np.int64),
+            "left": np.array(left),
+            "right": np.array(right),
+        }
+
+    # jet A: START (the root token: one child), the root split, a split at level 2 and one
+    # at level 3 (two children each); jet B: START and the root split, then padding
+    # (collate pads with depth 0, the START level, and ignored targets)
+    batch = collate(
+        [
+            jet([0, 1, 2, 3], [7, 3, 4, 70], [IGNORE, 9, 66, 71]),
+            jet([0, 1], [8, 2], [IGNORE, 65]),
+        ],
+        pad,
+    )
+    assert batch["depth"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 0]]
+    assert batch["left"][1, 2:].tolist() == [IGNORE, IGNORE]
+    # NLL of each split (summed over its children), valid positions in row-major order:
+    #           A:START  A:root  A:lvl2  A:lvl3  B:START  B:root
+    nll = [1.0, 2.0, 4.0, 8.0, 0.5, 3.0]
+    # children:    1       2       2       2       1       2   (10 in all)
+    per_split = torch.tensor(nll, dtype=torch.float64, requires_grad=True)
+
+    def loss(weights) -> float:
+        return weighted_split_loss(per_split, batch, weights).item()
+
+    # unit weights: plain NLL per child, 18.5 / 10
+    assert loss([1.0, 1.0, 1.0]) == pytest.approx(1.85, rel=1e-12)
+    # [2, 3]: START predictions twice, root splits three times, deeper splits once:
+    # (2 (1 + 0.5) + 3 (2 + 3) + (4 + 8)) / (2 (1 + 1) + 3 (2 + 2) + (2 + 2)) = 30 / 20
+    assert loss([2.0, 3.0]) == pytest.approx(1.5, rel=1e-12)
+    # [1, 5]: (1.5 + 25 + 12) / (2 + 20 + 4) = 77 / 52
+    assert loss([1.0, 5.0]) == pytest.approx(float(Fraction(77, 52)), rel=1e-12)
+    # weight 0 drops a level: only the level-3 split is left, 8 nats over its 2 children
+    assert loss([0.0, 0.0, 0.0]) == pytest.approx(4.0, rel=1e-12)
+    # only the root splits: (2 + 3) / 4; padding (depth 0) never counts as a START position
+    assert loss([0.0, 1.0, 0.0, 0.0]) == pytest.approx(1.25, rel=1e-12)
+    # the gradient: each split's NLL enters with its weight over the weighted child count
+    weighted_split_loss(per_split, batch, [2.0, 3.0]).backward()
+    expected = torch.tensor([2, 3, 1, 1, 2, 3], dtype=torch.float64) / 20
+    assert torch.allclose(per_split.grad, expected, rtol=0, atol=1e-15)
 
     assert TrainConfig(split_weights=[8, 8, 4]).split_weights == [8.0, 8.0, 4.0]
     for bad in (5, [1, -1], [2, "a"], [float("inf")], [True]):

@@ -43,14 +43,7 @@ def rebuilt_trees(
     counts = np.diff(topology.offsets)
     q = p[order].astype(np.float32)
     nodes = {k: q[:, i] for i, k in enumerate(NODE_FLOAT_FIELDS)}
-    ints = {
-        "left": topology.left,
-        "right": topology.right,
-        "parent": topology.parent,
-        "depth": topology.depth,
-        "leaf_index": leaf_index,
-    }
-    nodes.update({k: v.astype(np.int32) for k, v in ints.items()})
+    nodes.update(topology.int_columns(leaf_index))
     return ak.Array(
         {
             **{k: ak.unflatten(v, counts) for k, v in nodes.items()},

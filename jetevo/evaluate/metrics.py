@@ -55,7 +55,7 @@ def compare(
     rng = rng or np.random.default_rng(0)
     g_all, r_all = np.asarray(generated, np.float64), np.asarray(reference, np.float64)
     g, r = g_all[np.isfinite(g_all)], r_all[np.isfinite(r_all)]
-    out = {
+    out: dict[str, float] = {
         "n_nonfinite_generated": int(len(g_all) - len(g)),
         "n_nonfinite_reference": int(len(r_all) - len(r)),
     }

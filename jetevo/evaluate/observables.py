@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from jetevo.errors import InputError
+from jetevo.kinematics import ALL_IN_ONE_R, JET_R, SOFT_DROP_BETA, SOFT_DROP_ZCUT
 
 JET_OBSERVABLES = (
     "pt",
@@ -51,10 +52,9 @@ JET_OBSERVABLES = (
 TREE_DIAGNOSTICS = ("tree_depth", "tree_n_primary")
 PARTICLE_OBSERVABLES = ("particle_pt", "particle_mass")
 OBSERVABLES = JET_OBSERVABLES + TREE_DIAGNOSTICS
-R0 = 0.8
-ZCUT = 0.1
-SOFTDROP_BETA = 0.0
-ALL_IN_ONE_R = 100.0  # no pair of particles of a jet is this far apart: one jet per event
+R0 = JET_R
+ZCUT = SOFT_DROP_ZCUT
+SOFTDROP_BETA = SOFT_DROP_BETA
 SPACELIKE_TOL = 1e-6  # m² < -tol E²: beyond float32 rounding of a massless four-vector
 CHUNK = 20_000
 
@@ -220,7 +220,7 @@ def kt_self_consistent(trees: ak.Array, parts: ak.Array) -> np.ndarray:
     p_off = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=p_off[1:])
     try:
-        rc = cluster_flat(*flat, p_off, "E", ALL_IN_ONE_R)
+        rc = cluster_flat(flat[0], flat[1], flat[2], flat[3], p_off, "E", ALL_IN_ONE_R)
     except RuntimeError:  # FastJet could not make one binary tree (e.g. zero-pT particles)
         return np.full(len(counts), np.nan)
     again, _ = _internal_hashes(

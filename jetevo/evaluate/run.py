@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
 from jetevo.evaluate.metrics import binned_kl_2d, compare
 from jetevo.evaluate.observables import (
     OBSERVABLES,
@@ -53,7 +54,7 @@ def generation_summary(files: list[Path]) -> dict | None:
             raise InputError(path, f"not a jetevo generate summary ({err})") from None
     if not runs:
         return None
-    total = {k: sum(r[k] for r in runs) for k in runs[0]}
+    total: dict[str, float] = {k: sum(r[k] for r in runs) for k in runs[0]}
     total["runaway_fraction"] = total["runaway"] / max(total["attempted"], 1)
     return total
 
@@ -84,7 +85,7 @@ def evaluate(
     ``massless``: every particle's energy is taken as |p| in both samples.
     """
     if n_resamples < 1:
-        raise ValueError("--resamples must be at least 1")
+        raise SettingError("--resamples must be at least 1")
     gen_trees, gen_files = _load(generated, "generated")
     ref_trees, ref_files = _load(reference, "reference")
     if len(ref_trees) < 4:
@@ -99,7 +100,7 @@ def evaluate(
     names = OBSERVABLES + PARTICLE_OBSERVABLES
     both = {**gen, **gen_parts}, {**ref, **ref_parts}
     soft_pt = float(np.quantile(ref_parts["particle_pt"], SOFT_QUANTILE))
-    result = {
+    result: dict[str, Any] = {
         "massless": massless,
         "observables": {
             name: compare(both[0][name], both[1][name], n_resamples, rng) for name in names
@@ -135,9 +136,8 @@ def evaluate(
     if plots:
         from jetevo.evaluate.plots import histograms, lund_planes
 
-        result["plots"] = [
-            p.name for p in histograms(*({k: s[k] for k in names} for s in both), out)
-        ]
+        gen_obs, ref_obs = ({k: s[k] for k in names} for s in both)
+        result["plots"] = [p.name for p in histograms(gen_obs, ref_obs, out)]
         result["plots"].append(
             lund_planes(gen_lund[:, 1:], len(gen_trees), ref_lund[:, 1:], len(ref_trees), out).name
         )

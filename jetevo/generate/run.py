@@ -21,7 +21,7 @@ from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
 from jetevo.generate.sampler import SampledTrees, node_limit, sample_trees
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
-from jetevo.kinematics import boost_rapidity, pt
+from jetevo.kinematics import boost_rapidity, pt, pt_y_phi_m
 from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS, decode_free, decode_physical
 from jetevo.tokenize.resolution import Resolution, code_log_z
 from jetevo.trees.format import JetColumns
@@ -65,7 +65,7 @@ def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tupl
     e = np.sqrt(pt**2 + pz**2 + mass**2)
     p = np.array([[pt, 0.0, pz, e]])
     token = int(tokenizer.encode(p, None, np.array([False]))[0])
-    return token, float(0.5 * np.log((e + pz) / (e - pz)))
+    return token, float(pt_y_phi_m(p)[1][0])
 
 
 def generated_table(
@@ -80,6 +80,43 @@ def generated_table(
     )
 
 
+def _check_settings(n_jets, batch_size, temperature, split_kinematics, particle_mass, device):
+    if n_jets < 1 or batch_size < 1:
+        raise SettingError("--n-jets and --batch-size must be positive")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise SettingError(f"--temperature must be a finite number > 0, got {temperature}")
+    if split_kinematics not in SPLIT_KINEMATICS:
+        raise SettingError(f"--split-kinematics must be one of {SPLIT_KINEMATICS}")
+    if particle_mass not in PARTICLE_MASSES:
+        raise SettingError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingError("--device cuda requested but no CUDA device is available")
+
+
+def _root_tokens(
+    tokenizer, n_node_tokens: int, tokens: list[int] | None, root: tuple[float, ...] | None
+) -> tuple[np.ndarray | None, float]:
+    """The root tokens every jet starts from (None: sampled) and the root rapidity: from
+    ``root`` = (pT, eta, mass) when given, else the given ``tokens``."""
+    if root is not None:
+        token, root_y = root_condition_tokens(tokenizer, *root)
+        return np.array([token], np.int64), root_y
+    if tokens is None:
+        return None, 0.0
+    out = np.asarray(tokens, np.int64).reshape(-1)
+    if len(out) == 0 or np.any((out < 0) | (out >= n_node_tokens)):
+        raise SettingError(f"root tokens must be node tokens in [0, {n_node_tokens})")
+    return out, 0.0
+
+
+def _count_baselines(model, ckpt: Path):
+    from jetevo.model.baselines import CountBaselines
+
+    if "baselines" not in model.extra:
+        raise InputError(ckpt, "the checkpoint holds no count baselines")
+    return CountBaselines.from_state(model.extra["baselines"])
+
+
 def generate(
     ckpt: str | Path,
     n_jets: int,
@@ -92,7 +129,7 @@ def generate(
     device: str = "cpu",
     max_nodes: int | None = None,
     root_tokens: list[int] | None = None,
-    root: tuple[float, float, float] | None = None,
+    root: tuple[float, ...] | None = None,
     tokenizer: str | Path | None = None,
     shard_size: int = 100_000,
     max_attempts: float = 2.0,
@@ -124,45 +161,24 @@ def generate(
     """
     from jetevo.model.checkpoint import load_model
 
-    if n_jets < 1 or batch_size < 1:
-        raise SettingError("--n-jets and --batch-size must be positive")
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise SettingError(f"--temperature must be a finite number > 0, got {temperature}")
-    if split_kinematics not in SPLIT_KINEMATICS:
-        raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
-    if particle_mass not in PARTICLE_MASSES:
-        raise SettingError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
+    _check_settings(n_jets, batch_size, temperature, split_kinematics, particle_mass, device)
     if baseline not in (None, "bigram"):
         raise SettingError(f"--baseline must be 'bigram', got {baseline!r}")
     if baseline is not None and (root_tokens is not None or root is not None):
         raise SettingError("--baseline samples its own roots; it takes no --root or --root-tokens")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingError("--device cuda requested but no CUDA device is available")
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
     tok = load_tokenizer_for(model, ckpt, tokenizer)
     out = ensure_writable_dir(out_dir)
     cfg = model.cfg
-    root_y = 0.0
-    if root is not None:
-        token, root_y = root_condition_tokens(tok, *root)
-        root_tokens = [token]
-    if root_tokens is not None:
-        root_tokens = np.asarray(root_tokens, np.int64).reshape(-1)
-        if len(root_tokens) == 0 or np.any((root_tokens < 0) | (root_tokens >= cfg.n_node_tokens)):
-            raise SettingError(f"root tokens must be node tokens in [0, {cfg.n_node_tokens})")
+    roots_given, root_y = _root_tokens(tok, cfg.n_node_tokens, root_tokens, root)
 
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     res = resolution_for(model, tok, resolution)
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
-    bigram = None
-    if baseline == "bigram":
-        from jetevo.model.baselines import CountBaselines
-
-        if "baselines" not in model.extra:
-            raise InputError(ckpt, "the checkpoint holds no count baselines")
-        bigram = CountBaselines.from_state(model.extra["baselines"])
+    bigram = _count_baselines(model, ckpt) if baseline == "bigram" else None
+    limit_nodes = node_limit(cfg.max_len, max_nodes)
     settings = {
         "generator": baseline or "transformer",
         "resolution_pt": None if scale is None else float(np.exp(scale)),
@@ -173,8 +189,8 @@ def generate(
         "top_k": top_k,
         "seed": seed,
         "batch_size": batch_size,
-        "max_nodes": node_limit(cfg.max_len, max_nodes),
-        "root_tokens": None if root_tokens is None else root_tokens.tolist(),
+        "max_nodes": limit_nodes,
+        "root_tokens": None if roots_given is None else roots_given.tolist(),
         "root_rapidity": root_y,
     }
     meta = {
@@ -198,11 +214,9 @@ def generate(
             # headroom for runaway trees, so that a small refill batch (with its own long
             # tail of steps) is rarely needed; complete trees beyond the request are counted
             b = min(batch_size, limit - attempted, need + need // 8 + 4)
-            roots = None if root_tokens is None else np.resize(root_tokens, b)
+            roots = None if roots_given is None else np.resize(roots_given, b)
             if bigram is not None:
-                trees = sample_bigram_trees(
-                    bigram, tok.vocab, b, rng, settings["max_nodes"], resolution=res
-                )
+                trees = sample_bigram_trees(bigram, tok.vocab, b, rng, limit_nodes, resolution=res)
             else:
                 trees = sample_trees(
                     model, b, root_tokens=roots, temperature=temperature, top_k=top_k,

@@ -137,8 +137,8 @@ def sample_trees(
         :, -1
     ]
     if root_tokens is None:
-        roots = model.sample_root(h, table, temperature, top_k, generator, output_cache)
-        roots = roots.cpu().numpy()
+        sampled = model.sample_root(h, table, temperature, top_k, generator, output_cache)
+        roots = sampled.cpu().numpy()
     else:
         roots = np.asarray(root_tokens, np.int64).reshape(b)
     if chain is not None:
@@ -187,10 +187,10 @@ def sample_trees(
         parent_log_pt = log_pt[rows, node]
         if resolution is not None:
             resolve = _left_resolver(resolution, parent_log_pt, resolved_left)
-        left, right = model.sample_children(
+        left_t, right_t = model.sample_children(
             h[:, -1], table, temperature, top_k, generator, output_cache, context, resolve
         )
-        left, right = left.cpu().numpy(), right.cpu().numpy()
+        left, right = left_t.cpu().numpy(), right_t.cpu().numpy()
         if chain is not None:
             lpt_l = chain.child_log_pt(parent_log_pt, left)
             lpt_r = chain.child_log_pt(parent_log_pt, right)

@@ -24,6 +24,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from jetevo import kinematics
 from jetevo.errors import InputError
 
 ROOT_MAGIC = b"root"
@@ -306,7 +307,7 @@ def _aoj_common(
         else np.zeros((len(counts), 4))
     )
     sums[counts == 0] = 0.0
-    mass = np.sqrt(np.maximum(sums[:, 3] ** 2 - (sums[:, :3] ** 2).sum(axis=1), 0.0))
+    mass = kinematics.mass(sums)
 
     def jag(col: int, dtype) -> ak.Array:
         return ak.unflatten(flat[:, col].astype(dtype), counts)

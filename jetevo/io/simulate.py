@@ -30,14 +30,15 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from jetevo.errors import SettingError
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.io.writers import write_aoj, write_jetclass
+from jetevo.kinematics import JET_R, eta_of, phi_of, wrap_phi
 
 BLOCK_JETS = 250
 NEUTRINOS = (12, 14, 16)
 MIN_CHARGED_PT = 0.3
 MIN_NEUTRAL_PT = 0.5
-JET_R = 0.8
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,9 @@ def simulate(
     from tqdm import tqdm
 
     if process not in PROCESSES:
-        raise ValueError(f"process must be one of {sorted(PROCESSES)}, got {process!r}")
+        raise SettingError(f"process must be one of {sorted(PROCESSES)}, got {process!r}")
     if n_jets < 1:
-        raise ValueError("n_jets must be >= 1")
+        raise SettingError("n_jets must be >= 1")
     proc = PROCESSES[process]
     out = ensure_writable_dir(out_dir) / output_name(process, index)
     blocks = [
@@ -213,11 +214,10 @@ def _select_jets(
     cs = fastjet.ClusterSequence(events, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
     jets = cs.inclusive_jets(min_pt=proc.pt_min)
     index = cs.constituent_index(min_pt=proc.pt_min)
-    pt = np.hypot(ak.flatten(jets.px), ak.flatten(jets.py))
-    pz = ak.to_numpy(ak.flatten(jets.pz))
-    pt = ak.to_numpy(pt)
-    eta = np.arcsinh(pz / pt)
-    phi = np.arctan2(ak.to_numpy(ak.flatten(jets.py)), ak.to_numpy(ak.flatten(jets.px)))
+    px, py, pz = (ak.to_numpy(ak.flatten(c)) for c in (jets.px, jets.py, jets.pz))
+    pt = np.hypot(px, py)
+    eta = eta_of(px, py, pz)
+    phi = phi_of(px, py)
     event_of_jet = np.repeat(np.arange(len(batch)), ak.to_numpy(ak.num(jets)))
     ok = (pt < proc.pt_max) & (np.abs(eta) < proc.abs_eta_max)
     if proc.name == "top":
@@ -242,5 +242,5 @@ def _select_jets(
 
 
 def _all_within(partons: np.ndarray, eta: float, phi: float) -> bool:
-    dphi = np.angle(np.exp(1j * (partons[:, 1] - phi)))
+    dphi = wrap_phi(partons[:, 1] - phi)
     return bool(np.all((partons[:, 0] - eta) ** 2 + dphi**2 < JET_R**2))

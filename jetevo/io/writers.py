@@ -18,7 +18,17 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from jetevo.errors import SettingError
 from jetevo.io.readers import JETCLASS_LABELS
+from jetevo.kinematics import (
+    ALL_IN_ONE_R,
+    JET_R,
+    SOFT_DROP_BETA,
+    SOFT_DROP_ZCUT,
+    eta_of,
+    phi_of,
+    wrap_phi,
+)
 
 AOJ_MAX_CANDIDATES = 150
 AOJ_TAGGING = (
@@ -44,11 +54,14 @@ def substructure(jets: ak.Array) -> dict[str, np.ndarray]:
         with_name="Momentum4D",
     )
     cs = fastjet.ClusterSequence(
-        constituents, fastjet.JetDefinition(fastjet.cambridge_algorithm, 10.0)
+        constituents, fastjet.JetDefinition(fastjet.cambridge_algorithm, ALL_IN_ONE_R)
     )
-    sd = cs.exclusive_jets_softdrop_grooming(1, beta=0.0, symmetry_cut=0.1, R0=0.8)
+    sd = cs.exclusive_jets_softdrop_grooming(
+        1, beta=SOFT_DROP_BETA, symmetry_cut=SOFT_DROP_ZCUT, R0=JET_R
+    )
     taus = ak.fill_none(
-        ak.pad_none(cs.njettiness(njets=[1, 2, 3, 4], R0=0.8, beta=1.0), 4, axis=1, clip=True), 0.0
+        ak.pad_none(cs.njettiness(njets=[1, 2, 3, 4], R0=JET_R, beta=1.0), 4, axis=1, clip=True),
+        0.0,
     )
     out = {"sdmass": ak.to_numpy(sd.msoftdrop).astype(np.float32)}
     for k in range(4):
@@ -66,16 +79,15 @@ def write_jetclass(path: str | Path, jets: ak.Array, label: str) -> None:
 
     branch = f"label_{label}"
     if branch not in JETCLASS_LABEL_DTYPES:
-        raise ValueError(f"unknown JetClass label {label!r}; expected one of {JETCLASS_LABELS}")
+        raise SettingError(f"unknown JetClass label {label!r}; expected one of {JETCLASS_LABELS}")
     n = len(jets)
     f32 = {k: ak.values_astype(jets[k], np.float32) for k in ("px", "py", "pz", "E", "charge")}
-    pt = np.hypot(f32["px"], f32["py"])
-    eta = np.arcsinh(f32["pz"] / pt)
-    phi = np.arctan2(f32["py"], f32["px"])
+    eta = eta_of(f32["px"], f32["py"], f32["pz"])
+    phi = phi_of(f32["px"], f32["py"])
     jet_eta = np.asarray(jets["jet_eta"], np.float32)
     sign = np.where(jet_eta > 0, 1.0, -1.0).astype(np.float32)
     deta = (eta - jet_eta) * sign
-    dphi = np.angle(np.exp(1j * (phi - np.asarray(jets["jet_phi"]))))
+    dphi = wrap_phi(phi - np.asarray(jets["jet_phi"]))
     pid = np.abs(jets["pid"])
     charge = f32["charge"]
     part = {
@@ -125,8 +137,8 @@ def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:
         ).astype(np.float32)
         for k in ("px", "py", "pz", "E", "charge", "pid")
     }
-    for col, k in enumerate(("px", "py", "pz", "E")):
-        cands[:, :, col] = padded[k]
+    for col, name in enumerate(("px", "py", "pz", "E")):
+        cands[:, :, col] = padded[name]
     cands[:, :, 8] = padded["charge"]
     cands[:, :, 9] = padded["pid"]
     real = np.arange(AOJ_MAX_CANDIDATES)[None, :] < n_const[:, None]

@@ -109,6 +109,8 @@ class Sequences:
         self.right[rest] = tok[first[g] + right[g]]
         self.scale = np.zeros(n, np.int64)
         if scale_bins:
+            if code_log_z is None:
+                raise ValueError("scale_bins needs the codes' log z (code_log_z)")
             global_parent = np.where(parent >= 0, first + parent, -1)
             log_pt = chain_log_pt(code_log_z[tok % n_codes], global_parent, depth)
             self.scale[rest] = scale_bin(log_pt[g], scale_bins)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,9 +138,10 @@ class KVCache:
     def extend(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
+        prev_k, prev_v = self.k[layer], self.v[layer]
+        if prev_k is not None and prev_v is not None:  # both set together, by this method
+            k = torch.cat([prev_k, k], dim=2)
+            v = torch.cat([prev_v, v], dim=2)
         self.k[layer], self.v[layer] = k, v
         return k, v
 
@@ -252,6 +254,12 @@ class ContextCrossAttention(nn.Module):
 class TokenTable(nn.Module):
     """Per-token vectors: a learned table plus a projection of the code's decoded features."""
 
+    # buffers and the optional feature net, declared for type checkers (nn.Module's
+    # __getattr__ would type them Tensor | Module)
+    code_features: torch.Tensor
+    freqs: torch.Tensor
+    feature_net: nn.Sequential
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -281,6 +289,18 @@ class TokenTable(nn.Module):
 
 
 class JetEvolutionModel(nn.Module):
+    # attributes set only for some configurations (or by load_model), and buffers, declared
+    # for type checkers (nn.Module's __getattr__ would type them Tensor | Module)
+    scale_emb: nn.Embedding
+    code_log_z: torch.Tensor
+    right_xattn: ContextCrossAttention | ChildCrossAttention
+    n_groups: int
+    group_emb: nn.Embedding
+    group_bias: nn.Parameter
+    group_members: torch.Tensor
+    token_column: torch.Tensor
+    extra: dict[str, Any]  # the checkpoint's other entries (set by load_model)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -371,7 +391,8 @@ class JetEvolutionModel(nn.Module):
         if cache is not None and self.cfg.right_head == "context":
             if len(cache.k) <= self.cfg.n_layer:
                 raise ValueError("a context right head needs the cache of model.kv_cache()")
-            cache.extend(self.cfg.n_layer, *self.right_xattn.context(x))
+            xattn = cast(ContextCrossAttention, self.right_xattn)
+            cache.extend(self.cfg.n_layer, *xattn.context(x))
         return x
 
     def kv_cache(self) -> KVCache:
@@ -387,8 +408,11 @@ class JetEvolutionModel(nn.Module):
         if self.cfg.right_head != "context":
             return None
         if cache is not None:
-            return cache.k[self.cfg.n_layer], cache.v[self.cfg.n_layer]
-        return self.right_xattn.context(h_all)
+            k, v = cache.k[self.cfg.n_layer], cache.v[self.cfg.n_layer]
+            if k is None or v is None:
+                raise ValueError("the cache holds no context yet: run backbone() with it first")
+            return k, v
+        return cast(ContextCrossAttention, self.right_xattn).context(h_all)
 
     def set_code_features(self, features: torch.Tensor, log_z: np.ndarray | None = None) -> None:
         """Store what each code decodes to (standardized features; ``log_z``, the decoded
@@ -613,8 +637,9 @@ class JetEvolutionModel(nn.Module):
         side = torch.cat([ctx_s, ps], 1)
         table = self.tokens.table()
         scale = None
-        if self.cfg.scale_bins:
-            log_pt = sequence_log_pt(tokens.cpu().numpy(), depth.cpu().numpy(), self.log_z_table())
+        log_z = self.log_z_table()  # None exactly without the scale input
+        if log_z is not None:
+            log_pt = sequence_log_pt(tokens.cpu().numpy(), depth.cpu().numpy(), log_z)
             scale = torch.as_tensor(self.scale_of(log_pt), device=device)
             scale[:, 0] = 0  # START
         h_all = self.backbone(tokens, depth, side, table, scale=scale)
@@ -658,7 +683,7 @@ def sequence_log_pt(tokens: np.ndarray, depth: np.ndarray, log_z: np.ndarray) ->
     n_codes = len(log_z)
     out = np.zeros(tokens.shape)
     for b in range(tokens.shape[0]):
-        last = {}  # depth -> log pT of the latest position at that depth
+        last: dict[int, float] = {}  # depth -> log pT of the latest position at that depth
         for t in range(1, tokens.shape[1]):
             d = int(depth[b, t])
             base = ROOT_LOG_PT if d <= 1 else last.get(d - 1, ROOT_LOG_PT)
@@ -699,8 +724,9 @@ def choose(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if sample:
-        # inverse-CDF sampling: one uniform per row (torch.multinomial took 40x longer on CPU
-        # over 16k tokens); side="right" never lands on a zero-probability token
+        # inverse-CDF sampling: one uniform per row (torch.multinomial was far slower on CPU
+        # over 16k tokens: docs/benchmarks.md); side="right" never lands on a zero-probability
+        # token
         cdf = probs.cumsum(-1)
         u = (
             torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)

@@ -25,10 +25,8 @@ from jetevo.model.gpt import IGNORE
 def evaluate_splits(
     ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None
 ) -> dict:
-    from jetevo.allocator import keep_freed_memory
     from jetevo.model.gpt import split_nll
 
-    keep_freed_memory()
     model = load_model(ckpt)
     seqs = Sequences(
         token_paths, model.cfg.n_codes, model.cfg.max_len, model.log_z_table(), model.cfg.scale_bins
@@ -76,3 +74,17 @@ def evaluate_splits(
         "n_jets": len(seqs),
         "permutation_min": permutation_min,
     }
+
+
+def format_splits(result: dict) -> str:
+    """The model-vs-baselines table that ``jetevo evaluate-splits`` prints."""
+    rows = [f"{'':<8} {'nll':>8} {'top1':>7} {'top5':>7}"]
+    for name, prefix in (("model", ""), ("bigram", "bigram_"), ("unigram", "unigram_")):
+        rows.append(
+            f"{name:<8} {result[prefix + 'nll']:>8.3f} {result[prefix + 'top1']:>7.3f}"
+            f" {result[prefix + 'top5']:>7.3f}"
+        )
+    rows.append(
+        f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets"
+    )
+    return "\n".join(rows)

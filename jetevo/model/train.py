@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, cast
 
 import awkward as ak
 import numpy as np
 import torch
 
-from jetevo.allocator import keep_freed_memory
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.model.baselines import CountBaselines
@@ -30,6 +30,8 @@ from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
 from jetevo.tokenize.resolution import code_log_z, learn_scale
 from jetevo.trees.format import load
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -166,7 +168,7 @@ def weighted_split_loss(per_split: torch.Tensor, batch: dict, weights: list[floa
     return (weight * per_split).sum() / (weight * children).sum().clamp(min=1e-12)
 
 
-def _logger(kind: str, out: Path, log):
+def _logger(kind: str, out: Path, log: Callable[[str], object]):
     from lightning.pytorch.loggers import CSVLogger
 
     if kind == "comet":
@@ -227,21 +229,18 @@ def train(
     out_dir: str | Path,
     tokenizer: str | None = None,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], object] | None = None,
 ) -> Path:
+    """Train on the token files ``train_paths``, validate on ``val_paths``; return the path of
+    ``OUT/model.ckpt``. Status messages go to ``log`` (default: this module's logger at INFO;
+    :func:`jetevo.runtime.configure_process` prints them on rank 0). Process-wide settings
+    (warning filters, Lightning's banners, the allocator) are the entry point's, see
+    :mod:`jetevo.runtime`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    # Lightning's own use of a deprecated torch pytree API; nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    if not progress:  # Lightning's start-up banners (devices, tips) only in verbose runs
-        for name in (
-            "lightning.pytorch.utilities.rank_zero",
-            "lightning.pytorch.accelerators.cuda",
-        ):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    log = logger.info if log is None else log
     model_cfg, tc = parse_config(cfg)
-    keep_freed_memory()
     out = ensure_writable_dir(out_dir)
     files, info = token_file_info(train_paths)
     tok = find_tokenizer(info, tokenizer, files[0])
@@ -296,7 +295,7 @@ def train(
         devices=devices,
         num_nodes=num_nodes,
         strategy="ddp" if world > 1 else "auto",
-        precision=precision,
+        precision=cast(Any, precision),  # a config string; Lightning validates it
         logger=_logger(tc.logger, out, log),
         callbacks=[ckpt_cb],
         val_check_interval=min(tc.val_every, batches_per_epoch),

@@ -177,9 +177,9 @@ def two_body_split(
     """Children that add up exactly to ``parent``, as close to the decoded ones as that allows.
 
     The decoded pair, seen in its own rest frame, is a decay: a direction, a momentum p*
-    and two masses. The parent's mass differs from the decoded pair's (quantization; on the
-    demo tokenizer a median 1% and a p16-p84 spread of ±25%), and in 14% of splits the
-    decoded children are even heavier than the parent. The mismatch is taken by the
+    and two masses. The parent's mass differs from the decoded pair's (quantization), and in
+    a fair share of splits the decoded children are even heavier than the parent
+    (docs/results/decoding.md). The mismatch is taken by the
     opening (p*) and the children's masses together: the pseudojet children's masses are
     scaled by r^MASS_SHARE, where r is the factor that would make the whole decoded decay
     fit the parent, never below their floors (``floor_l``, ``floor_r``: what their particles

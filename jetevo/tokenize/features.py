@@ -14,7 +14,8 @@ live in the jet frame (axis at rapidity 0, azimuth 0).
 Why relative to the parent: pseudojets near the jet axis all share nearly the same
 axis-relative position and collapsed onto a few tokens in the 2025 thesis, while their
 offset from their own parent, in log scale, is resolved at every depth. The feature set is
-recorded in the checkpoint; see the README for the alternatives that were measured.
+recorded in the checkpoint; the alternatives that were measured are in
+docs/results/readme_history.md (section "Tokenizer").
 """
 
 from __future__ import annotations

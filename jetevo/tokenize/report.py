@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jetevo.kinematics import pt_y_phi_m, wrap_phi
+from jetevo.kinematics import eta, pt_y_phi_m, wrap_phi
 from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import nearest
 from jetevo.tokenize.tokenizer import Tokenizer
@@ -23,21 +23,16 @@ from jetevo.tokenize.train import node_features
 GROUPS = ("leaves", "internal", "root")
 
 
-def _eta(p: np.ndarray) -> np.ndarray:
-    pt = np.maximum(np.hypot(p[:, 0], p[:, 1]), 1e-12)
-    return np.arcsinh(p[:, 2] / pt)
-
-
 def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
     pt_t, _, phi_t, m_t = pt_y_phi_m(true_p)
     pt_r, _, phi_r, m_r = pt_y_phi_m(reco_p)
     rel = np.abs(pt_r - pt_t) / np.maximum(pt_t, 1e-12)
-    deta = np.abs(_eta(reco_p) - _eta(true_p))
+    deta = np.abs(eta(reco_p) - eta(true_p))
     dphi = np.abs(wrap_phi(phi_r - phi_t))
     dm = np.abs(m_r - m_t)
     root = a["parent"] < 0
     masks = {"leaves": a["is_leaf"], "internal": ~a["is_leaf"] & ~root, "root": root}
-    out = {}
+    out: dict = {}
     for g, m in masks.items():
         if not m.any():
             out[g] = {

@@ -12,6 +12,7 @@ import io
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import awkward as ak
 import numpy as np
@@ -20,6 +21,9 @@ from jetevo.errors import InputError, SettingError
 from jetevo.kinematics import pt_y_phi_m
 from jetevo.tokenize import features as F
 from jetevo.tokenize.vocab import Vocab
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 CHECKPOINT_KIND = "jetevo-tokenizer"
 
@@ -80,8 +84,8 @@ class Tokenizer:
         self.model = model.eval()
         self.vocab = Vocab(cfg.n_codes)
         self.floor_centroids = floor_centroids
-        self._code_index = None
-        self._decoded_codes = None
+        self._code_index: cKDTree | None = None
+        self._decoded_codes: np.ndarray | None = None
         self.path: str | None = None
 
     # ------------------------------------------------------------- construction, I/O

@@ -7,8 +7,10 @@ optimizer state and step, and a rerun continues to ``max_steps``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig, read_checkpoin
 from jetevo.trees.format import load
 
 TREE_COLUMNS = ["px", "py", "pz", "E", "left", "parent"]
+
+logger = logging.getLogger(__name__)
 
 
 def node_features(paths) -> tuple[np.ndarray, dict]:
@@ -67,7 +71,7 @@ def _kmeans_rows(
     mass (which a generated jet inherits) came back to a median 9 GeV in the demo. The
     root's children are ~1.5%: drawn in that share, their offsets from the jet axis (the
     widest of the tree) came back 23% too small, and every jet's first splitting with them
-    (R_g, τ21, τ32; see the README).
+    (R_g, τ21, τ32; see docs/tokenizer.md).
     """
     n = min(cfg.kmeans_sample, len(is_root))
     groups = [
@@ -87,9 +91,13 @@ def train_tokenizer(
     cfg: TokenizerConfig | None = None,
     device: str | None = None,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], object] | None = None,
 ) -> Tokenizer:
+    """Train (or resume) a tokenizer on tree files; status lines go to ``log`` (default:
+    the ``jetevo.tokenize.train`` logger, which the CLI prints)."""
     import torch
+
+    log = logger.info if log is None else log
     from tqdm import tqdm
 
     cfg = cfg or TokenizerConfig()

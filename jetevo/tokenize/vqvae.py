@@ -6,9 +6,8 @@ warps the space where that helps. A node's code depends on that node's features 
 
 The quantizer is in-house (nearest code, EMA codebook updates with Laplace smoothing,
 dead-code replacement) because ``vector-quantize-pytorch`` was the bottleneck of CPU
-training: 0.78 s per step at 4096 vectors x 8192 codes on 2 cores, whatever its options,
-against 0.1 s for the distances and argmin it needs (``scripts/bench_tokenizer.py``
-measures both). Its dead-code threshold is also absolute, which with more codes than
+training, whatever its options, several times the cost of the distances and argmin it
+needs (``scripts/bench_tokenizer.py`` measures both; docs/benchmarks.md). Its dead-code threshold is also absolute, which with more codes than
 vectors per batch (mean count 0.5) declares most of a k-means codebook dead at once;
 here the threshold is a fraction of the mean count per code.
 """
@@ -50,6 +49,10 @@ class ResidualMLP(nn.Module):
 
 class EMAQuantizer(nn.Module):
     """Nearest-code quantizer with an exponential-moving-average codebook."""
+
+    embed: torch.Tensor  # buffers, declared for the type checker
+    cluster_size: torch.Tensor
+    embed_avg: torch.Tensor
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jetevo.errors import InputError
+from jetevo.kinematics import pt_y_phi_m, wrap_phi
 
 TREE_SUFFIX = ".parquet"
 REQUIRED_COLUMNS = ("px", "py", "pz", "E", "left", "right", "parent", "depth", "leaf_index")
@@ -81,6 +82,13 @@ class Topology:
         """Number of particles under every node (1 for a particle): a full binary subtree
         of n nodes has (n + 1) / 2 leaves."""
         return (_subtree_sizes(self.left, self.right, self.offsets) + 1) // 2
+
+    def int_columns(self, leaf_index: np.ndarray) -> dict[str, np.ndarray]:
+        """The tree format's integer node columns (``NODE_INT_FIELDS``), int32."""
+        values = (self.left, self.right, self.parent, self.depth, leaf_index)
+        return {
+            k: np.asarray(v).astype(np.int32) for k, v in zip(NODE_INT_FIELDS, values, strict=True)
+        }
 
     def harder_first(self, pt: np.ndarray) -> tuple[np.ndarray, Topology, np.ndarray]:
         """The trees in the tree format's order: depth-first pre-order, the child with the
@@ -320,10 +328,8 @@ def validate(
             internal & (np.abs(pt - pt[li] - pt[ri]) > rtol * np.maximum(pt, 1e-12)),
             "parent pT != sum of children pT (WTA)",
         )
-        rap = 0.5 * np.log((p[:, 3] + p[:, 2]) / np.maximum(p[:, 3] - p[:, 2], 1e-300))
-        dphi = np.angle(
-            np.exp(1j * (np.arctan2(p[:, 1], p[:, 0]) - np.arctan2(p[li, 1], p[li, 0])))
-        )
+        _, rap, phi, _ = pt_y_phi_m(p)
+        dphi = wrap_phi(phi - phi[li])
         off_axis = (np.abs(rap - rap[li]) > 1e-4) | (np.abs(dphi) > 1e-4)
         fail(internal & off_axis, "parent direction != harder child's (WTA)")
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from jetevo.errors import SettingError
+from jetevo.kinematics import ALL_IN_ONE_R, JET_R
 from jetevo.trees.format import NODE_INT_FIELDS, JetColumns, Topology
 from jetevo.trees.kernel import (
     JET_EMPTY,
@@ -39,7 +40,7 @@ from jetevo.trees.kernel import (
 )
 from jetevo.trees.writer import tree_table
 
-CLUSTER_R = 100.0
+CLUSTER_R = ALL_IN_ONE_R
 SCHEMES = {"E": SCHEME_E, "wta_pt": SCHEME_WTA_PT}
 ON_SPLIT = ("merge", "hardest", "drop")
 PRECISIONS = ("float32", "float64")
@@ -57,7 +58,7 @@ FORMAT_VERSION = 1
 class ReclusterConfig:
     """How jets become trees; stored in every output file's metadata."""
 
-    R: float = 0.8
+    R: float = JET_R
     scheme: str = "E"
     on_split: str = "merge"
     max_constituents: int = 128
@@ -137,8 +138,8 @@ def _jet_definition(R: float, scheme: str):
     """kt at radius R with FastJet's N2Plain strategy.
 
     For jets of up to a few hundred constituents, and at CLUSTER_R where one tile holds the
-    whole jet, N2Plain clustered top jets about 10% faster than the strategy "Best" picks
-    (paired CPU-time runs, 20k jets). The clustering, and so the history, is the same.
+    whole jet, N2Plain clustered top jets faster than the strategy "Best" picks
+    (docs/benchmarks.md). The clustering, and so the history, is the same.
     The Python binding takes (algorithm, R, strategy, scheme) in that order.
     """
     import fastjet
@@ -259,7 +260,8 @@ def _replace_by_hardest(trees, cols, offsets, split, cfg, counts) -> dict:
     base = np.repeat(sub_off[:-1], np.diff(keep_off))
     pick = base + keep_idx
     counts["hardest_lost_constituents"] += int((ends - starts).sum() - len(pick))
-    re = cluster_flat(*(sub[k][pick] for k in ("px", "py", "pz", "E")), keep_off, cfg.scheme, cfg.R)
+    px, py, pz, E = (sub[k][pick] for k in ("px", "py", "pz", "E"))
+    re = cluster_flat(px, py, pz, E, keep_off, cfg.scheme, cfg.R)
     # leaf_index must point into the jet's original pT-ordered constituents
     leaf = re["leaf_index"]
     is_leaf = leaf >= 0

@@ -205,7 +205,7 @@ def recluster_files(
     def pipelined(n_workers: int) -> bool:
         return pipeline_pays(n_workers) if pipeline is None else pipeline
 
-    new = Counter()
+    new: Counter = Counter()
     if workers <= 1 or len(todo) <= 1:
         for s in todo:
             new.update(process_shard(s, cfg, chunk_size, bar.update, pipelined(1)))
@@ -242,7 +242,7 @@ def write_summary(
     jet read is accounted for as a written tree, a counted skip or a counted drop; the
     function refuses to write a summary where that does not add up.
     """
-    total = Counter()
+    total: Counter = Counter()
     for s in shards:
         total.update(_shard_counts(s.output))
     skipped = {r: int(total[f"skipped_{r}"]) for r in SKIP_REASONS}

@@ -28,9 +28,9 @@ from jetevo.trees.format import (
     non_nullable_table,
 )
 
-# Measured on top-jet trees (scripts/bench_recluster.py): dictionary encoding of the float
-# columns and statistics tripled the write time for a 25% smaller file; lz4 costs 0.6x the
-# CPU of zstd level 1 for a 17% larger file.
+# Chosen by measurement on top-jet trees (scripts/bench_recluster.py; docs/benchmarks.md):
+# dictionaries and statistics on the float columns cost far more write time than the file
+# size they save, and lz4 less CPU than zstd.
 PARQUET_OPTIONS = {
     "compression": "lz4",
     "use_dictionary": ["label", "source"],
@@ -55,14 +55,7 @@ def tree_table(
     off = topology.offsets
     ftype = np.dtype(precision)
     columns = {k: list_column(p[:, i].astype(ftype), off) for i, k in enumerate(NODE_FLOAT_FIELDS)}
-    ints = {
-        "left": topology.left,
-        "right": topology.right,
-        "parent": topology.parent,
-        "depth": topology.depth,
-        "leaf_index": leaf_index,
-        **(extra_nodes or {}),
-    }
+    ints = {**topology.int_columns(leaf_index), **(extra_nodes or {})}
     for k, v in ints.items():
         columns[k] = list_column(np.asarray(v).astype(np.int32), off)
     root = p[off[:-1]] if len(off) > 1 else np.zeros((0, 4))
