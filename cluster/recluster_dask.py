@@ -14,16 +14,8 @@ import json
 import time
 
 from jetevo.cli import add_recluster_options, recluster_config
-from jetevo.io.atomic import ensure_writable_dir
 from jetevo.runtime import configure_process
-from jetevo.trees.run import (
-    DEFAULT_CHUNK_SIZE,
-    SUMMARY_KEYS,
-    input_files,
-    plan_shards,
-    process_shard,
-    write_summary,
-)
+from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, prepare_run, try_shard, write_summary
 
 
 def main() -> None:
@@ -40,10 +32,7 @@ def main() -> None:
 
     cfg = recluster_config(args)
     chunk_size = DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size
-    out = ensure_writable_dir(args.out)
-    files = input_files(args.inputs)
-    shards = plan_shards(files, out, args.shard_size)
-    todo = [s for s in shards if not s.output.exists()]
+    run = prepare_run(args.inputs, args.out, cfg, args.shard_size)  # as jetevo recluster
     client = (
         Client(args.scheduler)
         if args.scheduler
@@ -52,21 +41,17 @@ def main() -> None:
     t0 = time.perf_counter()
     # one single-threaded task per core: the threaded pipeline would only add CPU
     futures = client.map(
-        process_shard, todo, cfg=cfg, chunk_size=chunk_size, pipeline=False, pure=False
+        try_shard, run.todo, cfg=cfg, chunk_size=chunk_size, pipeline=False, pure=False
     )
-    jets = 0
+    jets, failures = 0, list(run.failures)
     for fut in as_completed(futures):
-        jets += fut.result()["jets_read"]
+        counts, failure = fut.result()
+        jets += counts["jets_read"]
+        failures += failure
     summary = write_summary(
-        out,
-        cfg,
-        files,
-        shards,
-        len(shards) - len(todo),
-        jets,
-        len(client.scheduler_info()["workers"]),
-        time.perf_counter() - t0,
-    )
+        run.out, cfg, run.files, run.shards, len(run.shards) - len(run.todo), jets,
+        len(client.scheduler_info()["workers"]), time.perf_counter() - t0, failures,
+    )  # fmt: skip
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 
 

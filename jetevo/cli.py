@@ -70,17 +70,19 @@ def recluster_config(args: argparse.Namespace):
 
 
 def _recluster(args: argparse.Namespace) -> None:
+    from jetevo.runtime import stdout_to_stderr
     from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, recluster_files
 
-    summary = recluster_files(
-        args.inputs,
-        args.out,
-        recluster_config(args),
-        workers=args.workers,
-        chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size,
-        shard_size=args.shard_size,
-        progress=not args.quiet,
-    )
+    with stdout_to_stderr():  # stdout carries the summary line only (FastJet's banner: stderr)
+        summary = recluster_files(
+            args.inputs,
+            args.out,
+            recluster_config(args),
+            workers=args.workers,
+            chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size,
+            shard_size=args.shard_size,
+            progress=not args.quiet,
+        )
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 
 

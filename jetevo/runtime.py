@@ -8,10 +8,12 @@ logging handlers; they log through ``logging.getLogger(__name__)``. An entry poi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from jetevo.allocator import keep_freed_memory
 
@@ -82,3 +84,20 @@ def configure_process(quiet: bool = False) -> None:
     logger.setLevel(logging.INFO)
     if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         logger.addHandler(_StdoutHandler())
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to the process's stdout (file descriptor 1) to stderr, C
+    libraries included, while the block runs: FastJet prints its banner on stdout at its
+    first clustering, which would break a command's machine-readable output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+

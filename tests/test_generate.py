@@ -11,7 +11,7 @@ import torch
 from test_model import N_CODES, tiny_model
 
 from jetevo.cli import main
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
 from jetevo.generate import GenerationError, generate, sample_trees
 from jetevo.model.checkpoint import save_model
 from jetevo.trees.format import load, validate
@@ -166,3 +166,50 @@ def test_resolution_scale_turns_soft_pseudojets_into_particles(tiny_tokenizer):
     tokens = np.array([3, 3 + v.n_codes, 5])
     out = res.resolve(tokens, np.log(np.array([10.0, 10.0, 100.0])))
     assert out.tolist() == [3 + v.n_codes, 3 + v.n_codes, 5]
+
+
+def test_generate_replaces_an_older_run_and_leaves_nothing_when_it_fails(
+    model_ckpt, tmp_path, monkeypatch
+):
+    import jetevo.generate.run as gen_run
+
+    out = tmp_path / "g"
+    generate(model_ckpt, 30, out, batch_size=8, shard_size=10, seed=1, progress=False)
+    assert len(list(out.glob("generated.*.parquet"))) == 3
+    # a smaller run into the same folder: the older shards go, whatever happens
+    generate(model_ckpt, 5, out, batch_size=8, shard_size=10, seed=2, progress=False)
+    assert [p.name for p in out.glob("*.parquet")] == ["generated.0000.trees.parquet"]
+    assert len(load(out)) == 5
+    # a run that fails midway leaves no shards (and no summary) to be read as a sample
+    real, calls = gen_run.decode_physical, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the first shard of 10 jets is complete
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen_run, "decode_physical", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model_ckpt, 30, out, batch_size=8, shard_size=10, seed=3, progress=False)
+    assert not list(out.iterdir())
+
+    # a batch that does not fit in memory is a setting to change, said in one line
+    def no_memory(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
+        )
+
+    monkeypatch.setattr(gen_run, "decode_physical", real)
+    monkeypatch.setattr(gen_run, "sample_trees", no_memory)
+    with pytest.raises(SettingError, match="--batch-size 8"):
+        generate(model_ckpt, 3, out, batch_size=8, progress=False)
+
+
+def test_generate_refuses_a_folder_of_other_tree_files(model_ckpt, tmp_path):
+    other = tmp_path / "trees"
+    other.mkdir()
+    (other / "TTBar_000.trees.parquet").write_bytes(b"x")
+    with pytest.raises(InputError, match="not written by jetevo generate"):
+        generate(model_ckpt, 2, other, progress=False)
+    assert (other / "TTBar_000.trees.parquet").exists()

@@ -31,7 +31,9 @@ def test_recluster_all_inputs(sim_dir, tmp_path, capsys):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["jets_read"] == 110 == summary["trees_written"]
-    assert summary["skipped"] == {"no_constituents": 0, "non_finite": 0, "negative_energy": 0}
+    assert summary["skipped"] == {
+        "no_constituents": 0, "non_finite": 0, "negative_energy": 0, "only_beam_constituents": 0,
+    }  # fmt: skip
     files = sorted(p.name for p in out.glob("*.parquet"))
     assert len(files) == len(summary["outputs"]) and files[0] == "RunG_batch0.0000.trees.parquet"
     trees = tree_format.load(out)
@@ -84,7 +86,8 @@ def test_pipelined_and_sequential_shards_are_identical(sim_dir, tmp_path):
 
 
 def test_error_in_a_worker_process_reaches_the_user_as_one_line(sim_dir, tmp_path, monkeypatch):
-    """An InputError raised inside a worker process survives the trip back to the parent."""
+    """An InputError raised inside a worker process survives the trip back to the parent:
+    every shard is reported with it in summary.json, none is written, and the run fails."""
     from jetevo.errors import InputError
 
     src = sim_dir / "jetclass" / "ZJetsToNuNu_000.root"
@@ -93,11 +96,13 @@ def test_error_in_a_worker_process_reaches_the_user_as_one_line(sim_dir, tmp_pat
         raise InputError(src, "cannot read entries from 20 on (damaged basket)")
 
     monkeypatch.setattr(tree_run, "prepare_chunk", damaged)  # inherited by forked workers
-    with pytest.raises(InputError, match="damaged basket") as err:
+    with pytest.raises(tree_run.ReclusterFailed, match="damaged basket"):
         tree_run.recluster_files(
             [src], tmp_path / "trees", workers=2, shard_size=20, progress=False
         )
-    assert err.value.path == str(src)
+    failed = json.loads((tmp_path / "trees" / "summary.json").read_text())["failed"]
+    assert [f["jets"] for f in sorted(failed, key=lambda f: f["jets"])] == [[0, 20], [20, 40]]
+    assert all(str(src) in f["reason"] for f in failed)
     assert not list((tmp_path / "trees").glob("*.parquet"))
 
 
@@ -117,7 +122,8 @@ def test_interrupted_run_leaves_no_partial_file(sim_dir, tmp_path, monkeypatch):
         tree_run.recluster_files(
             [sim_dir / "jetclass" / "ZJetsToNuNu_000.root"], out, chunk_size=10, progress=False
         )
-    assert list(out.iterdir()) == [], "no partial or temporary output may remain"
+    # no partial or temporary output; only the record of what the run was started with
+    assert [p.name for p in out.iterdir()] == [tree_run.RUN_FILE]
 
 
 def one_line_error(capsys, *args) -> str:
@@ -206,7 +212,9 @@ def test_aoj_bad_jets_counted(tmp_path):
         f["jet_kinematics"] = np.zeros((n, 4), np.float32)
     summary = tree_run.recluster_files([path], tmp_path / "o", progress=False)
     assert summary["jets_read"] == 6 and summary["trees_written"] == 3
-    assert summary["skipped"] == {"no_constituents": 1, "non_finite": 1, "negative_energy": 1}
+    assert summary["skipped"] == {
+        "no_constituents": 1, "non_finite": 1, "negative_energy": 1, "only_beam_constituents": 0,
+    }  # fmt: skip
     trees = tree_format.load(tmp_path / "o")
     assert ak.to_list(trees.entry) == [0, 3, 5] and ak.to_list(trees.n_constituents) == [20, 1, 20]
 

@@ -10,6 +10,7 @@ every runaway jet.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -20,12 +21,14 @@ import torch
 from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
 from jetevo.generate.sampler import SampledTrees, node_limit, sample_trees
-from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.io.atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries
 from jetevo.kinematics import boost_rapidity, pt, pt_y_phi_m
 from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS, decode_free, decode_physical
 from jetevo.tokenize.resolution import Resolution, code_log_z
 from jetevo.trees.format import JetColumns
 from jetevo.trees.writer import ShardedTreeWriter, tree_table
+
+GENERATED = re.compile(r"generated\.\d{4}\.trees\.parquet")
 
 
 class GenerationError(JetevoError):
@@ -80,9 +83,15 @@ def generated_table(
     )
 
 
-def _check_settings(n_jets, batch_size, temperature, split_kinematics, particle_mass, device):
+def _check_settings(
+    n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k, max_nodes,
+    shard_size,
+):  # fmt: skip
     if n_jets < 1 or batch_size < 1:
         raise SettingError("--n-jets and --batch-size must be positive")
+    for name, value in (("--top-k", top_k), ("--max-nodes", max_nodes), ("shard_size", shard_size)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise SettingError(f"{name} must be a whole number >= 1, got {value!r}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise SettingError(f"--temperature must be a finite number > 0, got {temperature}")
     if split_kinematics not in SPLIT_KINEMATICS:
@@ -91,6 +100,40 @@ def _check_settings(n_jets, batch_size, temperature, split_kinematics, particle_
         raise SettingError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SettingError("--device cuda requested but no CUDA device is available")
+
+
+def _output_folder(path) -> Path:
+    """The output folder, emptied of an earlier generate run's outputs (so that a failed run
+    never leaves older jets to be read as new); refused if it holds other tree files."""
+    out = ensure_writable_dir(path)
+    remove_stale_temporaries(out)
+    others = sorted(f.name for f in out.glob("*.parquet") if not GENERATED.fullmatch(f.name))
+    summary = out / "summary.json"
+    if others or (summary.exists() and "n_requested" not in _read_json(summary)):
+        raise InputError(
+            out,
+            f"holds files not written by jetevo generate ({', '.join(others[:3]) or 'summary.json'}"
+            "): use another --out",
+        )
+    for f in out.glob("generated.*.trees.parquet"):
+        f.unlink()
+    summary.unlink(missing_ok=True)
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, (MemoryError, oom)) or (
+        isinstance(exc, RuntimeError) and "allocate memory" in str(exc)
+    )
 
 
 def _root_tokens(
@@ -161,7 +204,10 @@ def generate(
     """
     from jetevo.model.checkpoint import load_model
 
-    _check_settings(n_jets, batch_size, temperature, split_kinematics, particle_mass, device)
+    _check_settings(
+        n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k,
+        max_nodes, shard_size,
+    )  # fmt: skip
     if baseline not in (None, "bigram"):
         raise SettingError(f"--baseline must be 'bigram', got {baseline!r}")
     if baseline is not None and (root_tokens is not None or root is not None):
@@ -169,7 +215,7 @@ def generate(
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
     tok = load_tokenizer_for(model, ckpt, tokenizer)
-    out = ensure_writable_dir(out_dir)
+    out = _output_folder(out_dir)
     cfg = model.cfg
     roots_given, root_y = _root_tokens(tok, cfg.n_node_tokens, root_tokens, root)
 
@@ -208,37 +254,50 @@ def generate(
         from tqdm import tqdm
 
         bar = tqdm(total=n_jets, unit="jet", desc="generate")
-    with ShardedTreeWriter(out, "generated", shard_size) as writer:
-        while written < n_jets and attempted < limit:
-            need = n_jets - written
-            # headroom for runaway trees, so that a small refill batch (with its own long
-            # tail of steps) is rarely needed; complete trees beyond the request are counted
-            b = min(batch_size, limit - attempted, need + need // 8 + 4)
-            roots = None if roots_given is None else np.resize(roots_given, b)
-            if bigram is not None:
-                trees = sample_bigram_trees(bigram, tok.vocab, b, rng, limit_nodes, resolution=res)
-            else:
-                trees = sample_trees(
-                    model, b, root_tokens=roots, temperature=temperature, top_k=top_k,
-                    max_nodes=max_nodes, generator=generator, use_cache=use_cache,
-                    resolution=res,
-                )  # fmt: skip
-            attempted += b
-            runaway += len(trees.runaway)
-            resolved += trees.n_resolved
-            if len(trees):
-                if conserve:
-                    p = decode_physical(tok, trees.token, trees, split_kinematics, particle_mass)
+    writer = ShardedTreeWriter(out, "generated", shard_size)
+    try:
+        with writer:
+            while written < n_jets and attempted < limit:
+                need = n_jets - written
+                # headroom for runaway trees, so that a small refill batch (with its own long
+                # tail of steps) is rarely needed; complete trees beyond the request are counted
+                b = min(batch_size, limit - attempted, need + need // 8 + 4)
+                if bigram is not None:
+                    trees = sample_bigram_trees(
+                        bigram, tok.vocab, b, rng, limit_nodes, resolution=res
+                    )
                 else:
-                    p = decode_free(tok, trees.token, trees)
-                p = boost_rapidity(p, root_y)
-                keep = min(len(trees), need)
-                surplus += len(trees) - keep
-                writer.write(generated_table(trees, p, written, ckpt.name, meta).slice(0, keep))
-                written += keep
-                nodes += int(trees.offsets[keep])
-            if bar is not None:
-                bar.update(len(trees))
+                    trees = sample_trees(
+                        model, b, temperature=temperature, top_k=top_k, max_nodes=max_nodes,
+                        generator=generator, use_cache=use_cache, resolution=res,
+                        root_tokens=None if roots_given is None else np.resize(roots_given, b),
+                    )  # fmt: skip
+                attempted += b
+                runaway += len(trees.runaway)
+                resolved += trees.n_resolved
+                if len(trees):
+                    if conserve:
+                        p = decode_physical(
+                            tok, trees.token, trees, split_kinematics, particle_mass
+                        )
+                    else:
+                        p = decode_free(tok, trees.token, trees)
+                    p = boost_rapidity(p, root_y)
+                    keep = min(len(trees), need)
+                    surplus += len(trees) - keep
+                    writer.write(generated_table(trees, p, written, ckpt.name, meta).slice(0, keep))
+                    written += keep
+                    nodes += int(trees.offsets[keep])
+                if bar is not None:
+                    bar.update(len(trees))
+    except BaseException as exc:
+        for name in writer.files:  # no partial sample under final names: this run's shards go
+            (out / name).unlink(missing_ok=True)
+        if _out_of_memory(exc):
+            raise SettingError(
+                f"--batch-size {batch_size}: a batch does not fit in memory; use a smaller one"
+            ) from None
+        raise
     files = writer.files
     if bar is not None:
         bar.close()

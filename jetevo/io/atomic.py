@@ -28,11 +28,39 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return out
 
 
+def temporary_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that a killed jetevo process (``kill -9``, a node
+    failure) left in ``folder``: those of :func:`atomic_path` whose process is gone."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it to ``final`` only on success."""
     final = Path(final)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(final)
     try:
         yield tmp
         os.replace(tmp, final)

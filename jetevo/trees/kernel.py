@@ -400,42 +400,59 @@ JET_OK = 0
 JET_EMPTY = 1
 JET_NON_FINITE = 2
 JET_NEGATIVE_ENERGY = 3
+JET_ONLY_BEAM = 4
+# a constituent with pT below this fraction of its energy (pT = 0 included) runs along the beam:
+# FastJet gives it a rapidity beyond any radius, so it goes to the beam instead of into the
+# jet's tree; it is dropped and counted (a real particle of a jet has pT/E >> 1e-20)
+BEAM_PT_OVER_E = 1e-20
+
+
+@nb.njit(cache=True, nogil=True)
+def _check_jet(px, py, pz, E, a, b, along_beam):
+    """Status (``JET_*``) of the jet of constituents a..b-1 and how many of them run along
+    the beam (flagged in ``along_beam``)."""
+    if b == a:
+        return JET_EMPTY, 0
+    for i in range(a, b):
+        if not (
+            np.isfinite(px[i]) and np.isfinite(py[i]) and np.isfinite(pz[i]) and np.isfinite(E[i])
+        ):
+            return JET_NON_FINITE, 0
+    for i in range(a, b):
+        if E[i] < 0:
+            return JET_NEGATIVE_ENERGY, 0
+    n_beam = 0
+    for i in range(a, b):
+        pt2 = np.float64(px[i]) ** 2 + np.float64(py[i]) ** 2
+        limit = BEAM_PT_OVER_E * np.float64(E[i])
+        if pt2 <= limit * limit:
+            along_beam[i] = True
+            n_beam += 1
+    return (JET_ONLY_BEAM if n_beam == b - a else JET_OK), n_beam
 
 
 @nb.njit(cache=True, nogil=True)
 def prepare_constituents(px, py, pz, E, offsets, max_constituents):
     """Check, pT-order (stable, descending) and cap every jet's constituents in one pass.
 
+    Constituents along the beam (pT below ``BEAM_PT_OVER_E`` of E) are dropped first.
     Returns float64 flat arrays of the kept constituents of the good jets, their offsets,
-    a per-jet status (``JET_*``; only ``JET_OK`` jets are kept) and the number of
-    constituents cut by the cap per jet.
+    a per-jet status (``JET_*``; only ``JET_OK`` jets are kept), the number of constituents
+    cut by the cap per jet and the number dropped along the beam per jet.
     """
     n_jets = offsets.shape[0] - 1
     status = np.zeros(n_jets, np.int8)
     n_keep = np.zeros(n_jets, np.int64)
     truncated = np.zeros(n_jets, np.int64)
+    beam = np.zeros(n_jets, np.int64)
+    along_beam = np.zeros(px.shape[0], np.bool_)
     for j in range(n_jets):
         a, b = offsets[j], offsets[j + 1]
-        if b == a:
-            status[j] = JET_EMPTY
-            continue
-        for i in range(a, b):
-            if not (
-                np.isfinite(px[i])
-                and np.isfinite(py[i])
-                and np.isfinite(pz[i])
-                and np.isfinite(E[i])
-            ):
-                status[j] = JET_NON_FINITE
-                break
+        status[j], beam[j] = _check_jet(px, py, pz, E, a, b, along_beam)
         if status[j] == JET_OK:
-            for i in range(a, b):
-                if E[i] < 0:
-                    status[j] = JET_NEGATIVE_ENERGY
-                    break
-        if status[j] == JET_OK:
-            n_keep[j] = min(b - a, max_constituents)
-            truncated[j] = (b - a) - n_keep[j]
+            n_real = (b - a) - beam[j]
+            n_keep[j] = min(n_real, max_constituents)
+            truncated[j] = n_real - n_keep[j]
     out_offsets = np.zeros(n_jets + 1, np.int64)
     for j in range(n_jets):
         out_offsets[j + 1] = out_offsets[j] + n_keep[j]
@@ -450,7 +467,8 @@ def prepare_constituents(px, py, pz, E, offsets, max_constituents):
         a, b = offsets[j], offsets[j + 1]
         pt2 = np.empty(b - a, np.float64)
         for i in range(a, b):
-            pt2[i - a] = np.float64(px[i]) ** 2 + np.float64(py[i]) ** 2
+            # along the beam: sorted last (never kept, as n_keep counts only the others)
+            pt2[i - a] = -1.0 if along_beam[i] else np.float64(px[i]) ** 2 + np.float64(py[i]) ** 2
         order = np.argsort(-pt2, kind="mergesort")
         o = out_offsets[j]
         for k in range(n_keep[j]):
@@ -459,4 +477,4 @@ def prepare_constituents(px, py, pz, E, offsets, max_constituents):
             opy[o + k] = py[i]
             opz[o + k] = pz[i]
             oE[o + k] = E[i]
-    return opx, opy, opz, oE, out_offsets, status, truncated
+    return opx, opy, opz, oE, out_offsets, status, truncated, beam

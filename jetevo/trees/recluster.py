@@ -24,7 +24,7 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-from jetevo.errors import SettingError
+from jetevo.errors import InputError, SettingError
 from jetevo.kinematics import ALL_IN_ONE_R, JET_R
 from jetevo.trees.format import NODE_INT_FIELDS, JetColumns, Topology
 from jetevo.trees.kernel import (
@@ -32,6 +32,7 @@ from jetevo.trees.kernel import (
     JET_NEGATIVE_ENERGY,
     JET_NON_FINITE,
     JET_OK,
+    JET_ONLY_BEAM,
     SCHEME_E,
     SCHEME_WTA_PT,
     STATUS_OK,
@@ -48,6 +49,7 @@ SKIP_CODES = {
     "no_constituents": JET_EMPTY,
     "non_finite": JET_NON_FINITE,
     "negative_energy": JET_NEGATIVE_ENERGY,
+    "only_beam_constituents": JET_ONLY_BEAM,
 }
 SKIP_REASONS = tuple(SKIP_CODES)
 FORMAT_NAME = "jetevo-trees"
@@ -113,15 +115,22 @@ def _history(px, py, pz, E, offsets, scheme: str) -> tuple[np.ndarray, np.ndarra
     return _flat_offsets(cs.unique_history_order())
 
 
-def _trees(px, py, pz, E, offsets, hist, hist_offsets, scheme: str, r_split: float) -> dict:
+def _trees(
+    px, py, pz, E, offsets, hist, hist_offsets, scheme: str, r_split: float, jets=None
+) -> dict:
+    """Trees of a chunk from its FastJet history. A history that is not one binary tree
+    (never seen once constituents along the beam are dropped) fails the chunk with the
+    file and entry of the jet (``jets``: the chunk's :class:`JetColumns`)."""
     p, left, right, parent, depth, leaf, node_offsets, split, status = build_trees(
         px, py, pz, E, offsets, hist, hist_offsets, SCHEMES[scheme], r_split
     )
     if np.any(status != STATUS_OK):
         bad = int(np.flatnonzero(status != STATUS_OK)[0])
-        raise RuntimeError(
-            f"FastJet history of jet {bad} in this chunk is not a single binary tree"
-        )
+        problem = "FastJet's clustering history is not a single binary tree"
+        if jets is None:
+            raise RuntimeError(f"jet {bad} of a re-clustered chunk: {problem}")
+        source = jets.source_names[int(jets.source_codes[bad])]
+        raise InputError(source, f"entry {int(jets.entry[bad])}: {problem}")
     return {
         "p": p, "left": left, "right": right, "parent": parent, "depth": depth,
         "leaf_index": leaf, "node_offsets": node_offsets, "split": split,
@@ -186,7 +195,7 @@ def prepare_chunk(jets: ak.Array, cfg: ReclusterConfig) -> ChunkInProgress:
     flat = {}
     for k in ("px", "py", "pz", "E"):
         flat[k], offsets = _flat_offsets(jets[k])
-    px, py, pz, E, offsets, status, truncated = prepare_constituents(
+    px, py, pz, E, offsets, status, truncated, beam = prepare_constituents(
         flat["px"], flat["py"], flat["pz"], flat["E"], offsets, cfg.max_constituents
     )
     for reason, code in SKIP_CODES.items():
@@ -195,6 +204,7 @@ def prepare_chunk(jets: ak.Array, cfg: ReclusterConfig) -> ChunkInProgress:
     offsets = np.concatenate([[0], offsets[1:][keep]])  # skipped jets hold no constituents
     counts["truncated_jets"] += int(np.count_nonzero(truncated))
     counts["truncated_constituents"] += int(truncated.sum())
+    counts["beam_constituents"] += int(beam[keep].sum())
     cols = {"px": px, "py": py, "pz": pz, "E": E}
     return ChunkInProgress(JetColumns.of(jets).select(keep), cols, offsets, counts)
 
@@ -213,7 +223,7 @@ def finish_chunk(chunk: ChunkInProgress, cfg: ReclusterConfig) -> tuple[pa.Table
     counts, cols, offsets, jets = Counter(chunk.counts), chunk.cols, chunk.offsets, chunk.jets
     trees = _trees(
         cols["px"], cols["py"], cols["pz"], cols["E"], offsets,
-        chunk.hist, chunk.hist_offsets, cfg.scheme, cfg.R,
+        chunk.hist, chunk.hist_offsets, cfg.scheme, cfg.R, jets,
     )  # fmt: skip
     split = trees["split"]
     counts["split_jets"] += int(split.sum())

@@ -4,6 +4,11 @@ Each input file is cut into shards of ``shard_size`` jets; each shard becomes on
 file written under a temporary name and renamed when complete, so an existing output is
 always complete and a rerun skips it (resume). The counts of each shard travel in its
 Parquet metadata, which lets a resumed run still report every jet.
+
+A run folder remembers what its run was started with (``recluster_run.json``: settings,
+shard size, inputs); a rerun resumes only the same run, and refuses a folder holding tree
+files of another. A shard that fails (a damaged file) is reported in ``summary.json`` with
+its reason while every other shard is still written, with one worker or many.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jetevo.errors import InputError, SettingError
-from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.errors import InputError, JetevoError, SettingError
+from jetevo.io.atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries
 from jetevo.io.readers import count_jets, detect_format, iter_jets
+from jetevo.trees.format import TREE_SUFFIX
 from jetevo.trees.recluster import (
     SKIP_REASONS,
     ChunkInProgress,
@@ -33,7 +39,7 @@ from jetevo.trees.recluster import (
 )
 from jetevo.trees.writer import TreeFileWriter
 
-INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
+RUN_FILE = "recluster_run.json"
 # jets per FastJet call: large enough that per-call costs vanish, small enough that the
 # pipeline's last chunk (built and written after FastJet is done) is a small part of a shard
 DEFAULT_CHUNK_SIZE = 5_000
@@ -58,23 +64,49 @@ class Shard:
     output: Path
 
 
+class ReclusterFailed(JetevoError):
+    """Some shards could not be reclustered; the others were written and the summary
+    lists each failure with its reason."""
+
+
 def input_files(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, plus the ``.root``/``.h5`` files inside given folders."""
+    """Files as given, plus the ROOT and HDF5 files inside given folders, recognised by
+    their content whatever their name (other files there are not inputs); the same file
+    reached twice (a symbolic link, a repeated argument) is read once."""
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in INPUT_SUFFIXES and f.is_file())
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file() and not f.name.startswith(".") and _is_input(f)
+            )
             if not found:
-                raise InputError(p, "folder holds no .root or .h5 files")
+                raise InputError(p, "folder holds no ROOT or HDF5 files")
             files.extend(found)
         else:
             detect_format(p)  # one-line error for a missing or foreign file, before any work
             files.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    files = unique
     stems = [f.stem for f in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise InputError(dupes[0], "two inputs share this file name; their outputs would collide")
     return files
+
+
+def _is_input(path: Path) -> bool:
+    try:
+        detect_format(path)
+    except InputError:
+        return False
+    return True
 
 
 def plan_shards(files: list[Path], out_dir: Path, shard_size: int) -> list[Shard]:
@@ -188,10 +220,8 @@ def recluster_files(
         if value < 1:
             raise SettingError(f"{name} must be at least 1, got {value}")
     cfg = cfg or ReclusterConfig()
-    out = ensure_writable_dir(out_dir)
-    files = input_files(inputs)
-    shards = plan_shards(files, out, shard_size)
-    todo = [s for s in shards if not s.output.exists()]
+    run = prepare_run(inputs, out_dir, cfg, shard_size)
+    todo = run.todo
 
     t0 = time.perf_counter()
     bar = tqdm(
@@ -206,24 +236,130 @@ def recluster_files(
         return pipeline_pays(n_workers) if pipeline is None else pipeline
 
     new: Counter = Counter()
+    failures = list(run.failures)
     if workers <= 1 or len(todo) <= 1:
         for s in todo:
-            new.update(process_shard(s, cfg, chunk_size, bar.update, pipelined(1)))
+            counts, failure = try_shard(s, cfg, chunk_size, bar.update, pipelined(1))
+            new.update(counts)
+            failures += failure
     else:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {
-                pool.submit(process_shard, s, cfg, chunk_size, None, pipelined(workers)): s
+                pool.submit(try_shard, s, cfg, chunk_size, None, pipelined(workers)): s
                 for s in todo
             }
             for fut in as_completed(futures):
-                new.update(fut.result())
+                counts, failure = fut.result()
+                new.update(counts)
+                failures += failure
                 bar.update(futures[fut].stop - futures[fut].start)
     bar.close()
     wall = time.perf_counter() - t0
     return write_summary(
-        out, cfg, files, shards, len(shards) - len(todo), new["jets_read"], workers, wall
-    )
+        run.out, cfg, run.files, run.shards, len(run.shards) - len(todo), new["jets_read"],
+        workers, wall, failures,
+    )  # fmt: skip
+
+
+@dataclass
+class Run:
+    """A planned run: its folder, inputs, shards (planned), those still to do, and the
+    inputs that could not even be planned (a damaged file), as failure records."""
+
+    out: Path
+    files: list[Path]
+    shards: list[Shard]
+    todo: list[Shard]
+    failures: list[dict]
+
+
+def prepare_run(inputs, out_dir, cfg: ReclusterConfig, shard_size: int) -> Run:
+    """Plan a run into ``out_dir``: inputs, shards; refuse to resume another run's folder;
+    clear what killed processes left behind. ``jetevo recluster`` and the Dask launcher
+    share it."""
+    out = ensure_writable_dir(out_dir)
+    remove_stale_temporaries(out)
+    files = input_files(inputs)
+    shards: list[Shard] = []
+    failures: list[dict] = []
+    for f in files:
+        try:
+            shards += plan_shards([f], out, shard_size)
+        except JetevoError as err:
+            failures.append({"input": str(f), "reason": str(err)})
+    _check_same_run(out, cfg, shard_size, files, shards)
+    return Run(out, files, shards, [s for s in shards if not s.output.exists()], failures)
+
+
+def _run_record(cfg: ReclusterConfig, shard_size: int, files: list[Path]) -> dict:
+    return {
+        "config": cfg.metadata(),
+        "shard_size": shard_size,
+        "inputs": [str(f.resolve()) for f in files],
+    }
+
+
+def _check_same_run(
+    out: Path, cfg: ReclusterConfig, shard_size: int, files: list[Path], shards: list[Shard]
+) -> None:
+    """A folder holds one run: refuse settings, shard size or inputs other than those it
+    was started with, and tree files that this run would not write."""
+    record = _run_record(cfg, shard_size, files)
+    path = out / RUN_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise InputError(path, "unreadable run record; use another --out") from None
+        if old != record:
+            changed = _differences(old, record)
+            raise InputError(
+                out,
+                f"holds a run started with other settings ({changed}); resuming would mix "
+                "two runs: use another --out, or remove the folder to start again",
+            )
+    planned = {s.output.name for s in shards}
+    foreign = sorted(f.name for f in out.glob(f"*{TREE_SUFFIX}") if f.name not in planned)
+    if foreign:
+        raise InputError(
+            out,
+            f"holds tree files this run would not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}): another run's; use another --out",
+        )
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _differences(old: dict, new: dict) -> str:
+    parts = []
+    for key in ("config", "shard_size", "inputs"):
+        a, b = old.get(key), new.get(key)
+        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
+            parts += [
+                f"{k} {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            parts.append(f"{key} {'changed' if key == 'inputs' else f'{a!r} -> {b!r}'}")
+    return "; ".join(parts) or "an older record"
+
+
+def try_shard(
+    shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=None, pipeline: bool = True
+) -> tuple[Counter, list[dict]]:
+    """:func:`process_shard`, with a failure (a damaged input) returned as a record for the
+    summary instead of raised, so that every other shard is still written."""
+    try:
+        return process_shard(shard, cfg, chunk_size, progress, pipeline), []
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, JetevoError) else f"{type(exc).__name__}: {exc}"
+        return Counter(), [
+            {"input": str(shard.source), "jets": [shard.start, shard.stop],
+             "output": shard.output.name, "reason": reason.splitlines()[0] if reason else ""}
+        ]  # fmt: skip
 
 
 def write_summary(
@@ -235,15 +371,19 @@ def write_summary(
     jets_this_run: int,
     workers: int,
     wall: float,
+    failures: list[dict] | None = None,
 ) -> dict:
-    """Write ``summary.json`` for a run whose every shard output now exists.
+    """Write ``summary.json``; raise :class:`ReclusterFailed` after it if shards failed.
 
     Counts come from the outputs' own metadata, so resumed shards are reported too. Every
     jet read is accounted for as a written tree, a counted skip or a counted drop; the
-    function refuses to write a summary where that does not add up.
+    function refuses to write a summary where that does not add up. ``failures``: the
+    shards (or inputs) that could not be reclustered, each with its reason.
     """
+    failures = failures or []
+    done = [s for s in shards if s.output.exists()]
     total: Counter = Counter()
-    for s in shards:
+    for s in done:
         total.update(_shard_counts(s.output))
     skipped = {r: int(total[f"skipped_{r}"]) for r in SKIP_REASONS}
     dropped = {"split": int(total["dropped_split"])}
@@ -261,11 +401,14 @@ def write_summary(
             "jets": int(total["truncated_jets"]),
             "constituents": int(total["truncated_constituents"]),
         },
+        # constituents with no transverse momentum to cluster (pT ~ 0: along the beam)
+        "beam_constituents_dropped": int(total["beam_constituents"]),
         "split_jets": int(total["split_jets"]),
         "hardest_lost_constituents": int(total["hardest_lost_constituents"]),
         "config": cfg.metadata(),
         "inputs": [str(f) for f in files],
-        "outputs": [s.output.name for s in shards],
+        "outputs": [s.output.name for s in done],
+        "failed": failures,
         "jets_this_run": jets_this_run,
         "resumed_shards": n_resumed,
         "workers": workers,
@@ -274,4 +417,9 @@ def write_summary(
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    if failures:
+        raise ReclusterFailed(
+            f"{out / 'summary.json'}: {len(failures)} shard(s) or input(s) failed, every other "
+            f"shard was written; first: {failures[0]['reason']}"
+        )
     return summary
