@@ -14,10 +14,6 @@ from pathlib import Path
 
 from jetevo.errors import JetevoError, SettingError
 
-# jetevo.generate.assemble.SPLIT_KINEMATICS and PARTICLE_MASSES (a test checks they agree),
-# without importing torch for every command
-SPLIT_KINEMATICS = ("two-body", "share")
-PARTICLE_MASSES = ("pion", "massless", "decoded")
 DECODING_HELP = (
     "two-body (default): each pair a two-body decay of its parent, physical particle masses;"
     " share: the old correction that passes a parent's excess mass to its children"
@@ -152,13 +148,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate_splits(args: argparse.Namespace) -> None:
-    from jetevo.io.atomic import atomic_path, ensure_writable_dir
+    from jetevo.io.atomic import ensure_writable_dir, write_json
     from jetevo.model.splits import evaluate_splits, format_splits
 
     ensure_writable_dir(Path(args.json).parent)  # before the work, as tokenizer eval
     result = evaluate_splits(args.ckpt, args.tokens)
-    with atomic_path(args.json) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(format_splits(result) + f"; {args.json}")
 
 
@@ -213,6 +208,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_decoding_options(p: argparse.ArgumentParser, what: str = "decoded") -> None:
+    from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS  # torch-free
+
     p.add_argument(
         "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
         help=f"how each {what} pair is made to add up to its parent: " + DECODING_HELP,
@@ -382,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands whose steps allocate large torch tensors (see jetevo.allocator)
+TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "generate")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 FILE_LISTS = ("train", "val", "trees")  # nargs="+" options that swallow trailing overrides
 
@@ -419,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _reclaim_overrides(args, parser)
-    configure_process(quiet=getattr(args, "quiet", False))
+    configure_process(
+        quiet=getattr(args, "quiet", False), keep_freed_memory=args.command in TORCH_COMMANDS
+    )
     try:
         args.func(args)
     except JetevoError as err:

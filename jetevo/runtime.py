@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from jetevo.allocator import keep_freed_memory
+from jetevo.allocator import keep_freed_memory as keep_memory
 
 # Lightning's start-up banners (devices, tips): shown only in verbose runs
 _LIGHTNING_BANNER_LOGGERS = (
@@ -65,13 +65,14 @@ class _StdoutHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_process(quiet: bool = False) -> None:
+def configure_process(quiet: bool = False, keep_freed_memory: bool = True) -> None:
     """Process-wide settings of a jetevo command; safe to call more than once.
 
     - warning filters: Lightning's own use of a deprecated torch pytree API (``LeafSpec``),
       nothing a user can act on;
     - ``quiet``: Lightning's start-up banners (devices, tips) at WARNING;
-    - glibc keeps freed memory in the heap (:func:`jetevo.allocator.keep_freed_memory`);
+    - ``keep_freed_memory`` (for the torch commands): glibc keeps freed memory in the heap
+      (:func:`jetevo.allocator.keep_freed_memory`);
     - the ``jetevo`` logger: INFO and up printed to stdout as the bare message, on global
       rank 0 only (see :func:`global_rank`).
     """
@@ -79,7 +80,8 @@ def configure_process(quiet: bool = False) -> None:
     if quiet:
         for name in _LIGHTNING_BANNER_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
-    keep_freed_memory()
+    if keep_freed_memory:
+        keep_memory()
     logger = logging.getLogger("jetevo")
     logger.setLevel(logging.INFO)
     if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
@@ -100,4 +102,3 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-

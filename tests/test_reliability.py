@@ -16,6 +16,7 @@ import pytest
 from conftest import make_jets, random_particles
 
 from jetevo.cli import main
+from jetevo.errors import InputError
 from jetevo.trees import format as tree_format
 from jetevo.trees import run as tree_run
 from jetevo.trees.recluster import ReclusterConfig, recluster_chunk
@@ -165,3 +166,14 @@ def test_generate_rejects_bad_limits(tmp_path, capsys, option):
         ["generate", "--ckpt", tmp_path / "m.ckpt", "--n-jets", 2, "--out", tmp_path, *option],
     )
     assert option[0] in err
+
+
+def test_tree_files_of_two_precisions_do_not_load_together(sim_dir, tmp_path, capsys):
+    a, b = tmp_path / "f32", tmp_path / "f64"
+    tree_run.recluster_files([sim_dir / "aoj"], a, progress=False)
+    tree_run.recluster_files(
+        [sim_dir / "jetclass" / "TTBar_000.root"], b, ReclusterConfig(precision="float64"),
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="types differ"):
+        tree_format.load([a, b])

@@ -24,7 +24,7 @@ from jetevo.evaluate.observables import (
     SPACELIKE_TOL,
     observables,
 )
-from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.io.atomic import ensure_writable_dir, write_json
 from jetevo.trees.format import load, read_metadata, tree_files
 
 COLUMNS = ["px", "py", "pz", "E", "left", "right", "depth"]
@@ -141,20 +141,8 @@ def evaluate(
         result["plots"].append(
             lund_planes(gen_lund[:, 1:], len(gen_trees), ref_lund[:, 1:], len(ref_trees), out).name
         )
-    with atomic_path(out / "metrics.json") as tmp:
-        Path(tmp).write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    write_json(out / "metrics.json", result, indent=1)
     return result
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float as ``null``: metrics.json stays strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def _mean(x: np.ndarray) -> float | None:

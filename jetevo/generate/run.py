@@ -21,7 +21,7 @@ import torch
 from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
 from jetevo.generate.sampler import SampledTrees, node_limit, sample_trees
-from jetevo.io.atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries
+from jetevo.io.atomic import ensure_writable_dir, remove_stale_temporaries, write_json
 from jetevo.kinematics import boost_rapidity, pt, pt_y_phi_m
 from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS, decode_free, decode_physical
 from jetevo.tokenize.resolution import Resolution, code_log_z
@@ -319,8 +319,7 @@ def generate(
         "files": files,
         **settings,
     }
-    with atomic_path(out / "summary.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary, indent=1)
     if written < n_jets:
         raise GenerationError(
             f"{out / 'summary.json'}: only {written} of {n_jets} trees complete after {attempted} attempts; "

@@ -7,6 +7,8 @@ and "the final file exists" can be used to mean "this output is complete" (resum
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +69,21 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float as ``null``: outputs stay strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, obj, indent: int = 2) -> None:
+    """Write ``obj`` as strict JSON (non-finite numbers as ``null``), atomically: the one
+    way jetevo writes its reports and summaries."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")

@@ -9,7 +9,6 @@ token per node can do with these features and K codes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +120,13 @@ def _plots(a: dict, true_f: np.ndarray, reco_f: np.ndarray, out: Path) -> None:
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    from jetevo.io.atomic import atomic_path
+    from jetevo.io.atomic import write_json
 
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
+
+
+def _num(x, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
 
 
 def format_report(report: dict) -> str:
@@ -134,12 +136,12 @@ def format_report(report: dict) -> str:
     lines = [
         f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}"
     ]
-    for name in ("leaves", "internal", "root"):
+    for name in ("leaves", "internal", "root"):  # None: no node of that kind (shown as -)
         r = report[name]
         f = floor.get(name, {}).get("pt_rel_err_mean")
         lines.append(
-            f"{name:<9} {r['pt_rel_err_mean']:>11.4f} {f if f is not None else float('nan'):>7.4f}"
-            f" {r['eta_abs_err_median']:>11.4f} {r['mass_abs_err_median']:>13.3f}"
+            f"{name:<9} {_num(r['pt_rel_err_mean'], 11, 4)} {_num(f, 7, 4)}"
+            f" {_num(r['eta_abs_err_median'], 11, 4)} {_num(r['mass_abs_err_median'], 13, 3)}"
         )
     lines.append(
         f"jet mass (decoded leaves) median rel. error {report['jet_mass_rel_err_median']:.4f}; "

@@ -207,8 +207,9 @@ def read_metadata(path: str | Path) -> dict:
 
 def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = None) -> ak.Array:
     """Load tree files (or folders of them) into one awkward array, one record per jet."""
-    tables = []
-    for f in tree_files(paths):
+    tables: list[pa.Table] = []
+    files = tree_files(paths)
+    for f in files:
         read_metadata(f)
         names = set(pq.read_schema(f).names)
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
@@ -220,6 +221,10 @@ def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = N
             if pa.types.is_dictionary(field.type):
                 plain = pa.field(field.name, field.type.value_type, nullable=field.nullable)
                 table = table.set_column(i, plain, table.column(i).cast(field.type.value_type))
+        if tables and not table.schema.equals(tables[0].schema, check_metadata=False):
+            raise InputError(
+                f, f"columns or types differ from {files[0]}'s (e.g. float32 and float64 runs)"
+            )
         tables.append(table.replace_schema_metadata(None))
     return ak.from_arrow(pa.concat_tables(tables))
 

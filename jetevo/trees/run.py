@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jetevo.errors import InputError, JetevoError, SettingError
-from jetevo.io.atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries
+from jetevo.io.atomic import ensure_writable_dir, remove_stale_temporaries, write_json
 from jetevo.io.readers import count_jets, detect_format, iter_jets
 from jetevo.trees.format import TREE_SUFFIX
 from jetevo.trees.recluster import (
@@ -328,8 +328,7 @@ def _check_same_run(
             f"{', ...' if len(foreign) > 3 else ''}): another run's; use another --out",
         )
     if not path.exists():
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(path, record)
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -415,8 +414,7 @@ def write_summary(
         "wall_s": round(wall, 3),
         "jets_per_s": round(jets_this_run / wall, 1) if wall > 0 and jets_this_run else None,
     }
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     if failures:
         raise ReclusterFailed(
             f"{out / 'summary.json'}: {len(failures)} shard(s) or input(s) failed, every other "
