@@ -12,6 +12,7 @@ import pytest
 import uproot
 
 from jetevo.io.readers import count_jets, detect_format, iter_jets
+from jetevo.io.writers import CHARGED_HADRON_MASS, PF_PDGIDS, pf_ids
 
 # 100 real CMS 2016H jets in the AOJ layout, written by the AOJ production code (provenance:
 # tests/data/README.md). Our writer never touched it, so a misreading of the real layout
@@ -211,14 +212,15 @@ def test_reader_returns_the_real_aoj_values():
     assert ak.to_list(jets[0].pid) == REAL_JET0_PDGID
     ids, n_ids = np.unique(ak.to_numpy(ak.flatten(jets.pid)), return_counts=True)
     assert dict(zip(ids.tolist(), n_ids.tolist(), strict=True)) == REAL_PDGID_COUNTS
-    # jet columns: pt, eta, phi are the file's jet_kinematics; pt is the corrected jet pT,
-    # not the candidates' sum (348.0 against 313.1 for jet 0); the mass is the candidates'
-    # invariant mass (not the file's msoftdrop, 8.375 for jet 0)
-    for j, (pt, eta, phi, _msd) in REAL_KINEMATICS.items():
-        assert float(jets.jet_pt[j]) == float(np.float32(pt)), j
-        assert float(jets.jet_eta[j]) == float(np.float32(eta)), j
-        assert float(jets.jet_phi[j]) == float(np.float32(phi)), j
+    # jet columns: the candidates' four-momentum sum (what a tree's root carries), not the
+    # file's jet_kinematics, whose pt is the corrected jet pT (348.0 against 313.1 for jet 0)
+    # and whose mass column is the soft-drop mass (8.375 for jet 0); the file's values are
+    # kept under their own names
+    assert float(jets.jet_pt[0]) == pytest.approx(REAL_JET0_CAND_PT, rel=1e-6)
     assert float(jets.jet_mass[0]) == pytest.approx(REAL_JET0_CAND_MASS, rel=1e-6)
+    for j, row in REAL_KINEMATICS.items():
+        got = [float(jets[f"file_jet_{k}"][j]) for k in ("pt", "eta", "phi", "msoftdrop")]
+        assert got == [float(np.float32(x)) for x in row], j
     assert ak.all(jets.label == "unlabeled")
     assert ak.to_list(jets.entry) == list(range(REAL_N_JETS))
     assert ak.all(jets.source == str(REAL_AOJ))
@@ -242,6 +244,96 @@ def test_reader_matches_h5py_on_every_real_candidate():
         assert np.array_equal(ak.to_numpy(ak.flatten(jets[k])), cands[real][:, col]), k
     assert np.array_equal(ak.to_numpy(ak.flatten(jets.charge)), cands[real][:, 8].astype(np.int8))
     assert np.array_equal(ak.to_numpy(ak.flatten(jets.pid)), cands[real][:, 9].astype(np.int32))
+
+
+def _candidate_masses(cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mass^2, pdgId, float32 rounding scale of mass^2) of the real candidates of a
+    PFCands array: float32 E and p leave E^2 - p^2 uncertain by about eps * E^2."""
+    rows = cands[cands[:, :, 3] > 0].astype(np.float64)
+    m2 = rows[:, 3] ** 2 - (rows[:, :3] ** 2).sum(axis=1)
+    return m2, rows[:, 9].astype(int), 4 * float(np.finfo(np.float32).eps) * rows[:, 3] ** 2
+
+
+def test_real_aoj_particle_flow_facts():
+    """What the real file shows about particle-flow candidates (docs/tree_format.md,
+    "Real-layout facts"), which our simulated AOJ writer follows."""
+    with h5py.File(REAL_AOJ, "r") as f:
+        cands = f["PFCands"][:]
+    rows = cands[cands[:, :, 3] > 0]
+    pid, charge = rows[:, 9].astype(int), rows[:, 8]
+    assert set(pid.tolist()) <= set(PF_PDGIDS)
+    assert np.all(np.sign(pid[np.abs(pid) == 211]) == charge[np.abs(pid) == 211])
+    assert np.all(
+        -np.sign(pid[np.isin(np.abs(pid), (11, 13))]) == charge[np.isin(np.abs(pid), (11, 13))]
+    )
+    neutral = charge == 0
+    assert np.all(rows[neutral][:, 4:8] == -1), "neutral candidates: d0, d0Err, dz, dzErr = -1"
+    # some charged hadrons (soft ones: 153 of 2745 here) carry -1 too; never leptons
+    no_track = np.all(rows[:, 4:8] == -1, axis=1)
+    assert (
+        0
+        < np.count_nonzero(no_track & (np.abs(pid) == 211))
+        < 0.1 * np.count_nonzero(np.abs(pid) == 211)
+    )
+    assert not np.any(no_track & np.isin(np.abs(pid), (11, 13)))
+    m2, pid, tol = _candidate_masses(cands)
+    # charged hadrons: the pion mass as NanoAOD stores it (0.13957 to 10 mantissa bits:
+    # 0.1395264), to float32 rounding for all but 34 of 2745 (those a few MeV off)
+    ch = np.abs(pid) == 211
+    assert np.sqrt(np.median(m2[ch])) == pytest.approx(0.1395264, abs=1e-6)
+    assert np.mean(np.abs(m2[ch] - 0.1395264**2) <= tol[ch] + 1e-7) > 0.98
+    for massless in (130, 22):  # neutral hadrons and photons
+        sel = pid == massless
+        assert np.all(np.abs(m2[sel]) <= tol[sel] + 1e-7), massless
+
+
+def test_reader_jet_columns_are_the_constituent_sum_on_the_real_file():
+    with h5py.File(REAL_AOJ, "r") as f:
+        cands = f["PFCands"][:]
+        kin = f["jet_kinematics"][:]
+    sums = np.where((cands[:, :, 3] > 0)[:, :, None], cands[:, :, :4], 0).astype(np.float64)
+    s = sums.sum(axis=1)
+    pt = np.hypot(s[:, 0], s[:, 1])
+    jets = ak.concatenate(list(iter_jets(REAL_AOJ, chunk_size=33, particle_ids=False)))
+    assert np.allclose(ak.to_numpy(jets.jet_pt), pt, rtol=1e-6)
+    assert np.allclose(ak.to_numpy(jets.jet_eta), np.arcsinh(s[:, 2] / pt), atol=1e-6)
+    assert np.allclose(ak.to_numpy(jets.jet_phi), np.arctan2(s[:, 1], s[:, 0]), atol=1e-6)
+    mass = np.sqrt(np.maximum(s[:, 3] ** 2 - (s[:, :3] ** 2).sum(axis=1), 0))
+    assert np.allclose(ak.to_numpy(jets.jet_mass), mass, rtol=1e-5)
+    # the file's own values, exactly, under their own names
+    for i, k in enumerate(("pt", "eta", "phi", "msoftdrop")):
+        assert np.array_equal(ak.to_numpy(jets[f"file_jet_{k}"]), kin[:, i]), k
+    # the file's pt is the corrected jet pT: about 1.13 times the candidates' sum
+    assert 1.08 < float(np.min(kin[:, 0] / pt)) and float(np.max(kin[:, 0] / pt)) < 1.21
+    assert float(np.mean(kin[:, 0] / pt)) == pytest.approx(1.13, abs=0.01)
+
+
+def test_pf_ids():
+    pid = np.array([321, -321, 2212, -2212, 2112, -2112, 130, 22, 11, -11, 13, -13, 211, -211])
+    charge = np.array([1, -1, 1, -1, 0, 0, 0, 0, -1, 1, -1, 1, 1, -1])
+    expected = [211, -211, 211, -211, 130, 130, 130, 22, 11, -11, 13, -13, 211, -211]
+    assert pf_ids(pid, charge).tolist() == expected
+
+
+def test_simulated_aoj_is_particle_flow(sim_dir):
+    """Our simulated AOJ file holds what real ones do: only the particle-flow ids, signed by
+    the charge; pion-mass charged hadrons and massless neutral hadrons; d0/dz = -1 for
+    neutral candidates."""
+    with h5py.File(sim_dir / "aoj" / "RunG_batch0.h5", "r") as f:
+        cands = f["PFCands"][:]
+    rows = cands[cands[:, :, 3] > 0]
+    pid, charge = rows[:, 9].astype(int), rows[:, 8]
+    assert set(pid.tolist()) <= set(PF_PDGIDS)
+    assert {211, -211, 130, 22} <= set(pid.tolist())
+    hadron = np.abs(pid) == 211
+    assert np.all(np.sign(pid[hadron]) == charge[hadron])
+    assert np.all((charge == 0) == np.isin(pid, (22, 130)))
+    assert np.all(rows[charge == 0][:, 4:8] == -1) and np.all(rows[charge != 0][:, 4:8] == 0)
+    m2, pid, tol = _candidate_masses(cands)
+    ch = np.abs(pid) == 211
+    assert np.all(np.abs(m2[ch] - CHARGED_HADRON_MASS**2) <= tol[ch] + 1e-7)
+    sel = pid == 130
+    assert sel.any() and np.all(np.abs(m2[sel]) <= tol[sel] + 1e-7)
 
 
 def test_readers_common_form(sim_dir):
@@ -274,16 +366,27 @@ def test_readers_common_form(sim_dir):
         assert ak.all(jets.source == str(path))
         assert ak.all(ak.num(jets.px) > 0)
         assert detect_format(path) == ("jetclass" if path.suffix == ".root" else "aoj")
-        if path.suffix != ".root":
-            # our simulated AOJ file is not a reference for AOJ physics (its jet pT is the
-            # candidates' sum and it has kaons, protons and neutrons, which real AOJ files
-            # never hold): the real-file tests above check AOJ
-            continue
-        # jet pT from the file agrees with the constituent sum (no detector, E-scheme anti-kt)
+        # jet pT is the constituent sum; in our simulated files the file's own jet pT is too
+        # (no detector, E-scheme anti-kt; real AOJ files store the corrected jet pT instead)
         pt_sum = np.hypot(
             ak.to_numpy(ak.sum(jets.px, axis=1)), ak.to_numpy(ak.sum(jets.py, axis=1))
         )
-        assert np.allclose(pt_sum, ak.to_numpy(jets.jet_pt), rtol=1e-3)
+        assert np.allclose(pt_sum, ak.to_numpy(jets.jet_pt), rtol=1e-5)
+        assert np.allclose(pt_sum, ak.to_numpy(jets.file_jet_pt), rtol=1e-3)
+        if path.suffix == ".root":
+            # the file's own jet columns, as stored, under their own names
+            tree = uproot.open(path)["tree"]
+            for k in ("jet_pt", "jet_eta", "jet_phi", "jet_energy"):
+                assert np.array_equal(ak.to_numpy(jets[f"file_{k}"]), tree[k].array(library="np"))
+            e_sum = ak.to_numpy(ak.sum(ak.values_astype(jets.E, np.float64), axis=1))
+            p2 = sum(
+                ak.to_numpy(ak.sum(ak.values_astype(jets[k], np.float64), axis=1)) ** 2
+                for k in ("px", "py", "pz")
+            )
+            mass = np.sqrt(np.maximum(e_sum**2 - p2, 0))
+            assert np.allclose(ak.to_numpy(jets.jet_mass), mass, rtol=1e-5, atol=1e-3)
+        else:
+            assert "file_jet_msoftdrop" in jets.fields
         pids = set(np.abs(ak.to_numpy(ak.flatten(jets.pid))).tolist())
         assert pids <= {11, 13, 22, 130, 211}
 

@@ -15,7 +15,11 @@ detector simulation). Processes:
 Generation runs in fixed blocks of jets, each with its own seed derived from ``seed``,
 so the output depends only on the seed, not on the number of worker processes.
 Quantities a generator cannot know (impact parameters, PNet scores) are zeros with the
-real names and dtypes.
+real names and dtypes; in the AOJ layout, as in real AOJ files, neutral candidates carry
+impact parameters of -1, and the constituents are particle-flow candidates (ids +-211, 130,
+22, +-11, +-13; charged hadrons with the pion mass, neutral hadrons massless:
+:func:`jetevo.io.writers.pf_candidates`). The AOJ ``jet_kinematics`` pt is the generated
+jet's pT (the candidates' sum), not a corrected jet pT as in real files.
 """
 
 from __future__ import annotations

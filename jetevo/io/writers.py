@@ -9,6 +9,14 @@ with one-pass kt axes, beta=1, R0=0.8.
 uproot cannot write ``std::vector<float>`` branches, so JetClass-layout files store the
 jagged ``part_*`` branches as counted arrays (with an extra counter branch ``npart``);
 uproot reads both forms into the same awkward arrays, so readers see no difference.
+
+AspenOpenJets-layout files hold CMS particle-flow candidates, as the real files do
+(``docs/tree_format.md``, "Real-layout facts"): generator ids are mapped to the particle
+flow classes (charged hadrons -> +-211 with the sign of the charge, neutral hadrons -> 130,
+photons 22, electrons +-11, muons +-13), charged hadrons carry the charged-pion mass and
+neutral hadrons none (the energy is recomputed from the momentum), and neutral candidates
+carry impact parameters d0, d0Err, dz, dzErr of -1. Charged ones carry 0: a generator
+knows no tracks.
 """
 
 from __future__ import annotations
@@ -31,6 +39,12 @@ from jetevo.kinematics import (
 )
 
 AOJ_MAX_CANDIDATES = 150
+AOJ_IMPACT_COLUMNS = (4, 5, 6, 7)  # PFCands d0, d0Err, dz, dzErr
+AOJ_NO_TRACK = -1.0  # d0, d0Err, dz, dzErr of a candidate without a track
+# the particle-flow ids of real AOJ files, and the masses of their hadron classes
+PF_PDGIDS = (-211, -13, -11, 11, 13, 22, 130, 211)
+CHARGED_HADRON_MASS = 0.13957  # the charged pion (GeV), as Pythia and CMS particle flow
+NEUTRAL_HADRON_MASS = 0.0
 AOJ_TAGGING = (
     "nConstituents", "tau1", "tau2", "tau3", "tau4", "PNet_H4qvsQCD", "PNet_HbbvsQCD",
     "PNet_HccvsQCD", "PNet_QCD", "PNet_TvsQCD", "PNet_WvsQCD", "PNet_ZvsQCD", "PNet_mass",
@@ -124,10 +138,44 @@ def write_jetclass(path: str | Path, jets: ak.Array, label: str) -> None:
             tree.extend({k: v[start : start + ROOT_BASKET_ENTRIES] for k, v in branches.items()})
 
 
+def pf_ids(pid: np.ndarray, charge: np.ndarray) -> np.ndarray:
+    """CMS particle-flow ids of generator particles (flat arrays): electrons and muons keep
+    their ids (signed by the charge), photons are 22, every other charged particle is a
+    charged hadron (211 with the sign of the charge) and every other neutral one a neutral
+    hadron (130)."""
+    q = np.sign(np.asarray(charge)).astype(np.int32)
+    a = np.abs(np.asarray(pid)).astype(np.int32)
+    out = np.where(q != 0, 211 * q, 130).astype(np.int32)
+    out[(a == 11) & (q != 0)] = -11 * q[(a == 11) & (q != 0)]
+    out[(a == 13) & (q != 0)] = -13 * q[(a == 13) & (q != 0)]
+    out[(a == 22) & (q == 0)] = 22
+    return out
+
+
+def pf_candidates(jets: ak.Array) -> ak.Array:
+    """Jets whose constituents are particle-flow candidates: ``pid`` mapped by
+    :func:`pf_ids`, and hadrons given the mass of their class (charged pion, massless
+    neutral) with the three-momentum kept; photons and leptons keep their four-momenta."""
+    counts = ak.num(jets["px"])
+    flat = {k: ak.to_numpy(ak.flatten(jets[k])) for k in ("px", "py", "pz", "E", "charge", "pid")}
+    pid = pf_ids(flat["pid"], flat["charge"])
+    p2 = sum(flat[k].astype(np.float64) ** 2 for k in ("px", "py", "pz"))
+    energy = flat["E"].astype(np.float64)
+    charged_hadron, neutral_hadron = np.abs(pid) == 211, pid == 130
+    energy[charged_hadron] = np.sqrt(p2[charged_hadron] + CHARGED_HADRON_MASS**2)
+    energy[neutral_hadron] = np.sqrt(p2[neutral_hadron] + NEUTRAL_HADRON_MASS**2)
+    fields = {k: jets[k] for k in jets.fields}
+    fields["E"] = ak.unflatten(energy.astype(flat["E"].dtype), counts)
+    fields["pid"] = ak.unflatten(pid, counts)
+    return ak.zip(fields, depth_limit=1)
+
+
 def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:
-    """Write jets as one AspenOpenJets HDF5 file (zero-padded to 150 candidates, gzip)."""
+    """Write jets as one AspenOpenJets HDF5 file (zero-padded to 150 candidates, gzip) of
+    particle-flow candidates (:func:`pf_candidates`)."""
     import h5py
 
+    jets = pf_candidates(jets)
     n = len(jets)
     cands = np.zeros((n, AOJ_MAX_CANDIDATES, 11), np.float32)
     n_const = np.minimum(ak.to_numpy(ak.num(jets["px"])), AOJ_MAX_CANDIDATES)
@@ -142,6 +190,9 @@ def write_aoj(path: str | Path, jets: ak.Array, run: int = 1) -> None:
     cands[:, :, 8] = padded["charge"]
     cands[:, :, 9] = padded["pid"]
     real = np.arange(AOJ_MAX_CANDIDATES)[None, :] < n_const[:, None]
+    no_track = real & (padded["charge"] == 0)
+    for col in AOJ_IMPACT_COLUMNS:
+        cands[:, :, col][no_track] = AOJ_NO_TRACK
     cands[:, :, 10] = real.astype(np.float32)  # puppiWeight: no pileup here
     sub = substructure(jets)
     tagging = np.zeros((n, len(AOJ_TAGGING)), np.float32)

@@ -43,7 +43,11 @@ def load_model(path: str | Path) -> JetEvolutionModel:
     # a flat output (no output_group_size), the one-key right head (no right_head) and no
     # scale input (no scale_bins)
     old = {"output_group_size": 0, "right_head": "left-child", "scale_bins": 0}
-    model = JetEvolutionModel(ModelConfig(**{**old, **state["config"]}))
+    try:
+        cfg = ModelConfig(**{**old, **state["config"]})
+    except (TypeError, ValueError) as exc:  # unknown keys; SettingError is a ValueError
+        raise InputError(path, f"bad model config in the checkpoint ({exc})") from None
+    model = JetEvolutionModel(cfg)
     model.load_state_dict(state["state_dict"])
     model.tokenizer_identity = state.get("tokenizer_identity")
     model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}

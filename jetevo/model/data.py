@@ -8,18 +8,16 @@ no per-jet Python loop.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from jetevo.errors import InputError
 from jetevo.model.gpt import IGNORE, SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START, scale_bin
 from jetevo.tokenize.resolution import chain_log_pt
-from jetevo.tokenize.tokens import TOKENIZER_KEY
+from jetevo.tokenize.tokens import tokenizer_metadata
 from jetevo.trees.format import load, tree_files
 
 COLUMNS = ["token", "left", "right", "parent", "depth"]
@@ -31,10 +29,7 @@ def token_file_info(paths) -> tuple[list[Path], dict]:
     files = tree_files(paths)
     infos = {}
     for f in files:
-        meta = pq.read_schema(f).metadata or {}
-        if TOKENIZER_KEY not in meta:
-            raise InputError(f, "not a token file (run 'jetevo tokenizer encode' first)")
-        infos[f] = json.loads(meta[TOKENIZER_KEY])
+        infos[f] = tokenizer_metadata(f)
     identities = {i["identity"] for i in infos.values()}
     if len(identities) > 1:
         raise InputError(

@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from jetevo.config import check_fields, setting
+from jetevo.errors import SettingError
+
 SIDE_START, SIDE_ROOT, SIDE_LEFT, SIDE_RIGHT = 0, 1, 2, 3
 IGNORE = -100
 RIGHT_HEADS = ("context", "left-child")
@@ -50,37 +53,42 @@ def scale_bin(log_pt: np.ndarray, n_bins: int) -> np.ndarray:
 
 @dataclass
 class ModelConfig:
-    n_codes: int = 8192  # tokenizer codebook size K: 2K node tokens + START, STOP, PAD
-    n_code_features: int = 5
-    max_len: int = 128  # positions: START + up to 127 internal nodes (128 constituents)
-    n_layer: int = 3
-    n_head: int = 8
-    n_embd: int = 256
-    dropout: float = 0.0
+    """The ``model:`` section of a training config; types and ranges are checked on every
+    construction (:func:`jetevo.config.check_fields`), settings named ``model.*``."""
+
+    # tokenizer codebook size K: 2K node tokens + START, STOP, PAD (set from the tokenizer)
+    n_codes: int = setting(8192, ge=1)
+    n_code_features: int = setting(5, ge=1)  # the tokenizer's node features
+    max_len: int = setting(128, ge=1)  # positions: START + up to 127 internal nodes
+    n_layer: int = setting(3, ge=1)
+    n_head: int = setting(8, ge=1)
+    n_embd: int = setting(256, ge=1)  # a multiple of n_head
+    dropout: float = setting(0.0, ge=0, lt=1)
     bias: bool = True
     token_features: bool = True
     # two-level output: P(token) = P(group) P(token | group), groups of this many tokens
     # (kinematically close codes, leaf and pseudojet tokens never mixed); 0 = flat softmax.
     # Exact either way; sampling then needs 2 x sqrt(V)-sized softmaxes instead of one of V.
-    output_group_size: int = 128
+    output_group_size: int = setting(128, ge=0)
     # right head: "context" attends over all visible positions given the left child;
     # "left-child" is the earlier one-key head (checkpoints without this field load as it)
-    right_head: str = "context"
+    right_head: str = setting("context", choices=RIGHT_HEADS)
     # the expanded node's transverse momentum, as its token chain says it, as an input
     # (log bins): without it the model must infer from the tokens how soft a node is, and
     # soft pseudojets kept splitting (runaways); 0 = off (checkpoints without it load so)
-    scale_bins: int = 32
+    scale_bins: int = setting(32, ge=0)
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.scale_bins, int)
-            or isinstance(self.scale_bins, bool)
-            or self.scale_bins < 0
-        ):
-            raise ValueError(f"model.scale_bins must be an integer >= 0, got {self.scale_bins!r}")
-        if self.right_head not in RIGHT_HEADS:
-            raise ValueError(
-                f"model.right_head must be one of {', '.join(RIGHT_HEADS)}, got {self.right_head!r}"
+        check_fields(self, "model.")
+        if self.n_embd % self.n_head:
+            raise SettingError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        group = min(self.output_group_size, self.n_codes)
+        if group and self.n_codes % group:
+            raise SettingError(
+                f"model.output_group_size ({self.output_group_size}) must divide the "
+                f"tokenizer's codebook size ({self.n_codes}), or be 0"
             )
 
     @property

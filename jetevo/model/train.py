@@ -2,26 +2,38 @@
 
 CPU and GPU (bf16 mixed precision on CUDA), one or many devices (DDP through torchrun, see
 ``cluster/``), Ranger or AdamW, CSV logging (Comet optional, offline without a key, never a
-crash when missing), resumable from ``OUT/lightning/last.ckpt``. The final ``OUT/model.ckpt``
-embeds the config, the tokenizer identity and the count baselines of the training data.
+crash when missing), resumable from ``OUT/lightning/last.ckpt``: ``OUT/run.json`` records what
+a run was started with (model and training settings, tokenizer identity, token files) and a
+resume with other ones is refused (:func:`check_resume`). The final ``OUT/model.ckpt`` embeds
+the config, the tokenizer identity and the count baselines of the training data.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, Literal, cast
 
 import awkward as ak
 import numpy as np
 import torch
 
-from jetevo.errors import InputError
-from jetevo.io.atomic import ensure_writable_dir
+from jetevo.config import (
+    build,
+    check_fields,
+    file_fingerprints,
+    files_difference,
+    setting,
+    settings_difference,
+)
+from jetevo.errors import InputError, SettingError
+from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.model.baselines import CountBaselines
 from jetevo.model.checkpoint import init_from as load_init
 from jetevo.model.checkpoint import save_model
@@ -29,63 +41,116 @@ from jetevo.model.data import Sequences, collate, token_file_info
 from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
 from jetevo.tokenize.resolution import code_log_z, learn_scale
-from jetevo.trees.format import load
+from jetevo.trees.format import load, tree_files
 
 logger = logging.getLogger(__name__)
 
 
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
 @dataclass
 class TrainConfig:
-    max_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    optimizer: str = "adamw"  # or "ranger"
+    """The ``train:`` section of a training config; types and ranges are checked on every
+    construction (:func:`jetevo.config.check_fields`), settings named ``train.*``."""
+
+    max_steps: int = setting(2000, ge=1)
+    batch_size: int = setting(64, ge=1)
+    lr: float = setting(3e-4, gt=0)
+    weight_decay: float = setting(0.01, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    optimizer: Literal["adamw", "ranger"] = "adamw"
     permutation_min: bool = True
-    val_every: int = 200
-    val_batches: int = 50
-    precision: str = "auto"  # bf16-mixed on CUDA, 32-true on CPU
+    val_every: int = setting(200, ge=1)  # steps between validations and checkpoints
+    val_batches: int = setting(50, ge=1)
+    precision: str = setting("auto", choices=PRECISIONS)  # auto: bf16-mixed on CUDA, else 32
     devices: str | int = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    logger: str = "csv"  # or "comet"
+    seed: int = setting(0, ge=0)
+    num_workers: int = setting(0, ge=0)
+    logger: Literal["csv", "comet"] = "csv"
     init_from: str | None = None
-    init_heads: str = "keep"  # or "reinit"
+    init_heads: Literal["keep", "reinit"] = "keep"
     # loss weights of the first generation steps: [root token, root split, splits of the
     # root's children, ...]; later splits weigh 1. Validation NLL stays unweighted.
-    split_weights: list[float] | None = None
+    split_weights: list[float] | None = setting(None, ge=0)  # noqa: RUF009 (a field)
+
+    # settings a resumed run may change: how far it goes, how often it validates (and
+    # saves), how it loads and logs; any other change makes it another run
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps", "val_every", "val_batches", "num_workers", "logger",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        w = self.split_weights
-        if w is None:
-            return
-        ok = isinstance(w, (list, tuple)) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
-            for x in w
+        check_fields(self, "train.")
+
+
+def parse_config(cfg: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train sections of a training config, checked (:func:`jetevo.config.build`).
+    ``model.n_codes`` is the tokenizer's: :func:`train` sets it from the token files."""
+    if not isinstance(cfg, dict):
+        raise SettingError(f"a training config takes the sections model and train, got {cfg!r}")
+    unknown = sorted(map(str, set(cfg) - {"model", "train"}))
+    if unknown:
+        raise SettingError(
+            f"unknown config section(s): {', '.join(unknown)} (expected model, train)"
         )
-        if not ok:
-            raise ValueError(
-                f"train.split_weights must be a list of finite numbers >= 0, got {w!r}"
-            )
-        self.split_weights = [float(x) for x in w]
+    model = cfg.get("model")
+    if isinstance(model, dict) and "n_codes" in model:
+        raise SettingError(
+            "model.n_codes is the tokenizer's codebook size, taken from the token files: remove it"
+        )
+    return build(ModelConfig, model, "model"), build(TrainConfig, cfg.get("train"), "train")
 
 
-def _section(cls, d: dict | None, name: str):
-    d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {name} setting(s): {', '.join(unknown)}")
-    return d
+RUN_RECORD = "run.json"
 
 
-def parse_config(cfg: dict) -> tuple[dict, TrainConfig]:
-    unknown = sorted(set(cfg) - {"model", "train"})
-    if unknown:
-        raise ValueError(f"unknown config section(s): {', '.join(unknown)} (expected model, train)")
-    model = _section(ModelConfig, cfg.get("model"), "model")
-    return model, TrainConfig(**_section(TrainConfig, cfg.get("train"), "train"))
+def run_record(mc: ModelConfig, tc: TrainConfig, identity: str, train_files, val_files) -> dict:
+    """What a run is started with, stored as ``OUT/run.json``: a resume must match it."""
+    return {
+        "kind": "jetevo-run",
+        "model": asdict(mc),
+        "train": asdict(tc),
+        "tokenizer": identity,
+        "train_files": file_fingerprints(train_files),
+        "val_files": file_fingerprints(val_files),
+    }
+
+
+def check_resume(out: Path, record: dict) -> None:
+    """Refuse, in one line, to resume ``OUT/lightning/last.ckpt`` with other inputs than the
+    run's (``OUT/run.json``): another tokenizer, model, training setting (except
+    :attr:`TrainConfig.RESUMABLE`) or token files."""
+    saved_path, restart = out / RUN_RECORD, f"use a new --out, or remove {out / 'lightning'}"
+    if not saved_path.is_file():
+        raise InputError(
+            out / "lightning" / "last.ckpt",
+            f"no {RUN_RECORD} records what this run was started with, so resuming it cannot "
+            f"be checked to continue the same run; {restart} to start over",
+        )
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or saved.get("kind") != "jetevo-run":
+        raise InputError(saved_path, f"not a readable jetevo run record; {restart}")
+    diffs = []
+    if saved.get("tokenizer") != record["tokenizer"]:
+        diffs.append(f"tokenizer {saved.get('tokenizer')} -> {record['tokenizer']}")
+    diffs += settings_difference(saved.get("model", {}), record["model"], "model.")
+    diffs += settings_difference(
+        saved.get("train", {}), record["train"], "train.", TrainConfig.RESUMABLE
+    )
+    for key, option in (("train_files", "--train"), ("val_files", "--val")):
+        d = files_difference(saved.get(key, []), record[key], option)
+        if d:
+            diffs.append(d)
+    if diffs:
+        raise InputError(
+            out,
+            f"this run was started with other inputs ({'; '.join(diffs)}); a resume only "
+            f"continues the same run: {restart} to start over",
+        )
 
 
 def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
@@ -137,7 +202,7 @@ def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
             elif tc.optimizer == "adamw":
                 opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
             else:
-                raise ValueError(f"optimizer must be ranger or adamw, got {tc.optimizer!r}")
+                raise SettingError(f"train.optimizer takes ranger or adamw, got {tc.optimizer!r}")
 
             def schedule(step: int) -> float:
                 if step < tc.warmup_steps:
@@ -185,7 +250,7 @@ def _logger(kind: str, out: Path, log: Callable[[str], object]):
         except Exception as exc:  # missing package or no network: keep training, log to CSV
             log(f"comet logger unavailable ({type(exc).__name__}: {exc}); logging to CSV instead")
     elif kind != "csv":
-        raise ValueError(f"logger must be csv or comet, got {kind!r}")
+        raise SettingError(f"train.logger takes csv or comet, got {kind!r}")
     return CSVLogger(str(out), name="logs")
 
 
@@ -244,7 +309,17 @@ def train(
     out = ensure_writable_dir(out_dir)
     files, info = token_file_info(train_paths)
     tok = find_tokenizer(info, tokenizer, files[0])
-    mc = ModelConfig(**{**model_cfg, "n_codes": tok.cfg.n_codes})
+    mc = dataclasses.replace(model_cfg, n_codes=tok.cfg.n_codes)
+    code_features = code_feature_table(tok)
+    if code_features.shape[1] != mc.n_code_features:
+        raise SettingError(
+            f"model.n_code_features ({mc.n_code_features}) must be the tokenizer's number of "
+            f"node features ({code_features.shape[1]})"
+        )
+    last = out / "lightning" / "last.ckpt"
+    record = run_record(mc, tc, info["identity"], files, tree_files(val_paths))
+    if last.exists():
+        check_resume(out, record)
     L.seed_everything(tc.seed, workers=True, verbose=False)
 
     log_z = code_log_z(tok)
@@ -256,7 +331,7 @@ def train(
             "validation tokens come from another tokenizer than the training tokens",
         )
     model = JetEvolutionModel(mc)
-    model.set_code_features(torch.from_numpy(code_feature_table(tok)), log_z)
+    model.set_code_features(torch.from_numpy(code_features), log_z)
     model.tokenizer_identity = info["identity"]
     init_report = None
     if tc.init_from:
@@ -308,7 +383,9 @@ def train(
         log_every_n_steps=min(10, batches_per_epoch),
     )
     module = _lightning_module(model, tc)
-    last = out / "lightning" / "last.ckpt"
+    if trainer.is_global_zero and not last.exists():  # a new run: record what it starts with
+        with atomic_path(out / RUN_RECORD) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
     trainer.fit(
         module,
         loader(train_seq, True),

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import awkward as ak
 import numpy as np
 
+from jetevo.config import build, check_fields, setting
 from jetevo.errors import InputError, SettingError
 from jetevo.kinematics import pt_y_phi_m
 from jetevo.tokenize import features as F
@@ -30,24 +31,31 @@ CHECKPOINT_KIND = "jetevo-tokenizer"
 
 @dataclass
 class TokenizerConfig:
-    """Tokenizer settings (``configs/tokenizer.yaml``); every field can be overridden."""
+    """Tokenizer settings (``configs/tokenizer.yaml``); every field can be overridden. Types
+    and ranges are checked on every construction (:func:`jetevo.config.check_fields`)."""
 
-    n_codes: int = 8192
-    hidden: int = 64
-    n_layers: int = 2
-    feature_weights: list[float] = field(default_factory=lambda: [3.0, 1.0, 0.7, 0.7, 1.5])
-    batch_size: int = 4096
-    lr: float = 1e-4
-    max_steps: int = 2000
-    commitment_weight: float = 0.25
-    ema_decay: float = 0.99
-    dead_code_fraction: float = 0.003
-    root_fraction: float = 0.05
+    n_codes: int = setting(8192, ge=1)
+    hidden: int = setting(64, ge=1)
+    n_layers: int = setting(2, ge=1)
+    # one weight > 0 per feature of features.FEATURES (the standardizer divides by it)
+    feature_weights: list[float] = setting(  # noqa: RUF009 (a field)
+        factory=lambda: [3.0, 1.0, 0.7, 0.7, 1.5], gt=0, length=len(F.FEATURES)
+    )
+    batch_size: int = setting(4096, ge=1)
+    lr: float = setting(1e-4, gt=0)
+    max_steps: int = setting(2000, ge=0)  # 0: the k-means initialisation alone
+    commitment_weight: float = setting(0.25, ge=0)
+    ema_decay: float = setting(0.99, ge=0, lt=1)
+    dead_code_fraction: float = setting(0.003, ge=0)
+    root_fraction: float = 0.05  # with first_split_fraction: checked in __post_init__
     first_split_fraction: float = 0.15
-    kmeans_sample: int = 300_000
-    kmeans_iters: int = 15
-    checkpoint_every: int = 500
-    seed: int = 0
+    kmeans_sample: int = setting(300_000, ge=1)
+    kmeans_iters: int = setting(15, ge=1)
+    checkpoint_every: int = setting(500, ge=1)
+    seed: int = setting(0, ge=0)
+
+    # settings a resumed training may change: how far it goes and how often it saves
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("max_steps", "checkpoint_every")
 
     def __post_init__(self) -> None:
         shares = (self.root_fraction, self.first_split_fraction)
@@ -59,14 +67,13 @@ class TokenizerConfig:
                 "root_fraction and first_split_fraction must be numbers >= 0 that add up to "
                 f"less than 1, got {shares[0]!r} and {shares[1]!r}"
             )
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SettingError(f"unknown tokenizer setting(s): {', '.join(unknown)}")
-        return cls(**d)
+        """From a flat config mapping (:func:`jetevo.config.build`): unknown keys refused,
+        numeric strings such as ``1e-4`` read as numbers."""
+        return build(cls, d, "tokenizer", prefix=False)
 
 
 class Tokenizer:

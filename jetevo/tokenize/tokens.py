@@ -15,26 +15,38 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.kinematics import jet_kinematics
 from jetevo.tokenize.decode import decode_physical
 from jetevo.tokenize.tokenizer import Tokenizer
-from jetevo.trees.format import Topology, list_column, read_metadata, tree_files
+from jetevo.trees.format import (
+    Topology,
+    list_column,
+    read_metadata,
+    read_schema,
+    read_table,
+    tree_files,
+)
 from jetevo.trees.writer import write_table
 
 TOKENIZER_KEY = b"jetevo_tokenizer"
 
 
 def tokenizer_metadata(path: str | Path) -> dict:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path).metadata or {}
     if TOKENIZER_KEY not in meta:
         raise InputError(
             path, "not a token file (no tokenizer metadata; run 'jetevo tokenizer encode')"
         )
-    return json.loads(meta[TOKENIZER_KEY])
+    try:
+        info = json.loads(meta[TOKENIZER_KEY])
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or not {"identity", "n_codes"} <= set(info):
+        raise InputError(path, "damaged tokenizer metadata")
+    return info
 
 
 def _offsets(table: pa.Table) -> np.ndarray:
@@ -47,7 +59,7 @@ def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
     written = []
     for f in tree_files(tree_paths):
         read_metadata(f)
-        table = pq.read_table(f)
+        table = read_table(f)
         if "token" in table.column_names:
             table = table.drop_columns(["token"])
         tokens = tok.encode_trees(
@@ -84,7 +96,7 @@ def decode_files(
                 f"tokens were made by tokenizer {info.get('identity')}, not by this one "
                 f"({tok.identity})",
             )
-        table = pq.read_table(f)
+        table = read_table(f)
         offsets = _offsets(table)
         flat = {
             k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)

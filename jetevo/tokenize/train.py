@@ -2,7 +2,8 @@
 
 Only real nodes enter the losses (trees have no padding; OmniJet-alpha quantized and
 reconstructed its zero padding too). Resumable: the checkpoint at ``out`` carries the
-optimizer state and step, and a rerun continues to ``max_steps``.
+optimizer state and step, the settings and the tree files it was started with, and a
+rerun with the same ones continues to ``max_steps`` (other ones are refused).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from jetevo.config import file_fingerprints, files_difference, settings_difference
 from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import kmeans
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig, read_checkpoint
-from jetevo.trees.format import load
+from jetevo.trees.format import load, tree_files
 
 TREE_COLUMNS = ["px", "py", "pz", "E", "left", "parent"]
 
@@ -85,6 +88,30 @@ def _kmeans_rows(
     return np.sort(np.concatenate(picks))
 
 
+def check_resume(out: Path, state: dict, cfg: TokenizerConfig, trees: list[dict]) -> None:
+    """Refuse, in one line, to resume the checkpoint ``out`` with other settings (but
+    :attr:`TokenizerConfig.RESUMABLE`) or other tree files than it was started with."""
+    restart = "use another --out, or remove it to start over"
+    if state.get("trees") is None:
+        raise InputError(
+            out,
+            "the checkpoint does not record the tree files it was trained on (it predates "
+            "that record), so resuming it cannot be checked to continue the same training; "
+            + restart,
+        )
+    saved = Tokenizer.from_state(state, out).cfg
+    diffs = settings_difference(asdict(saved), asdict(cfg), "", TokenizerConfig.RESUMABLE)
+    changed = files_difference(state["trees"], trees, "--trees")
+    if changed:
+        diffs.append(changed)
+    if diffs:
+        raise InputError(
+            out,
+            f"this checkpoint was started with other inputs ({'; '.join(diffs)}); a resume only "
+            f"continues the same training: {restart}",
+        )
+
+
 def train_tokenizer(
     tree_paths,
     out: str | Path,
@@ -103,6 +130,10 @@ def train_tokenizer(
     cfg = cfg or TokenizerConfig()
     out = Path(out)
     ensure_writable_dir(out.parent)
+    trees = file_fingerprints(tree_files(tree_paths))
+    resume = read_checkpoint(out) if out.exists() else None
+    if resume is not None:
+        check_resume(out, resume, cfg, trees)
     torch.manual_seed(cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     feats, nodes = node_features(tree_paths)
@@ -119,14 +150,9 @@ def train_tokenizer(
         )
 
     step = 0
-    resume = read_checkpoint(out) if out.exists() else None
     if resume is not None:
         tok = Tokenizer.from_state(resume, out)
-        if tok.cfg.n_codes != cfg.n_codes:
-            raise InputError(
-                out,
-                f"existing checkpoint has {tok.cfg.n_codes} codes, the config asks for {cfg.n_codes}",
-            )
+        tok.cfg = cfg  # the same settings (check_resume) but for how far it goes
         step = int(resume.get("step", 0))
         log(f"resuming {out} at step {step}")
     else:
@@ -174,6 +200,7 @@ def train_tokenizer(
                 "optimizer": opt.state_dict(),
                 "val_mse": val_mse,
                 "n_train_nodes": len(train),
+                "trees": trees,
             },
         )
         tok.model = model.to(device)

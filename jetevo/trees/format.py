@@ -194,15 +194,39 @@ def tree_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def read_schema(path: str | Path) -> pa.Schema:
+    """The Parquet schema of a file; a damaged or foreign file is one :class:`InputError`."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (or its ``columns``); damage is one :class:`InputError`."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(path, f"damaged Parquet file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_metadata(path: str | Path) -> dict:
     """The ``jetevo`` run metadata of one tree file."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception as exc:
-        raise InputError(path, f"not a readable Parquet file ({exc})") from None
+    meta = read_schema(path).metadata or {}
     if b"jetevo" not in meta:
         raise InputError(path, "not a jetevo tree file (no 'jetevo' schema metadata)")
-    return json.loads(meta[b"jetevo"])
+    try:
+        value = json.loads(meta[b"jetevo"])
+    except ValueError:
+        raise InputError(path, "damaged 'jetevo' schema metadata") from None
+    if not isinstance(value, dict):
+        raise InputError(path, "damaged 'jetevo' schema metadata")
+    return value
 
 
 def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = None) -> ak.Array:
@@ -211,11 +235,11 @@ def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = N
     files = tree_files(paths)
     for f in files:
         read_metadata(f)
-        names = set(pq.read_schema(f).names)
+        names = set(read_schema(f).names)
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
         if missing:
             raise InputError(f, f"missing tree column(s) {', '.join(missing)}")
-        table = pq.read_table(f, columns=columns)
+        table = read_table(f, columns=columns)
         # dictionary-encoded strings (label, source) become plain strings so files concatenate
         for i, field in enumerate(table.schema):
             if pa.types.is_dictionary(field.type):
