@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -177,3 +178,26 @@ def test_tree_files_of_two_precisions_do_not_load_together(sim_dir, tmp_path, ca
     )  # fmt: skip
     with pytest.raises(InputError, match="types differ"):
         tree_format.load([a, b])
+
+
+def test_tokenizer_eval_of_one_node_jets(tiny_tokenizer, tmp_path, capsys):
+    """Jets of one particle have no internal nodes: the report says so instead of failing."""
+    from jetevo.trees.writer import write_table
+
+    jets = make_jets([np.array([[10.0 * (1 + i), 1.0, 2.0, 11.0 * (1 + i)]]) for i in range(30)])
+    table, _ = recluster_chunk(jets, ReclusterConfig())
+    write_table(table, tmp_path / "one.trees.parquet")
+    code = main(["tokenizer", "eval", "--ckpt", str(tiny_tokenizer.path), "--trees",
+                 str(tmp_path / "one.trees.parquet"), "--json", str(tmp_path / "r" / "r.json")])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "r.json").read_text())
+    assert report["internal"]["pt_rel_err_mean"] is None and report["n_nodes"] == 30
+    assert re.search(r"^internal +- +- +- +-$", capsys.readouterr().out, re.M)
+
+
+def test_evaluate_splits_json_folder_is_made_before_the_work(tmp_path, capsys):
+    """The --json folder is created (or refused) first, not after all the work."""
+    missing = tmp_path / "nope" / "deeper"
+    err = one_line(capsys, ["evaluate-splits", "--ckpt", tmp_path / "m.ckpt", "--tokens",
+                            tmp_path, "--json", missing / "s.json"])  # fmt: skip
+    assert missing.is_dir() and "m.ckpt" in err

@@ -48,7 +48,13 @@ def load_model(path: str | Path) -> JetEvolutionModel:
     except (TypeError, ValueError) as exc:  # unknown keys; SettingError is a ValueError
         raise InputError(path, f"bad model config in the checkpoint ({exc})") from None
     model = JetEvolutionModel(cfg)
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            path, f"damaged checkpoint: the weights do not fit its config ({first})"
+        ) from None
     model.tokenizer_identity = state.get("tokenizer_identity")
     model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}
     return model.eval()

@@ -62,6 +62,8 @@ class Sequences:
         start = 2 * n_codes
         counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
         tok = ak.to_numpy(ak.flatten(trees["token"])).astype(np.int64)
+        if np.any((tok < 0) | (tok >= 2 * n_codes)):
+            raise InputError(files[0], f"token column holds values outside 0..{2 * n_codes - 1}")
         left, right, parent, depth = (
             ak.to_numpy(ak.flatten(trees[k])).astype(np.int64)
             for k in ("left", "right", "parent", "depth")

@@ -166,6 +166,20 @@ class Tokenizer:
                 path,
                 f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}",
             )
+        try:
+            tok = cls._from_state(state, path)
+        except (KeyError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(path, f"damaged tokenizer checkpoint ({first})") from None
+        recorded = state.get("identity")
+        if recorded is not None and tok.identity != recorded:
+            raise InputError(
+                path, "damaged tokenizer checkpoint: its weights are not those it records"
+            )
+        return tok
+
+    @classmethod
+    def _from_state(cls, state: dict, path: str | Path) -> Tokenizer:
         # checkpoints from before the first-split share were trained without it
         saved = {"first_split_fraction": 0.0, **state["config"]}
         try:

@@ -23,6 +23,7 @@ from jetevo.tokenize.decode import decode_physical
 from jetevo.tokenize.tokenizer import Tokenizer
 from jetevo.trees.format import (
     Topology,
+    check_structure,
     list_column,
     read_metadata,
     read_schema,
@@ -60,6 +61,7 @@ def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
     for f in tree_files(tree_paths):
         read_metadata(f)
         table = read_table(f)
+        check_structure(f, table)
         if "token" in table.column_names:
             table = table.drop_columns(["token"])
         tokens = tok.encode_trees(
@@ -97,6 +99,7 @@ def decode_files(
                 f"({tok.identity})",
             )
         table = read_table(f)
+        check_structure(f, table)
         offsets = _offsets(table)
         flat = {
             k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)
@@ -105,6 +108,8 @@ def decode_files(
         topology = Topology(
             flat["left"], flat["right"], flat["parent"], flat["depth"], offsets.astype(np.int64)
         )
+        if not np.all(tok.vocab.is_node(flat["token"])):
+            raise InputError(f, f"token column holds values outside 0..{2 * tok.cfg.n_codes - 1}")
         p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
         dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
         for i, k in enumerate(("px", "py", "pz", "E")):
