@@ -256,7 +256,12 @@ class Tokenizer:
         """Flat tokens of every node of a tree batch (pre-order, as stored)."""
         a = F.node_arrays(trees)
         ctx = F.parent_context(a["p"], a["parent"])
-        return self.vocab.token(self.codes_from_features(F.features(a["p"], ctx)), a["is_leaf"])
+        f = F.features(a["p"], ctx)
+        bad = ~np.all(np.isfinite(f), axis=1)
+        if np.any(bad):  # finite but absurd kinematics (1e38 GeV) overflow the features
+            jet = np.repeat(np.arange(len(a["counts"])), a["counts"])[np.flatnonzero(bad)[0]]
+            raise SettingError(f"node kinematics out of range in jet {int(jet)}")
+        return self.vocab.token(self.codes_from_features(f), a["is_leaf"])
 
     def _context(self, parent: np.ndarray | None, n: int) -> np.ndarray:
         if parent is None:

@@ -9,14 +9,16 @@ writes ordinary tree files in the jet frame, node for node in the stored order.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-from jetevo.errors import InputError
+from jetevo.errors import InputError, SettingError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.kinematics import jet_kinematics
 from jetevo.tokenize.decode import decode_physical
@@ -59,24 +61,29 @@ def encode_files(tok: Tokenizer, tree_paths, out_dir: str | Path) -> list[Path]:
     out = ensure_writable_dir(out_dir)
     written = []
     for f in tree_files(tree_paths):
-        read_metadata(f)
-        table = read_table(f)
-        check_structure(f, table)
-        if "token" in table.column_names:
-            table = table.drop_columns(["token"])
-        tokens = tok.encode_trees(
-            ak.from_arrow(table.select(["px", "py", "pz", "E", "left", "parent"]))
-        )
-        column = list_column(tokens.astype(np.int32), _offsets(table))
-        table = table.append_column(pa.field("token", column.type, nullable=False), column)
-        meta = dict(table.schema.metadata or {})
-        meta[TOKENIZER_KEY] = json.dumps(
-            {"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}
-        ).encode()
-        target = out / f.name
-        write_table(table.replace_schema_metadata(meta), target)
-        written.append(target)
+        with _about(f):
+            written.append(_encode_file(tok, f, out))
     return written
+
+
+def _encode_file(tok: Tokenizer, f: Path, out: Path) -> Path:
+    read_metadata(f)
+    table = read_table(f)
+    check_structure(f, table, required=True)
+    if "token" in table.column_names:
+        table = table.drop_columns(["token"])
+    tokens = tok.encode_trees(
+        ak.from_arrow(table.select(["px", "py", "pz", "E", "left", "parent"]))
+    )
+    column = list_column(tokens.astype(np.int32), _offsets(table))
+    table = table.append_column(pa.field("token", column.type, nullable=False), column)
+    meta = dict(table.schema.metadata or {})
+    meta[TOKENIZER_KEY] = json.dumps(
+        {"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}
+    ).encode()
+    target = out / f.name
+    write_table(table.replace_schema_metadata(meta), target)
+    return target
 
 
 def decode_files(
@@ -91,41 +98,62 @@ def decode_files(
     out = ensure_writable_dir(out_dir)
     written = []
     for f in tree_files(token_paths):
-        info = tokenizer_metadata(f)
-        if info.get("identity") != tok.identity:
-            raise InputError(
-                f,
-                f"tokens were made by tokenizer {info.get('identity')}, not by this one "
-                f"({tok.identity})",
-            )
-        table = read_table(f)
-        check_structure(f, table)
-        offsets = _offsets(table)
-        flat = {
-            k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)
-            for k in ("token", "left", "right", "parent", "depth")
-        }
-        topology = Topology(
-            flat["left"], flat["right"], flat["parent"], flat["depth"], offsets.astype(np.int64)
-        )
-        if not np.all(tok.vocab.is_node(flat["token"])):
-            raise InputError(f, f"token column holds values outside 0..{2 * tok.cfg.n_codes - 1}")
-        p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
-        dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
-        for i, k in enumerate(("px", "py", "pz", "E")):
-            table = table.set_column(
-                table.column_names.index(k),
-                pa.field(k, table.schema.field(k).type, nullable=False),
-                list_column(p[:, i].astype(dtype), offsets),
-            )
-        for k, v in jet_kinematics(p[offsets[:-1]]).items():
-            i = table.column_names.index(k)
-            table = table.set_column(
-                i,
-                table.schema.field(k),
-                pa.array(v.astype(table.schema.field(k).type.to_pandas_dtype())),
-            )
-        target = out / f.name
-        write_table(table, target)
-        written.append(target)
+        with _about(f):
+            written.append(_decode_file(tok, f, out, split_kinematics, particle_mass))
     return written
+
+
+def _decode_file(
+    tok: Tokenizer, f: Path, out: Path, split_kinematics: str, particle_mass: str
+) -> Path:
+    info = tokenizer_metadata(f)
+    if info.get("identity") != tok.identity:
+        raise InputError(
+            f,
+            f"tokens were made by tokenizer {info.get('identity')}, not by this one "
+            f"({tok.identity})",
+        )
+    table = read_table(f)
+    check_structure(f, table, required=True)
+    offsets = _offsets(table)
+    flat = {
+        k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)
+        for k in ("token", "left", "right", "parent", "depth")
+    }
+    topology = Topology(
+        flat["left"], flat["right"], flat["parent"], flat["depth"], offsets.astype(np.int64)
+    )
+    if not np.all(tok.vocab.is_node(flat["token"])):
+        raise InputError(f, f"token column holds values outside 0..{2 * tok.cfg.n_codes - 1}")
+    p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
+    dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
+    for i, k in enumerate(("px", "py", "pz", "E")):
+        table = table.set_column(
+            table.column_names.index(k),
+            pa.field(k, table.schema.field(k).type, nullable=False),
+            list_column(p[:, i].astype(dtype), offsets),
+        )
+    for k, v in jet_kinematics(p[offsets[:-1]]).items():
+        i = table.column_names.index(k)
+        table = table.set_column(
+            i,
+            table.schema.field(k),
+            pa.array(v.astype(table.schema.field(k).type.to_pandas_dtype())),
+        )
+    target = out / f.name
+    write_table(table, target)
+    return target
+
+
+@contextlib.contextmanager
+def _about(path: Path) -> Iterator[None]:
+    """Problems met while reading one file, said as that file's problem (one line)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except SettingError as exc:
+        raise InputError(path, str(exc)) from None
+    except (pa.ArrowException, KeyError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"not a usable tree file ({first})") from None

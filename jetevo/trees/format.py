@@ -262,10 +262,13 @@ def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = N
 STRUCTURE_COLUMNS = (*REQUIRED_COLUMNS, "n_constituents")
 
 
-def check_structure(path: Path, table: pa.Table) -> None:
+def check_structure(path: Path, table: pa.Table, required: bool = False) -> None:
     """Refuse a file whose trees are not binary trees in pre-order (a damaged file can read
     back cleanly yet hold nonsense indices, on which later stages would loop or misread)."""
-    if not set(STRUCTURE_COLUMNS) <= set(table.column_names):
+    missing = [c for c in STRUCTURE_COLUMNS if c not in table.column_names]
+    if missing and required:
+        raise InputError(path, f"missing tree column(s) {', '.join(missing)}")
+    if missing:
         return
     lists = [n for n in table.column_names if pa.types.is_list(table.schema.field(n).type)]
     offsets = {n: table.column(n).combine_chunks().offsets for n in lists}
