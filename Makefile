@@ -8,7 +8,7 @@ DEMO_JETS ?= 1000
 DEMO_GEN_JETS ?= 1000
 WORKERS ?= 2
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench bench-memory fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,15 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_tokenizer.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_generate.py
+
+# peak memory of reclustering an AOJ-sized file (2.2M jets; several minutes, ~3 GB of disk)
+bench-memory: $(STAMP)
+	$(BIN)/python scripts/bench_recluster_memory.py
+
+# corrupted inputs through every command for FUZZ_MINUTES (make test runs a few dozen cases)
+FUZZ_MINUTES ?= 10
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --minutes $(FUZZ_MINUTES) --out bench_out/fuzz
 
 clean:
 	rm -rf $(DEMO_DIR) bench_out .pytest_cache

@@ -201,3 +201,18 @@ def test_evaluate_splits_json_folder_is_made_before_the_work(tmp_path, capsys):
     err = one_line(capsys, ["evaluate-splits", "--ckpt", tmp_path / "m.ckpt", "--tokens",
                             tmp_path, "--json", missing / "s.json"])  # fmt: skip
     assert missing.is_dir() and "m.ckpt" in err
+
+
+def test_aoj_candidates_stored_as_integers(tmp_path):
+    """Integer PFCands (some producers truncate): soft candidates round to pT = 0 and are
+    dropped and counted; every jet still becomes a tree."""
+    rng = np.random.default_rng(4)
+    jets = [random_particles(rng, 10) for _ in range(12)]
+    jets[5][:3, :2] = 0.3  # |px|, |py| < 1: 0 once stored as integers
+    aoj_file(tmp_path / "RunG_batch0.h5", jets)
+    with h5py.File(tmp_path / "RunG_batch0.h5", "r+") as f:
+        cands = f["PFCands"][()]
+        del f["PFCands"]
+        f["PFCands"] = cands.astype(np.int32)
+    s = tree_run.recluster_files([tmp_path / "RunG_batch0.h5"], tmp_path / "o", progress=False)
+    assert s["trees_written"] == s["jets_read"] == 12 and s["beam_constituents_dropped"] >= 3
