@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from jetevo.cli import add_recluster_options, recluster_config
@@ -56,4 +57,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jetevo.errors import JetevoError
+
+    try:
+        main()
+    except JetevoError as err:  # as jetevo recluster: one line, exit 2
+        print(f"recluster_dask: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -213,3 +213,12 @@ def test_generate_refuses_a_folder_of_other_tree_files(model_ckpt, tmp_path):
     with pytest.raises(InputError, match="not written by jetevo generate"):
         generate(model_ckpt, 2, other, progress=False)
     assert (other / "TTBar_000.trees.parquet").exists()
+
+
+def test_a_bad_setting_leaves_the_older_sample_alone(model_ckpt, tmp_path):
+    out = tmp_path / "g"
+    generate(model_ckpt, 5, out, batch_size=8, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(SettingError, match="root tokens"):
+        generate(model_ckpt, 5, out, root_tokens=[10**6], progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -33,6 +33,7 @@ def test_recluster_all_inputs(sim_dir, tmp_path, capsys):
     assert summary["jets_read"] == 110 == summary["trees_written"]
     assert summary["skipped"] == {
         "no_constituents": 0, "non_finite": 0, "negative_energy": 0, "only_beam_constituents": 0,
+        "unphysical_constituent": 0,
     }  # fmt: skip
     files = sorted(p.name for p in out.glob("*.parquet"))
     assert len(files) == len(summary["outputs"]) and files[0] == "RunG_batch0.0000.trees.parquet"
@@ -214,6 +215,7 @@ def test_aoj_bad_jets_counted(tmp_path):
     assert summary["jets_read"] == 6 and summary["trees_written"] == 3
     assert summary["skipped"] == {
         "no_constituents": 1, "non_finite": 1, "negative_energy": 1, "only_beam_constituents": 0,
+        "unphysical_constituent": 0,
     }  # fmt: skip
     trees = tree_format.load(tmp_path / "o")
     assert ak.to_list(trees.entry) == [0, 3, 5] and ak.to_list(trees.n_constituents) == [20, 1, 20]

@@ -216,3 +216,47 @@ def test_aoj_candidates_stored_as_integers(tmp_path):
         f["PFCands"] = cands.astype(np.int32)
     s = tree_run.recluster_files([tmp_path / "RunG_batch0.h5"], tmp_path / "o", progress=False)
     assert s["trees_written"] == s["jets_read"] == 12 and s["beam_constituents_dropped"] >= 3
+
+
+def test_a_constituent_without_rapidity_skips_its_jet_only():
+    """E = pz = 0 with pT > 0 has no rapidity (FastJet's would be infinite): the jet is a
+    counted skip, the chunk goes on."""
+    rng = np.random.default_rng(5)
+    bad = np.vstack([random_particles(rng, 4), [[0.5, 0.5, 0.0, 0.0]]])
+    table, counts = recluster_chunk(make_jets([random_particles(rng, 6), bad]), ReclusterConfig())
+    assert counts["skipped_unphysical_constituent"] == 1 and table.num_rows == 1
+
+
+def test_empty_jet_at_the_end_of_a_chunk(tmp_path):
+    rng = np.random.default_rng(6)
+    jets = [random_particles(rng, 5) for _ in range(9)] + [np.zeros((0, 4))]
+    aoj_file(tmp_path / "RunG_batch0.h5", jets)
+    s = tree_run.recluster_files(
+        [tmp_path / "RunG_batch0.h5"], tmp_path / "o", chunk_size=5, progress=False
+    )
+    assert s["trees_written"] == 9 and s["skipped"]["no_constituents"] == 1
+
+
+def test_a_damaged_named_input_in_a_folder_is_reported(sim_dir, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sim_dir / "aoj" / "RunG_batch0.h5", src / "RunG_batch0.h5")
+    (src / "RunG_batch1.h5").write_bytes(b"not an HDF5 file at all")
+    err = one_line(capsys, ["recluster", src, "--out", tmp_path / "o", "--quiet"])
+    assert "RunG_batch1.h5" in err
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["trees_written"] == 40
+
+
+def test_resume_accepts_inputs_in_another_order_but_not_other_jets(sim_dir, tmp_path, capsys):
+    a = sim_dir / "aoj" / "RunG_batch0.h5"
+    b = sim_dir / "jetclass" / "TTBar_000.root"
+    out = tmp_path / "o"
+    assert main(["recluster", str(a), str(b), "--out", str(out), "--quiet"]) == 0
+    assert main(["recluster", str(b), str(a), "--out", str(out), "--quiet"]) == 0
+    grown = tmp_path / "RunG_batch0.h5"
+    rng = np.random.default_rng(7)
+    aoj_file(grown, [random_particles(rng, 5) for _ in range(10)])
+    assert main(["recluster", str(grown), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+    aoj_file(grown, [random_particles(rng, 5) for _ in range(12)])  # rewritten, more jets
+    err = one_line(capsys, ["recluster", grown, "--out", tmp_path / "o2", "--quiet"])
+    assert "jets changed" in err

@@ -28,7 +28,7 @@ from jetevo.tokenize.resolution import Resolution, code_log_z
 from jetevo.trees.format import JetColumns
 from jetevo.trees.writer import ShardedTreeWriter, tree_table
 
-GENERATED = re.compile(r"generated\.\d{4}\.trees\.parquet")
+GENERATED = re.compile(r"generated\.\d{4,}\.trees\.parquet")
 
 
 class GenerationError(JetevoError):
@@ -215,7 +215,6 @@ def generate(
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
     tok = load_tokenizer_for(model, ckpt, tokenizer)
-    out = _output_folder(out_dir)
     cfg = model.cfg
     roots_given, root_y = _root_tokens(tok, cfg.n_node_tokens, root_tokens, root)
 
@@ -225,6 +224,7 @@ def generate(
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
     bigram = _count_baselines(model, ckpt) if baseline == "bigram" else None
     limit_nodes = node_limit(cfg.max_len, max_nodes)
+    out = _output_folder(out_dir)  # only once every setting is known to be usable
     settings = {
         "generator": baseline or "transformer",
         "resolution_pt": None if scale is None else float(np.exp(scale)),

@@ -476,12 +476,12 @@ def _aoj_common(
     flat = cands[real]  # row-major: jets in order, candidates in stored order
     p4 = flat[:, :4].astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        sums = (
-            np.add.reduceat(p4, np.r_[0, np.cumsum(counts)[:-1]], axis=0)
-            if len(flat)
-            else np.zeros((len(counts), 4))
-        )
-    sums[counts == 0] = 0.0
+        # per-jet sums; a jet of padding only has none (reduceat cannot take empty segments)
+        sums = np.zeros((len(counts), 4))
+        some = counts > 0
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        if some.any():
+            sums[some] = np.add.reduceat(p4, starts[some], axis=0)
 
     def jag(col: int, dtype) -> ak.Array:
         return ak.unflatten(flat[:, col].astype(dtype), counts)

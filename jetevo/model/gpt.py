@@ -84,12 +84,8 @@ class ModelConfig:
             raise SettingError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
-        group = min(self.output_group_size, self.n_codes)
-        if group and self.n_codes % group:
-            raise SettingError(
-                f"model.output_group_size ({self.output_group_size}) must divide the "
-                f"tokenizer's codebook size ({self.n_codes}), or be 0"
-            )
+        # output_group_size must divide n_codes, which is the tokenizer's: checked where
+        # the model is built (JetEvolutionModel), once n_codes is known
 
     @property
     def n_node_tokens(self) -> int:
@@ -335,8 +331,9 @@ class JetEvolutionModel(nn.Module):
         )
         if gs:
             if cfg.n_codes % gs:
-                raise ValueError(
-                    f"model.output_group_size={gs} must divide the codebook size {cfg.n_codes}"
+                raise SettingError(
+                    f"model.output_group_size ({cfg.output_group_size}) must divide the "
+                    f"tokenizer's codebook size ({cfg.n_codes}), or be 0"
                 )
             self.n_groups = cfg.n_node_tokens // gs
             self.group_emb = nn.Embedding(self.n_groups, cfg.n_embd)

@@ -401,6 +401,7 @@ JET_EMPTY = 1
 JET_NON_FINITE = 2
 JET_NEGATIVE_ENERGY = 3
 JET_ONLY_BEAM = 4
+JET_UNPHYSICAL = 5  # a constituent with E + |pz| ~ 0 but pT > 0: no rapidity at all
 # a constituent with pT below this fraction of its energy (pT = 0 included) runs along the beam:
 # FastJet gives it a rapidity beyond any radius, so it goes to the beam instead of into the
 # jet's tree; it is dropped and counted (a real particle of a jet has pT/E >> 1e-20)
@@ -421,6 +422,10 @@ def _check_jet(px, py, pz, E, a, b, along_beam):
     for i in range(a, b):
         if E[i] < 0:
             return JET_NEGATIVE_ENERGY, 0
+    for i in range(a, b):
+        pt = math.hypot(np.float64(px[i]), np.float64(py[i]))
+        if pt > 0.0 and np.float64(E[i]) + abs(np.float64(pz[i])) <= BEAM_PT_OVER_E * pt:
+            return JET_UNPHYSICAL, 0
     n_beam = 0
     for i in range(a, b):
         pt2 = np.float64(px[i]) ** 2 + np.float64(py[i]) ** 2

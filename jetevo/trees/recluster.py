@@ -33,6 +33,7 @@ from jetevo.trees.kernel import (
     JET_NON_FINITE,
     JET_OK,
     JET_ONLY_BEAM,
+    JET_UNPHYSICAL,
     SCHEME_E,
     SCHEME_WTA_PT,
     STATUS_OK,
@@ -50,6 +51,7 @@ SKIP_CODES = {
     "non_finite": JET_NON_FINITE,
     "negative_energy": JET_NEGATIVE_ENERGY,
     "only_beam_constituents": JET_ONLY_BEAM,
+    "unphysical_constituent": JET_UNPHYSICAL,
 }
 SKIP_REASONS = tuple(SKIP_CODES)
 FORMAT_NAME = "jetevo-trees"

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.io.atomic import ensure_writable_dir, remove_stale_temporaries, write_json
 from jetevo.io.readers import count_jets, detect_format, iter_jets
-from jetevo.trees.format import TREE_SUFFIX
+from jetevo.trees.format import TREE_SUFFIX, read_metadata
 from jetevo.trees.recluster import (
     SKIP_REASONS,
     ChunkInProgress,
@@ -70,9 +70,10 @@ class ReclusterFailed(JetevoError):
 
 
 def input_files(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, plus the ROOT and HDF5 files inside given folders, recognised by
-    their content whatever their name (other files there are not inputs); the same file
-    reached twice (a symbolic link, a repeated argument) is read once."""
+    """Files as given, plus the inputs inside given folders: files named ``.root``, ``.h5``
+    or ``.hdf5`` in any case (a damaged one fails and is reported), and files of other names
+    whose content is ROOT or HDF5. The same file reached twice (a symbolic link, a repeated
+    argument) is read once."""
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -101,7 +102,14 @@ def input_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+INPUT_SUFFIXES = (".root", ".h5", ".hdf5")
+
+
 def _is_input(path: Path) -> bool:
+    """A named input (``.root``, ``.h5``, ``.hdf5``, any case: its problems are reported)
+    or any other file whose content is ROOT or HDF5."""
+    if path.suffix.lower() in INPUT_SUFFIXES:
+        return True
     try:
         detect_format(path)
     except InputError:
@@ -292,12 +300,28 @@ def prepare_run(inputs, out_dir, cfg: ReclusterConfig, shard_size: int) -> Run:
     return Run(out, files, shards, [s for s in shards if not s.output.exists()], failures)
 
 
-def _run_record(cfg: ReclusterConfig, shard_size: int, files: list[Path]) -> dict:
+def _run_record(
+    cfg: ReclusterConfig, shard_size: int, files: list[Path], shards: list[Shard]
+) -> dict:
+    """Settings, shard size, the inputs (by path, in any order) and the number of jets of
+    each input that could be planned (so that a file rewritten with other jets is not taken
+    for the same input; an input that failed may be repaired and retried)."""
+    jets: dict[str, int] = {}
+    for s in shards:
+        key = str(s.source.resolve())
+        jets[key] = max(jets.get(key, 0), s.stop)
     return {
         "config": cfg.metadata(),
         "shard_size": shard_size,
-        "inputs": [str(f.resolve()) for f in files],
+        "inputs": sorted(str(f.resolve()) for f in files),
+        "jets": jets,
     }
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    same = all(old.get(k) == new[k] for k in ("config", "shard_size", "inputs"))
+    jets_old, jets_new = old.get("jets") or {}, new["jets"]
+    return same and all(jets_old[k] == n for k, n in jets_new.items() if k in jets_old)
 
 
 def _check_same_run(
@@ -305,15 +329,15 @@ def _check_same_run(
 ) -> None:
     """A folder holds one run: refuse settings, shard size or inputs other than those it
     was started with, and tree files that this run would not write."""
-    record = _run_record(cfg, shard_size, files)
+    record = _run_record(cfg, shard_size, files, shards)
     path = out / RUN_FILE
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             raise InputError(path, "unreadable run record; use another --out") from None
-        if old != record:
-            changed = _differences(old, record)
+        if not isinstance(old, dict) or not _same_run(old, record):
+            changed = _differences(old if isinstance(old, dict) else {}, record)
             raise InputError(
                 out,
                 f"holds a run started with other settings ({changed}); resuming would mix "
@@ -328,12 +352,24 @@ def _check_same_run(
             f"{', ...' if len(foreign) > 3 else ''}): another run's; use another --out",
         )
     if not path.exists():
+        _check_older_outputs(out, cfg, shards)
         write_json(path, record)
+
+
+def _check_older_outputs(out: Path, cfg: ReclusterConfig, shards: list[Shard]) -> None:
+    """Outputs without a run record (written before records existed) are resumed only if
+    they were made with these settings."""
+    for s in shards:
+        if s.output.exists() and read_metadata(s.output) != cfg.metadata():
+            changed = _differences({"config": read_metadata(s.output)}, {"config": cfg.metadata()})
+            raise InputError(
+                out, f"holds trees made with other settings ({changed}); use another --out"
+            )
 
 
 def _differences(old: dict, new: dict) -> str:
     parts = []
-    for key in ("config", "shard_size", "inputs"):
+    for key in ("config", "shard_size", "inputs", "jets"):
         a, b = old.get(key), new.get(key)
         if key == "config" and isinstance(a, dict) and isinstance(b, dict):
             parts += [
@@ -342,7 +378,7 @@ def _differences(old: dict, new: dict) -> str:
                 if a.get(k) != b.get(k)
             ]
         elif a != b:
-            parts.append(f"{key} {'changed' if key == 'inputs' else f'{a!r} -> {b!r}'}")
+            parts.append(f"{key} {'changed' if key in ('inputs', 'jets') else f'{a!r} -> {b!r}'}")
     return "; ".join(parts) or "an older record"
 
 
