@@ -18,6 +18,7 @@ from jetevo.errors import InputError
 from jetevo.model.gpt import IGNORE, SIDE_LEFT, SIDE_RIGHT, SIDE_ROOT, SIDE_START, scale_bin
 from jetevo.tokenize.resolution import chain_log_pt
 from jetevo.tokenize.tokens import tokenizer_metadata
+from jetevo.tokenize.vocab import Vocab
 from jetevo.trees.format import load, tree_files
 
 COLUMNS = ["token", "left", "right", "parent", "depth"]
@@ -62,8 +63,8 @@ class Sequences:
         start = 2 * n_codes
         counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
         tok = ak.to_numpy(ak.flatten(trees["token"])).astype(np.int64)
-        if np.any((tok < 0) | (tok >= 2 * n_codes)):
-            raise InputError(files[0], f"token column holds values outside 0..{2 * n_codes - 1}")
+        if not np.all(Vocab(n_codes).is_node(tok)):
+            raise InputError(files[0], "token column holds values that are not node tokens")
         left, right, parent, depth = (
             ak.to_numpy(ak.flatten(trees[k])).astype(np.int64)
             for k in ("left", "right", "parent", "depth")

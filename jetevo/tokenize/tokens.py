@@ -115,6 +115,8 @@ def _decode_file(
         )
     table = read_table(f)
     check_structure(f, table, required=True)
+    if "token" not in table.column_names:
+        raise InputError(f, "no token column (run 'jetevo tokenizer encode')")
     offsets = _offsets(table)
     flat = {
         k: np.asarray(table.column(k).combine_chunks().flatten()).astype(np.int64)
@@ -124,7 +126,7 @@ def _decode_file(
         flat["left"], flat["right"], flat["parent"], flat["depth"], offsets.astype(np.int64)
     )
     if not np.all(tok.vocab.is_node(flat["token"])):
-        raise InputError(f, f"token column holds values outside 0..{2 * tok.cfg.n_codes - 1}")
+        raise InputError(f, "token column holds values that are not node tokens")
     p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
     dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
     for i, k in enumerate(("px", "py", "pz", "E")):
@@ -154,6 +156,6 @@ def _about(path: Path) -> Iterator[None]:
         raise
     except SettingError as exc:
         raise InputError(path, str(exc)) from None
-    except (pa.ArrowException, KeyError, ValueError) as exc:
+    except pa.ArrowException as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(path, f"not a usable tree file ({first})") from None

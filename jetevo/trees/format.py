@@ -241,7 +241,8 @@ def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = N
         if missing:
             raise InputError(f, f"missing tree column(s) {', '.join(missing)}")
         # the structure is read and checked whatever columns are asked for
-        structure = [c for c in STRUCTURE_COLUMNS if c in names]
+        checked = _file_key(f) in _CHECKED  # already checked by this process: not read again
+        structure = [] if checked else [c for c in STRUCTURE_COLUMNS if c in names]
         wanted = None if columns is None else list(dict.fromkeys([*columns, *structure]))
         table = read_table(f, columns=wanted)
         check_structure(f, table)
@@ -260,16 +261,20 @@ def load(paths: str | Path | Iterable[str | Path], columns: list[str] | None = N
     return ak.from_arrow(pa.concat_tables(tables))
 
 
-STRUCTURE_COLUMNS = (*REQUIRED_COLUMNS, "n_constituents")
+# what the structure check reads: the integer node columns and the constituent count, not
+# the kinematics (a jet-level or token read does not pay for the four-momenta)
+STRUCTURE_COLUMNS = (*NODE_INT_FIELDS, "n_constituents")
 
 
 def check_structure(path: Path, table: pa.Table, required: bool = False) -> None:
     """Refuse a file whose trees are not binary trees in pre-order (a damaged file can read
     back cleanly yet hold nonsense indices, on which later stages would loop or misread)."""
-    missing = [c for c in STRUCTURE_COLUMNS if c not in table.column_names]
-    if missing and required:
-        raise InputError(path, f"missing tree column(s) {', '.join(missing)}")
-    if missing:
+    if required:  # a file that is used whole: every tree column
+        needed = (*REQUIRED_COLUMNS, "n_constituents", *JET_FLOAT_FIELDS)
+        absent = [c for c in needed if c not in table.column_names]
+        if absent:
+            raise InputError(path, f"missing tree column(s) {', '.join(absent)}")
+    if any(c not in table.column_names for c in STRUCTURE_COLUMNS):
         return
     lists = [n for n in table.column_names if pa.types.is_list(table.schema.field(n).type)]
     offsets = {n: table.column(n).combine_chunks().offsets for n in lists}
@@ -348,7 +353,7 @@ def validate(
     Checks: 2N-1 nodes; full binary tree in depth-first pre-order (left child right after
     its parent, right child after the whole left subtree); consistent parent/depth;
     leaves map one-to-one onto constituents 0..N-1; larger-pT child left; finite
-    kinematics (``subset_leaves``: trees kept by ``on_split="hardest"`` hold a subset of
+    kinematics (these last two only where ``trees`` holds px, py, pz, E; ``subset_leaves``: trees kept by ``on_split="hardest"`` hold a subset of
     the input, so leaf indices are distinct but may exceed N-1); ``harder_first=False`` for
     decoded or generated trees, whose quantized children may swap pT order; and, for ``scheme="E"``, parent four-momentum = sum of the children's
     (within ``rtol`` of the parent energy) or, for ``"wta_pt"``, parent pT = sum of the
@@ -373,8 +378,12 @@ def validate(
         _flat(trees, "depth").astype(np.int64),
         _flat(trees, "leaf_index").astype(np.int64),
     )
-    p = np.stack([_flat(trees, k).astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
-    fail(~np.all(np.isfinite(p), axis=1), "non-finite kinematics")
+    kinematics = "px" in trees.fields  # without them: the structure alone
+    if kinematics:
+        p = np.stack([_flat(trees, k).astype(np.float64) for k in NODE_FLOAT_FIELDS], axis=1)
+        fail(~np.all(np.isfinite(p), axis=1), "non-finite kinematics")
+    elif harder_first or scheme is not None:
+        raise ValueError("harder_first and scheme checks need the node four-momenta")
     internal = left >= 0
     fail(internal != (right >= 0), "a node with exactly one child")
     fail((local == 0) & ((parent != -1) | (depth != 0)), "root must have parent -1 and depth 0")
@@ -402,6 +411,8 @@ def validate(
     key = jet_of[~internal] * (int(leaf.max(initial=0)) + 1) + leaf[~internal]
     if len(np.unique(key)) != len(key):
         raise ValueError("a constituent appears in more than one leaf")
+    if not kinematics:
+        return
     pt = np.hypot(p[:, 0], p[:, 1])
     if harder_first:
         fail(internal & (pt[li] < pt[ri] * (1 - rtol)), "softer child placed left")
