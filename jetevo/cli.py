@@ -152,7 +152,17 @@ def _evaluate_splits(args: argparse.Namespace) -> None:
     from jetevo.model.splits import evaluate_splits, format_splits
 
     ensure_writable_dir(Path(args.json).parent)  # before the work, as tokenizer eval
-    result = evaluate_splits(args.ckpt, args.tokens)
+    result = evaluate_splits(args.ckpt, args.tokens, tokenizer=args.tokenizer)
+    write_json(args.json, result)
+    print(format_splits(result) + f"; {args.json}")
+
+
+def _evaluate_particles(args: argparse.Namespace) -> None:
+    from jetevo.io.atomic import ensure_writable_dir, write_json
+    from jetevo.model.splits import evaluate_particles, format_splits
+
+    ensure_writable_dir(Path(args.json).parent)
+    result = evaluate_particles(args.ckpt, args.tokens)
     write_json(args.json, result)
     print(format_splits(result) + f"; {args.json}")
 
@@ -303,7 +313,17 @@ def _train_parsers(sub) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--tokens", nargs="+", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one the model records)")
     p.set_defaults(func=_evaluate_splits)
+
+    p = sub.add_parser(
+        "evaluate-particles",
+        help="held-out per-particle NLL/top-k of a flat-mode model and its count baselines",
+    )
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--tokens", nargs="+", required=True)
+    p.add_argument("--json", required=True)
+    p.set_defaults(func=_evaluate_particles)
 
 
 def _generate_parser(sub) -> None:
@@ -380,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the commands whose steps allocate large torch tensors (see jetevo.allocator)
-TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "generate")
+TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "evaluate-particles", "generate")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 FILE_LISTS = ("train", "val", "trees")  # nargs="+" options that swallow trailing overrides
 

@@ -69,6 +69,13 @@ def four_momentum(pt, y, phi, m) -> np.ndarray:
     return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)], axis=1)
 
 
+def four_momentum_eta(pt, eta, phi, m) -> np.ndarray:
+    """(n, 4) px, py, pz, E from pT, pseudorapidity, azimuth and mass."""
+    pz = pt * np.sinh(eta)
+    e = np.sqrt(pt**2 + pz**2 + m**2)
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), pz, e], axis=1)
+
+
 def wrap_phi(dphi: np.ndarray) -> np.ndarray:
     """Azimuth (differences) wrapped into [-pi, pi)."""
     return (dphi + np.pi) % (2 * np.pi) - np.pi

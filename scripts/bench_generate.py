@@ -23,8 +23,8 @@ import torch
 def main() -> None:
     from jetevo.allocator import keep_freed_memory
     from jetevo.generate import generate, sample_trees
-    from jetevo.generate.run import load_tokenizer_for, resolution_for
-    from jetevo.model.checkpoint import load_model
+    from jetevo.generate.run import resolution_for
+    from jetevo.model.checkpoint import load_model, model_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", type=Path, default=Path("demo_out/model/finetune/model.ckpt"))
@@ -80,7 +80,7 @@ def main() -> None:
             )
 
     model = load_model(args.ckpt).to(args.device)
-    res = resolution_for(model, load_tokenizer_for(model, args.ckpt, None))  # as generate does
+    res = resolution_for(model, model_tokenizer(model, args.ckpt))  # as generate does
     base = {k: v.detach().clone() for k, v in model.state_dict().items() if "bias" in k}
     b = max(int(x) for x in args.batch_sizes.split(","))
     for shift in (float(x) for x in args.leaf_shifts.split(",")):

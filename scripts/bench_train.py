@@ -22,13 +22,13 @@ import torch
 
 def step_flops(model, batch: int, seq: int, permutation_min: bool) -> float:
     cfg = model.cfg
-    c, v, n_layer = cfg.n_embd, cfg.n_node_tokens, cfg.n_layer
+    c, v, n_layer = cfg.n_embd, cfg.vocab.n_node_tokens, cfg.n_layer
     table_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("tokens."))
     emb = (
         sum(p.numel() for n, p in model.named_parameters() if n.endswith("_emb.weight"))
         + table_params
     )
-    dense = sum(p.numel() for p in model.parameters()) - emb - model.out_bias.numel()
+    dense = sum(p.numel() for p in model.parameters()) - emb - model.output.bias.numel()
     positions = batch * seq
     per_position = 6 * dense + 12 * n_layer * seq * c + (3 if permutation_min else 2) * 6 * c * v
     if cfg.right_head == "context":  # the right head's attention over the sequence, per pass
@@ -39,7 +39,10 @@ def step_flops(model, batch: int, seq: int, permutation_min: bool) -> float:
 
 def main() -> None:
     from jetevo.allocator import keep_freed_memory
-    from jetevo.model.gpt import SIDE_LEFT, SIDE_START, JetEvolutionModel, ModelConfig, split_nll
+    from jetevo.model.gpt import ModelConfig
+    from jetevo.model.loss import split_nll
+    from jetevo.model.sequences import IGNORE, SIDE_LEFT, SIDE_START
+    from jetevo.model.tree import JetEvolutionModel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -77,16 +80,17 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=cuda)
 
     g = torch.Generator().manual_seed(0)
-    v = model.cfg.n_node_tokens
+    vocab = model.cfg.vocab
+    v = vocab.n_node_tokens
     t = args.seq_len
     tokens = torch.randint(0, v, (batch, t), generator=g)
-    tokens[:, 0] = v  # START
+    tokens[:, 0] = vocab.start
     side = torch.full((batch, t), SIDE_LEFT)
     side[:, 0] = SIDE_START
     depth = torch.arange(t).clamp(max=model.cfg.max_len).expand(batch, t).clone()
     left = torch.randint(0, v, (batch, t), generator=g)
     right = torch.randint(0, v, (batch, t), generator=g)
-    right[:, 0] = -100
+    right[:, 0] = IGNORE
     b = {
         k: x.to(args.device)
         for k, x in {

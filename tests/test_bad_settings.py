@@ -60,7 +60,7 @@ def train_cli(cfg, train, val, out, *overrides) -> int:
         ("train.split_weights=[1,-1]", "train.split_weights takes a list of numbers >= 0"),
         ("train.bogus=1", "unknown train setting(s): train.bogus"),
         ("model.n_codes=64", "model.n_codes is the tokenizer's codebook size"),
-        ("model.n_code_features=3", "model.n_code_features (3) must be the tokenizer's"),
+        ("model.n_code_features=3", "model.n_code_features is the tokenizer's number of features"),
         ("model.output_group_size=48", "model.output_group_size (48) must divide"),
     ],
 )
@@ -211,11 +211,11 @@ def test_tokenizer_resumes_only_the_same_training(tree_dir, tmp_path, capsys):
 
 def test_bad_model_config_in_a_checkpoint_is_an_input_error(tiny_tokenizer, tmp_path):
     from jetevo.model.checkpoint import load_model, save_model
-    from jetevo.model.gpt import JetEvolutionModel
+    from jetevo.model.tree import JetEvolutionModel
 
     model = JetEvolutionModel(ModelConfig(n_codes=64, n_layer=1, n_head=2, n_embd=16))
     save_model(model, tmp_path / "m.ckpt")
-    state = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "m.ckpt", weights_only=True)
     state["config"]["n_head"] = 3
     torch.save(state, tmp_path / "m.ckpt")
     with pytest.raises(InputError, match=r"m\.ckpt: bad model config .*divisible"):

@@ -14,6 +14,7 @@ from jetevo.cli import main
 from jetevo.errors import InputError, SettingError
 from jetevo.generate import GenerationError, generate, sample_trees
 from jetevo.model.checkpoint import save_model
+from jetevo.tokenize.vocab import Vocab
 from jetevo.trees.format import load, validate
 
 
@@ -53,7 +54,7 @@ def test_leaves_never_expanded_and_linear_node_count(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer, seed=4).eval()
     model.shift_leaf_odds(2.0)
     t = _sample(model, 32, seed=0)
-    is_leaf = t.token >= N_CODES
+    is_leaf = Vocab(N_CODES).is_leaf(t.token)
     # leaves have no children; pseudojets (except none) were all expanded
     assert np.all(t.left[is_leaf] == -1) and np.all(t.left[~is_leaf] >= 0)
     counts = np.diff(t.offsets)
@@ -125,18 +126,19 @@ def test_bigram_generator_trees_valid_and_seeded(model_ckpt, token_dir, tiny_tok
     its roots come from the training roots only."""
     from jetevo.generate.bigram import sample_bigram_trees
     from jetevo.model.baselines import CountBaselines
-    from jetevo.model.data import Sequences
+    from jetevo.model.sequences import TreeSequences
 
-    seqs = Sequences([token_dir], N_CODES, 128)
+    vocab = tiny_tokenizer.vocab
+    seqs = TreeSequences([token_dir], vocab, 128)
     parents, children = seqs.pairs()
-    base = CountBaselines.fit(parents, children, 2 * N_CODES, 2 * N_CODES + 3)
+    base = CountBaselines.fit(parents, children, vocab.n_node_tokens, vocab.size)
     a = sample_bigram_trees(base, tiny_tokenizer.vocab, 64, np.random.default_rng(5), 255)
     b = sample_bigram_trees(base, tiny_tokenizer.vocab, 64, np.random.default_rng(5), 255)
     assert np.array_equal(a.token, b.token) and np.array_equal(a.offsets, b.offsets)
     roots = a.token[a.offsets[:-1]]
-    true_roots = children[parents == 2 * N_CODES]
+    true_roots = children[parents == vocab.start]
     assert np.all(np.isin(roots, true_roots))
-    is_leaf = a.token >= N_CODES
+    is_leaf = vocab.is_leaf(a.token)
     assert np.all(a.left[is_leaf] == -1) and np.all(a.left[~is_leaf] >= 0)
     ckpt = tmp_path / "with_baselines.ckpt"
     model = tiny_model(tiny_tokenizer, seed=4).eval()
@@ -161,7 +163,7 @@ def test_resolution_scale_turns_soft_pseudojets_into_particles(tiny_tokenizer):
     res = Resolution(code_log_z(tiny_tokenizer), float(np.log(50.0)))
     t = _sample(model, 8, seed=0, max_nodes=255, resolution=res)
     assert len(t.runaway) == 0 and len(t) == 8 and t.n_resolved > 0
-    assert np.all(t.token[t.left < 0] >= N_CODES)
+    assert np.all(Vocab(N_CODES).is_leaf(t.token[t.left < 0]))
     v = res.vocab
     tokens = np.array([3, 3 + v.n_codes, 5])
     out = res.resolve(tokens, np.log(np.array([10.0, 10.0, 100.0])))

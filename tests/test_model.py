@@ -14,10 +14,14 @@ from jetevo.errors import InputError
 from jetevo.model import children_kinematics
 from jetevo.model.baselines import CountBaselines
 from jetevo.model.checkpoint import init_from, load_model, save_model
-from jetevo.model.data import Sequences, collate
-from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
+from jetevo.model.data import Collate
+from jetevo.model.gpt import ModelConfig
+from jetevo.model.loss import split_nll
+from jetevo.model.sequences import IGNORE, TreeSequences, token_file_info
 from jetevo.model.train import code_feature_table
+from jetevo.model.tree import JetEvolutionModel
 from jetevo.tokenize.resolution import code_log_z
+from jetevo.tokenize.vocab import Vocab
 
 N_CODES = 64
 TINY = {"n_codes": N_CODES, "n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -35,26 +39,26 @@ def tiny_model(tokenizer=None, seed=0, **kw) -> JetEvolutionModel:
     return model
 
 
-def sequences(token_dir) -> Sequences:
+def sequences(token_dir) -> TreeSequences:
     """The token files' expansion sequences, with the scale input of the default model."""
-    from jetevo.model.data import token_file_info
     from jetevo.tokenize.tokenizer import Tokenizer
 
     tok = Tokenizer.load(token_file_info([token_dir])[1]["path"])
-    return Sequences([token_dir], N_CODES, 128, code_log_z(tok), ModelConfig().scale_bins)
+    return TreeSequences(
+        [token_dir], Vocab(N_CODES), 128, code_log_z(tok), ModelConfig().scale_bins
+    )
 
 
-def batch_of(seqs: Sequences, jets) -> dict:
-    ds = seqs.subset(np.asarray(jets))
-    return collate([ds[i] for i in range(len(ds))], 2 * N_CODES + 2)
+def batch_of(seqs: TreeSequences, jets) -> dict:
+    return Collate(seqs.fill)([seqs.jet(int(i)) for i in jets])
 
 
 def test_sequences_follow_preorder_expansion(token_dir):
     seqs = sequences(token_dir)
-    start = 2 * N_CODES
+    start = Vocab(N_CODES).start
     assert np.all(seqs.tokens[seqs.offsets[:-1]] == start)
     # a left child that is a pseudojet is the very next node to expand, never an earlier input
-    leaf = (seqs.left >= N_CODES) & (seqs.left < 2 * N_CODES)
+    leaf = Vocab(N_CODES).is_leaf(seqs.left)
     nxt = np.arange(len(seqs.tokens)) + 1
     last = np.zeros(len(seqs.tokens), bool)
     last[seqs.offsets[1:] - 1] = True
@@ -91,34 +95,32 @@ def test_causality_both_heads(tiny_tokenizer, token_dir, right_head):
         return x
 
     with torch.no_grad():
-        h = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
-        left = model.left_logits(h)
-        right = model.right_logits(h, batch["left"].clamp(min=0))
+        h = model.hidden(batch)
+        left = model.left_log_probs(h)
+        right = model.right_log_probs(h, batch["left"].clamp(min=0))
         nll = per_position(split_nll(model, batch, True)["per_split"], valid)
         for k in range(1, t - 1):
             # targets at position k are children of node k: they only ever appear at positions
             # > k; every input there (token, depth, side) and every later target may change
             perturbed = {
                 **batch,
-                "tokens": later(batch["tokens"], k, 2 * N_CODES),
+                "tokens": later(batch["tokens"], k, Vocab(N_CODES).n_node_tokens),
                 "depth": later(batch["depth"], k, model.cfg.max_len + 1),
                 "side": later(batch["side"], k, 4),
                 "scale": later(batch["scale"], k, model.cfg.scale_bins + 1),
-                "left": later(batch["left"], k, 2 * N_CODES),
-                "right": later(batch["right"], k, 2 * N_CODES),
+                "left": later(batch["left"], k, Vocab(N_CODES).n_node_tokens),
+                "right": later(batch["right"], k, Vocab(N_CODES).n_node_tokens),
             }
-            h2 = model.backbone(
-                perturbed["tokens"], perturbed["depth"], perturbed["side"], scale=perturbed["scale"]
-            )
-            assert torch.allclose(model.left_logits(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
-            right2 = model.right_logits(h2, perturbed["left"].clamp(min=0))
+            h2 = model.hidden(perturbed)
+            assert torch.allclose(model.left_log_probs(h2)[:, : k + 1], left[:, : k + 1], atol=1e-5)
+            right2 = model.right_log_probs(h2, perturbed["left"].clamp(min=0))
             assert torch.allclose(right2[:, : k + 1], right[:, : k + 1], atol=1e-5)
             # the training path too, permutation-min swap included
             nll2 = per_position(split_nll(model, perturbed, True)["per_split"], valid)
             assert torch.allclose(nll2[:, : k + 1], nll[:, : k + 1], atol=1e-5)
         # the right head reads this split's left child (and no right target: none is passed)
         other_left = batch["left"].clamp(min=0).roll(1, dims=1)
-        assert not torch.allclose(model.right_logits(h, other_left), right)
+        assert not torch.allclose(model.right_log_probs(h, other_left), right)
 
 
 @pytest.mark.parametrize("right_head", RIGHT_HEADS)
@@ -133,11 +135,11 @@ def test_permutation_min_equals_plain_when_swap_is_worse(tiny_tokenizer, token_d
         # recompute the swapped loss independently: right logits over whole sequences with
         # the true right child as every split's left child
         valid = batch["left"] != IGNORE
-        h_all = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
+        h_all = model.hidden(batch)
         lt, rt = batch["left"][valid], batch["right"][valid]
         has_r = rt != IGNORE
-        lg = torch.log_softmax(model.left_logits(h_all[valid]), -1)
-        swapped_right = model.right_logits(h_all, batch["right"].clamp(min=0))[valid][has_r]
+        lg = torch.log_softmax(model.left_log_probs(h_all[valid]), -1)
+        swapped_right = model.right_log_probs(h_all, batch["right"].clamp(min=0))[valid][has_r]
         sw = -(
             lg[has_r].gather(1, rt[has_r, None])[:, 0]
             + torch.log_softmax(swapped_right, -1).gather(1, lt[has_r, None])[:, 0]
@@ -154,14 +156,15 @@ def test_split_weights_weigh_the_first_splittings():
     2: the splits of its children, ...) counted ``weights[k]`` times, later levels once."""
     from fractions import Fraction
 
-    from jetevo.model.train import TrainConfig, weighted_split_loss
+    from jetevo.model.loss import weighted_split_loss
+    from jetevo.model.train import TrainConfig
 
-    pad = 2 * N_CODES + 2
+    vocab = Vocab(N_CODES)
 
     def jet(depth, left, right):
         n = len(depth)
         return {
-            "tokens": np.array([2 * N_CODES] + [5] * (n - 1)),
+            "tokens": np.array([vocab.start] + [5] * (n - 1)),
             "depth": np.array(depth),
             "side": np.zeros(n, np.int64),
             "scale": np.zeros(n, np.int64),
@@ -172,12 +175,12 @@ def test_split_weights_weigh_the_first_splittings():
     # jet A: START (the root token: one child), the root split, a split at level 2 and one
     # at level 3 (two children each); jet B: START and the root split, then padding
     # (collate pads with depth 0, the START level, and ignored targets)
-    batch = collate(
+    fill = {"tokens": vocab.pad, "depth": 0, "side": 0, "scale": 0, "left": IGNORE, "right": IGNORE}
+    batch = Collate(fill)(
         [
             jet([0, 1, 2, 3], [7, 3, 4, 70], [IGNORE, 9, 66, 71]),
             jet([0, 1], [8, 2], [IGNORE, 65]),
-        ],
-        pad,
+        ]
     )
     assert batch["depth"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 0]]
     assert batch["left"][1, 2:].tolist() == [IGNORE, IGNORE]
@@ -239,7 +242,8 @@ def test_learns_real_splits_but_not_shuffled_ones(tiny_tokenizer, token_dir):
     has_r = seqs.right != IGNORE
     jet_of_pair = np.concatenate([own, own[has_r]])
     tr = np.isin(jet_of_pair, train)
-    base = CountBaselines.fit(parents[tr], children[tr], 2 * N_CODES, 2 * N_CODES + 3)
+    vocab = Vocab(N_CODES)
+    base = CountBaselines.fit(parents[tr], children[tr], vocab.n_node_tokens, vocab.size)
     uni, big = base.nll(parents[~tr], children[~tr])
 
     model = tiny_model(tiny_tokenizer)
@@ -271,7 +275,7 @@ def test_save_load_and_init_from(tiny_tokenizer, tmp_path):
     before = fresh2.left_head.weight.clone()
     report = init_from(fresh2, path, heads="reinit")
     assert "left_head.weight" in report["missing"] and torch.equal(fresh2.left_head.weight, before)
-    assert torch.equal(fresh2.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    assert torch.equal(fresh2.gpt.blocks[0].attn.qkv.weight, model.gpt.blocks[0].attn.qkv.weight)
 
 
 def test_other_vocabulary_or_tokenizer_is_refused(tiny_tokenizer, token_dir, tmp_path):
@@ -310,7 +314,7 @@ def test_predict_and_decode(tiny_tokenizer, right_head):
     g = torch.Generator().manual_seed(0)
     s2 = model.predict(parents, sample=True, top_k=5, generator=g)
     assert torch.equal(s1["left"], s2["left"]) and torch.equal(s1["right"], s2["right"])
-    assert torch.all(s1["left"] < 2 * N_CODES)
+    assert torch.all(s1["left"] < Vocab(N_CODES).n_node_tokens)
     parent_p = np.array([[300.0, 10.0, 50.0, 320.0]] * 3)
     kin = children_kinematics(tiny_tokenizer, greedy, parent_p)
     assert kin["left"].shape == (3, 4) and np.all(np.isfinite(kin["right"]))
@@ -336,9 +340,7 @@ def test_context_right_head_really_attends(tiny_tokenizer, token_dir):
         if right_head == "context":
             with torch.no_grad():
                 xattn, table = model.right_xattn, model.tokens.table()
-                h = model.backbone(
-                    batch["tokens"], batch["depth"], batch["side"], table, scale=batch["scale"]
-                )
+                h = model.hidden(batch, table)
                 b, t, c = h.shape
                 x = h + xattn.child(table[batch["left"].clamp(min=0)])
                 q = xattn.q(x).view(b, t, 2, c // 2).transpose(1, 2)
@@ -368,8 +370,8 @@ def test_predict_agrees_with_the_training_path(tiny_tokenizer, token_dir, right_
         )  # fmt: skip
         batch["left"][:, p], batch["right"][:, p] = pred["left"], pred["right"]
         with torch.no_grad():
-            h = model.backbone(batch["tokens"], batch["depth"], batch["side"], scale=batch["scale"])
-            right = model.right_logits(h, batch["left"].clamp(min=0))[:, p].softmax(-1)
+            h = model.hidden(batch)
+            right = model.right_log_probs(h, batch["left"].clamp(min=0))[:, p].softmax(-1)
             nll = per_position(split_nll(model, batch, False)["per_split"], batch["left"] != IGNORE)
         assert torch.equal(right.argmax(-1), pred["right"])
         p_right = right.gather(1, pred["right"][:, None])[:, 0]
@@ -403,25 +405,30 @@ def test_checkpoint_without_right_head_loads_as_left_child(tiny_tokenizer, token
     batch = batch_of(seqs, range(6))
     left = batch["left"].clamp(min=0)
     model = tiny_model(tiny_tokenizer, seed=1, right_head="left-child").eval()
-    state = model.checkpoint_state()
-    del state["config"]["right_head"]  # as saved before the setting existed
+    save_model(model, tmp_path / "new.ckpt")
+    state = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    del state["config"]["right_head"]  # as saved before the setting existed (version 0)
+    del state["format_version"]
+    renamed = {"output.bias": "out_bias", "gpt.": ""}
+    for new_key in list(state["state_dict"]):
+        for new, old in renamed.items():
+            if new_key.startswith(new):
+                state["state_dict"][old + new_key[len(new) :]] = state["state_dict"].pop(new_key)
     torch.save(state, tmp_path / "old.ckpt")
     loaded = load_model(tmp_path / "old.ckpt")
     assert loaded.cfg.right_head == "left-child"
     with torch.no_grad():
         table = loaded.tokens.table()
-        h = loaded.backbone(
-            batch["tokens"], batch["depth"], batch["side"], table, scale=batch.get("scale")
-        )
-        right = loaded.right_logits(h, left, table)
-        assert torch.equal(right, model.right_logits(h, left))
+        h = loaded.hidden(batch, table)
+        right = loaded.right_log_probs(h, left, table)
+        assert torch.equal(right, model.right_log_probs(h, left))
         for k, v in split_nll(loaded, batch, True, stats=True).items():
             assert torch.equal(v, split_nll(model, batch, True, stats=True)[k]), k
         # the one-key head written out: softmax weight 1, so it adds the left child's value
         xattn, c = loaded.right_xattn, h.shape[-1]
         value = xattn.kv(table[left])[..., c:]
         state_r = loaded.right_head(xattn.ln(h + xattn.proj(value)))
-        assert torch.allclose(loaded._logits(state_r, table), right, atol=1e-5)
+        assert torch.allclose(loaded.output.log_probs(state_r, table), right, atol=1e-5)
     # a new checkpoint keeps its setting
     save_model(tiny_model(tiny_tokenizer, right_head="context"), tmp_path / "new.ckpt")
     assert load_model(tmp_path / "new.ckpt").cfg.right_head == "context"
@@ -511,18 +518,21 @@ def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):
 
 def test_grouped_output_is_exact_and_fast_sampling_matches_it(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer, seed=5, output_group_size=16).eval()
-    assert model.n_groups == 8 and model.group_members.unique().numel() == 2 * N_CODES
+    out = model.output
+    assert out.n_groups == 8 and out.group_members.unique().numel() == Vocab(N_CODES).n_node_tokens
     # groups never mix leaf and pseudojet tokens
-    is_leaf = model.group_members >= N_CODES
+    is_leaf = torch.as_tensor(Vocab(N_CODES).is_leaf(out.group_members.numpy()))
     assert torch.all(is_leaf.all(1) | (~is_leaf).all(1))
     h = torch.randn(1, 32)
     table = model.tokens.table()
     with torch.no_grad():
-        logp = model.left_logits(h, table)[0]
+        logp = model.left_log_probs(h, table)[0]
         assert torch.logsumexp(logp, 0).abs() < 1e-5
         g = torch.Generator().manual_seed(0)
-        draws = model._sample_grouped(model.left_head(h.expand(20000, -1)), table, g)
-    freq = torch.bincount(draws, minlength=2 * N_CODES).double() / 20000
+        draws, p_draws = out.sample(model.left_state(h.expand(20000, -1)), table, generator=g)
+        # the probability the two-level sampler reports is the token's exact one
+        assert torch.allclose(p_draws, logp.exp()[draws], atol=1e-5)
+    freq = torch.bincount(draws, minlength=Vocab(N_CODES).n_node_tokens).double() / 20000
     assert 0.5 * (freq - logp.double().exp()).abs().sum() < 0.06  # total variation
 
 
@@ -556,7 +566,7 @@ def test_comet_logger_without_package_or_key_falls_back(token_dir, tmp_path, cap
 def test_scale_input_is_the_same_from_trees_and_from_sequences(token_dir, tiny_tokenizer):
     """The scale input of training (token chain over the tree's parents) equals what predict
     and generation compute from the sequence alone (tokens and depths in pre-order)."""
-    from jetevo.model.gpt import scale_bin, sequence_log_pt
+    from jetevo.model.sequences import scale_bin, sequence_log_pt
 
     seqs = sequences(token_dir)
     batch = batch_of(seqs, range(min(20, len(seqs))))

@@ -1,8 +1,10 @@
 """Tokenizer closure: real trees rebuilt from their own tokens, against the trees themselves.
 
-Every node is tokenized, and the whole tree is decoded back top-down with four-momentum
-conservation at every split, exactly as generated trees are decoded
-(:func:`jetevo.tokenize.decode.decode_physical`). The tree structure is the true one, so
+Every node is tokenized, and the whole tree is decoded back exactly as generated trees are
+decoded (:func:`jetevo.tokenize.decode.decode_tokens`): a tree tokenizer's top-down with
+four-momentum conservation at every split, a flat one's particles alone, each in the jet
+frame, with the pseudojets their sums (there are no splits to rebuild: the report says
+``split_kinematics`` ``flat``). The tree structure is the true one, so
 what the jet observables lose here is what the tokenizer alone costs: no generated jet can
 come closer to the truth than this.
 
@@ -23,7 +25,7 @@ from scipy.stats import wasserstein_distance
 from jetevo.evaluate.metrics import compare
 from jetevo.evaluate.observables import OBSERVABLES, SPACELIKE_TOL, observables
 from jetevo.kinematics import pt
-from jetevo.tokenize.decode import decode_physical
+from jetevo.tokenize.decode import decode_tokens
 from jetevo.trees.format import NODE_FLOAT_FIELDS, Topology, load, tree_files
 
 COLUMNS = ["px", "py", "pz", "E", "left", "right", "parent", "depth"]
@@ -34,10 +36,10 @@ def rebuilt_trees(
 ) -> ak.Array:
     """The trees decoded from their own tokens: the tree format's node columns and
     ``n_constituents``, in the jet frame (``trees`` needs px, py, pz, E, left, right, parent,
-    depth)."""
+    depth; ``split_kinematics`` does not apply to a flat tokenizer)."""
     topology = Topology.of(trees)
     tokens = tokenizer.encode_trees(trees)
-    p = decode_physical(tokenizer, tokens, topology, split_kinematics, particle_mass)
+    p = decode_tokens(tokenizer, tokens, topology, split_kinematics, particle_mass)
     # in the tree format's order, as generated trees are written
     order, topology, leaf_index = topology.harder_first(pt(p))
     counts = np.diff(topology.offsets)
@@ -90,7 +92,7 @@ def tokenizer_closure(
         for who, p in (("rebuilt", rebuilt_parts), ("true", true_parts))
     }
     return {
-        "split_kinematics": split_kinematics,
+        "split_kinematics": "flat" if tokenizer.features.particles_only else split_kinematics,
         "particle_mass": particle_mass,
         "massless": massless,
         "n_jets": len(trees),

@@ -84,7 +84,7 @@ def sample_bigram_trees(
         n_resolved += int(np.count_nonzero(resolved != roots))
         roots = resolved
     tok[:, 0] = roots
-    pseudo = roots < vocab.n_codes
+    pseudo = vocab.is_pseudojet(roots)
     sp[pseudo] = 1
     rows = np.flatnonzero(pseudo)
     steps = 0
@@ -112,7 +112,7 @@ def sample_bigram_trees(
         lft[rows, node], rgt[rows, node] = li, ri
         n_nodes[rows] += 2
         for slot, child in ((ri, children[1]), (li, children[0])):  # left popped first
-            push = child < vocab.n_codes
+            push = vocab.is_pseudojet(child)
             stack[rows[push], sp[rows[push]]] = slot[push]
             sp[rows[push]] += 1
         rows = rows[sp[rows] > 0]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,12 +22,25 @@ import torch
 
 from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
-from jetevo.generate.sampler import SampledTrees, node_limit, sample_trees
+from jetevo.generate.sampler import (
+    FlatSamples,
+    SampledTrees,
+    node_limit,
+    particle_limit,
+    sample_flat,
+    sample_trees,
+)
 from jetevo.io.atomic import ensure_writable_dir, remove_stale_temporaries, write_json
-from jetevo.kinematics import boost_rapidity, pt, pt_y_phi_m
-from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS, decode_free, decode_physical
+from jetevo.kinematics import JET_R, boost_rapidity, pt, pt_y_phi_m
+from jetevo.tokenize.decode import (
+    PARTICLE_MASSES,
+    SPLIT_KINEMATICS,
+    decode_free,
+    decode_particles,
+    decode_physical,
+)
 from jetevo.tokenize.resolution import Resolution, code_log_z
-from jetevo.trees.format import JetColumns
+from jetevo.trees.format import JetColumns, Topology
 from jetevo.trees.writer import ShardedTreeWriter, tree_table
 
 GENERATED = re.compile(r"generated\.\d{4,}\.trees\.parquet")
@@ -33,22 +48,6 @@ GENERATED = re.compile(r"generated\.\d{4,}\.trees\.parquet")
 
 class GenerationError(JetevoError):
     """The model could not produce the requested number of complete trees."""
-
-
-def load_tokenizer_for(model, ckpt: Path, given: str | Path | None):
-    from jetevo.tokenize.tokenizer import Tokenizer
-
-    info = model.extra.get("tokenizer") or {}
-    path = given or info.get("path")
-    if not path or not Path(path).is_file():
-        raise InputError(ckpt, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
-    tok = Tokenizer.load(path)
-    if tok.identity != model.tokenizer_identity:
-        raise InputError(
-            path,
-            f"tokenizer {tok.identity} is not the one the model was trained on ({model.tokenizer_identity})",
-        )
-    return tok
 
 
 def resolution_for(model, tokenizer, enabled: bool = True) -> Resolution:
@@ -80,6 +79,38 @@ def generated_table(
     jets = JetColumns.constant("generated", source, np.arange(entry0, entry0 + len(trees)))
     return tree_table(
         p[order], topology, leaf_index, jets, metadata, "float32", {"token": trees.token[order]}
+    )
+
+
+def flat_generated_table(
+    samples: FlatSamples, p: np.ndarray, tokenizer, entry0: int, source: str, metadata: dict
+) -> pa.Table:
+    """Flat-mode jets (particle four-momenta ``p`` in sampled order) reclustered with the
+    same kt code as real jets into the tree format, plus ``token``: the sampled token of
+    every particle, and the flat tokenizer's token of every pseudojet the clustering made."""
+    from jetevo.trees.recluster import cluster_flat
+
+    counts = np.diff(samples.offsets)
+    jet_of = np.repeat(np.arange(len(samples)), counts)
+    # particles in decreasing pT per jet, as reclustering orders constituents
+    order = np.lexsort((-pt(p), jet_of))
+    p, token = p[order], samples.token[order]
+    px, py, pz, e = (np.ascontiguousarray(p[:, i]) for i in range(4))
+    trees = cluster_flat(px, py, pz, e, samples.offsets, "E", JET_R)
+    topology = Topology(
+        trees["left"], trees["right"], trees["parent"], trees["depth"], trees["node_offsets"]
+    )
+    leaf = trees["leaf_index"] >= 0
+    node_jet = np.repeat(np.arange(len(samples)), np.diff(trees["node_offsets"]))
+    node_token = np.empty(len(leaf), np.int64)
+    node_token[leaf] = token[samples.offsets[node_jet[leaf]] + trees["leaf_index"][leaf]]
+    inner = ~leaf
+    if inner.any():  # every pseudojet relative to its jet's axis (the root, itself included)
+        axis = trees["p"][trees["node_offsets"][node_jet[inner]]]
+        node_token[inner] = tokenizer.encode(trees["p"][inner], axis, np.zeros(inner.sum(), bool))
+    jets = JetColumns.constant("generated", source, np.arange(entry0, entry0 + len(samples)))
+    return tree_table(
+        trees["p"], topology, trees["leaf_index"], jets, metadata, "float32", {"token": node_token}
     )
 
 
@@ -202,7 +233,7 @@ def generate(
     ``n_jets`` jets in all; if that is not enough, the trees made
     so far are written, the summary says so, and :class:`GenerationError` is raised.
     """
-    from jetevo.model.checkpoint import load_model
+    from jetevo.model.checkpoint import load_model, model_tokenizer
 
     _check_settings(
         n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k,
@@ -214,19 +245,28 @@ def generate(
         raise SettingError("--baseline samples its own roots; it takes no --root or --root-tokens")
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
-    tok = load_tokenizer_for(model, ckpt, tokenizer)
+    flat = model.cfg.mode == "flat"
+    if flat and (baseline is not None or root_tokens is not None or root is not None):
+        raise SettingError(
+            f"{ckpt}: a flat-mode model generates particles; --baseline, --root and "
+            "--root-tokens are for tree-mode models"
+        )
+    tok = model_tokenizer(model, ckpt, tokenizer)
     cfg = model.cfg
-    roots_given, root_y = _root_tokens(tok, cfg.n_node_tokens, root_tokens, root)
+    roots_given, root_y = _root_tokens(tok, cfg.vocab.n_node_tokens, root_tokens, root)
 
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
-    res = resolution_for(model, tok, resolution)
+    res = resolution_for(model, tok, resolution and not flat)
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
     bigram = _count_baselines(model, ckpt) if baseline == "bigram" else None
-    limit_nodes = node_limit(cfg.max_len, max_nodes)
+    if flat:
+        limit_nodes = particle_limit(cfg.max_len, max_nodes)
+    else:
+        limit_nodes = node_limit(cfg.max_len, max_nodes)
     out = _output_folder(out_dir)  # only once every setting is known to be usable
     settings = {
-        "generator": baseline or "transformer",
+        "generator": baseline or ("flat transformer" if flat else "transformer"),
         "resolution_pt": None if scale is None else float(np.exp(scale)),
         "conserve": conserve,
         "split_kinematics": split_kinematics,
@@ -235,7 +275,7 @@ def generate(
         "top_k": top_k,
         "seed": seed,
         "batch_size": batch_size,
-        "max_nodes": limit_nodes,
+        "max_nodes" if not flat else "max_particles": limit_nodes,
         "root_tokens": None if roots_given is None else roots_given.tolist(),
         "root_rapidity": root_y,
     }
@@ -247,7 +287,14 @@ def generate(
         **settings,
     }
     limit = int(np.ceil(max_attempts * n_jets))
-    written = attempted = runaway = surplus = nodes = resolved = 0
+    plan = _Plan(
+        model, tok, flat, bigram, rng, res, roots_given, root_y, limit_nodes,
+        dict(temperature=temperature, top_k=top_k, max_nodes=max_nodes, generator=generator,
+             use_cache=use_cache),
+        conserve, split_kinematics, particle_mass, ckpt.name, meta,
+    )  # fmt: skip
+    counts = dict.fromkeys(("written", "attempted", "runaway", "empty", "surplus", "nodes",
+                            "resolved"), 0)  # fmt: skip
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -257,39 +304,18 @@ def generate(
     writer = ShardedTreeWriter(out, "generated", shard_size)
     try:
         with writer:
-            while written < n_jets and attempted < limit:
-                need = n_jets - written
-                # headroom for runaway trees, so that a small refill batch (with its own long
-                # tail of steps) is rarely needed; complete trees beyond the request are counted
-                b = min(batch_size, limit - attempted, need + need // 8 + 4)
-                if bigram is not None:
-                    trees = sample_bigram_trees(
-                        bigram, tok.vocab, b, rng, limit_nodes, resolution=res
-                    )
-                else:
-                    trees = sample_trees(
-                        model, b, temperature=temperature, top_k=top_k, max_nodes=max_nodes,
-                        generator=generator, use_cache=use_cache, resolution=res,
-                        root_tokens=None if roots_given is None else np.resize(roots_given, b),
-                    )  # fmt: skip
-                attempted += b
-                runaway += len(trees.runaway)
-                resolved += trees.n_resolved
-                if len(trees):
-                    if conserve:
-                        p = decode_physical(
-                            tok, trees.token, trees, split_kinematics, particle_mass
-                        )
-                    else:
-                        p = decode_free(tok, trees.token, trees)
-                    p = boost_rapidity(p, root_y)
-                    keep = min(len(trees), need)
-                    surplus += len(trees) - keep
-                    writer.write(generated_table(trees, p, written, ckpt.name, meta).slice(0, keep))
-                    written += keep
-                    nodes += int(trees.offsets[keep])
+            while counts["written"] < n_jets and counts["attempted"] < limit:
+                need = n_jets - counts["written"]
+                # headroom for runaway jets, so that a small refill batch (with its own long
+                # tail of steps) is rarely needed; complete jets beyond the request are counted
+                b = min(batch_size, limit - counts["attempted"], need + need // 8 + 4)
+                table, done = _generate_batch(plan, b, need, counts["written"])
+                if table is not None:
+                    writer.write(table)
+                for k, v in done.items():
+                    counts[k] += v
                 if bar is not None:
-                    bar.update(len(trees))
+                    bar.update(done["written"])
     except BaseException as exc:
         for name in writer.files:  # no partial sample under final names: this run's shards go
             (out / name).unlink(missing_ok=True)
@@ -302,14 +328,16 @@ def generate(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
+    written, attempted, nodes = counts["written"], counts["attempted"], counts["nodes"]
     summary = {
         "n_requested": n_jets,
         "n_written": written,
         "attempted": attempted,
-        "runaway": runaway,
-        "runaway_fraction": runaway / max(attempted, 1),
-        "resolved_to_particles": resolved,
-        "surplus": surplus,
+        "runaway": counts["runaway"],
+        "runaway_fraction": counts["runaway"] / max(attempted, 1),
+        "empty": counts["empty"],
+        "resolved_to_particles": counts["resolved"],
+        "surplus": counts["surplus"],
         "nodes": nodes,
         "mean_nodes_per_tree": nodes / max(written, 1),
         "seconds": round(seconds, 3),
@@ -322,10 +350,71 @@ def generate(
     write_json(out / "summary.json", summary, indent=1)
     if written < n_jets:
         raise GenerationError(
-            f"{out / 'summary.json'}: only {written} of {n_jets} trees complete after {attempted} attempts; "
-            f"{runaway} runaway trees hit max_nodes={settings['max_nodes']}"
+            f"{out / 'summary.json'}: only {written} of {n_jets} jets complete after {attempted} attempts; "
+            f"{counts['runaway']} runaway jets hit the limit of {limit_nodes}"
+            + (f", {counts['empty']} ended before a particle" if counts["empty"] else "")
         )
     return summary
+
+
+@dataclass
+class _Plan:
+    """Everything a generation batch needs, fixed for the whole run."""
+
+    model: Any
+    tokenizer: Any
+    flat: bool
+    bigram: Any
+    rng: np.random.Generator
+    resolution: Resolution
+    roots: np.ndarray | None
+    root_y: float
+    limit_nodes: int
+    sampling: dict
+    conserve: bool
+    split_kinematics: str
+    particle_mass: str
+    source: str
+    metadata: dict
+
+
+def _generate_batch(plan: _Plan, b: int, need: int, entry0: int) -> tuple[pa.Table | None, dict]:
+    """Sample ``b`` jets, keep at most ``need`` complete ones (entries from ``entry0``):
+    their table, and the counts of what happened."""
+    tok = plan.tokenizer
+    done = {"attempted": b, "resolved": 0, "empty": 0}
+    if plan.flat:
+        samples = sample_flat(plan.model, b, **plan.sampling)
+        keep = min(len(samples), need)
+        done.update(runaway=len(samples.runaway), empty=len(samples.empty), written=keep,
+                    surplus=len(samples) - keep)  # fmt: skip
+        if not keep:
+            return None, {**done, "nodes": 0}
+        samples = samples.first(keep)
+        p = decode_particles(tok, samples.token, plan.particle_mass)
+        table = flat_generated_table(samples, p, tok, entry0, plan.source, plan.metadata)
+        return table, {**done, "nodes": 2 * len(samples.token) - keep}
+    if plan.bigram is not None:
+        trees = sample_bigram_trees(
+            plan.bigram, tok.vocab, b, plan.rng, plan.limit_nodes, resolution=plan.resolution
+        )
+    else:
+        roots = None if plan.roots is None else np.resize(plan.roots, b)
+        trees = sample_trees(
+            plan.model, b, **plan.sampling, resolution=plan.resolution, root_tokens=roots
+        )
+    keep = min(len(trees), need)
+    done.update(runaway=len(trees.runaway), resolved=trees.n_resolved, written=keep,
+                surplus=len(trees) - keep)  # fmt: skip
+    if not keep:
+        return None, {**done, "nodes": 0}
+    if plan.conserve:
+        p = decode_physical(tok, trees.token, trees, plan.split_kinematics, plan.particle_mass)
+    else:
+        p = decode_free(tok, trees.token, trees)
+    p = boost_rapidity(p, plan.root_y)
+    table = generated_table(trees, p, entry0, plan.source, plan.metadata).slice(0, keep)
+    return table, {**done, "nodes": int(trees.offsets[keep])}
 
 
 def format_summary(s: dict) -> str:

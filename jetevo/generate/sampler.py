@@ -1,6 +1,6 @@
-"""Batched tree sampling in the training order, with a KV cache.
+"""Batched sampling of both modes, with a KV cache.
 
-Every jet of a batch keeps its own frontier stack of pseudojets still to expand. A step
+Tree mode (:func:`sample_trees`), in the training order. Every jet of a batch keeps its own frontier stack of pseudojets still to expand. A step
 feeds, for each unfinished jet, the node popped from its stack (at the same position
 index for all jets: every unfinished jet expands exactly one node per step), samples the
 left child, then the right child given that left child, and pushes the children whose
@@ -11,7 +11,12 @@ from the cache). A jet that would need more than ``max_nodes`` nodes (or more po
 than the model has) is stopped and reported as runaway, never written as a tree.
 
 Nodes are stored in generation order: root first, and the two children of the node
-expanded at step s appended as nodes 2s-1 (left) and 2s (right).
+expanded at step s appended as nodes 2s-1 (left) and 2s (right). With a
+:class:`Teacher`, the real trees' children are taken instead of sampled ones (teacher
+forcing): the inputs fed are then exactly the training sequence's.
+
+Flat mode (:func:`sample_flat`): one particle per step for every unfinished jet, each
+ending at its own STOP; a jet that reaches the particle limit without STOP is a runaway.
 """
 
 from __future__ import annotations
@@ -21,13 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jetevo.model.gpt import (
-    SIDE_LEFT,
-    SIDE_RIGHT,
-    SIDE_ROOT,
-    SIDE_START,
-    JetEvolutionModel,
-)
+from jetevo.model.flat import FlatModel
+from jetevo.model.sequences import node_side, position_inputs, start_inputs
+from jetevo.model.tree import JetEvolutionModel
 from jetevo.tokenize.resolution import Resolution
 from jetevo.trees.format import Topology
 
@@ -79,6 +80,105 @@ class SampledTrees(Topology):
         )
 
 
+@dataclass
+class Teacher:
+    """Real trees to follow instead of sampling (teacher forcing): their tokens and topology
+    (stored pre-order, local indices, root first). The sampler then feeds exactly the
+    positions a training sequence of these trees holds."""
+
+    token: np.ndarray
+    topology: Topology
+
+
+class _GrowingTrees:
+    """The per-jet arrays of a batch being sampled, in generation order (jets indexed
+    0..b-1 throughout), with each jet's frontier stack of pseudojets still to expand."""
+
+    def __init__(self, b: int, max_nodes: int, vocab, teacher: bool):
+        self.vocab = vocab
+        self.tok = np.full((b, max_nodes), -1, np.int64)
+        self.par = np.full((b, max_nodes), -1, np.int64)
+        self.dep = np.zeros((b, max_nodes), np.int64)
+        self.lft = np.full((b, max_nodes), -1, np.int64)
+        self.rgt = np.full((b, max_nodes), -1, np.int64)
+        self.log_pt = np.zeros((b, max_nodes))  # token-chain log pT
+        self.t_node = np.zeros((b, max_nodes), np.int64) if teacher else None
+        self.n_nodes = np.ones(b, np.int64)
+        self.stack = np.zeros((b, max_nodes), np.int64)
+        self.sp = np.zeros(b, np.int64)
+        self.runaway = np.zeros(b, bool)
+        self.max_nodes = max_nodes
+
+    def set_roots(self, roots: np.ndarray, log_pt: np.ndarray) -> None:
+        self.tok[:, 0], self.log_pt[:, 0] = roots, log_pt
+        pseudo = self.vocab.is_pseudojet(roots)
+        self.stack[pseudo, 0] = 0
+        self.sp[pseudo] = 1
+
+    def pop(self, rows: np.ndarray) -> np.ndarray:
+        self.sp[rows] -= 1
+        return self.stack[rows, self.sp[rows]]
+
+    def inputs(self, rows: np.ndarray, node: np.ndarray, scale_bins: int) -> dict:
+        """The position inputs of expanding ``node`` of jets ``rows``."""
+        is_left = self.lft[rows, np.maximum(self.par[rows, node], 0)] == node
+        return position_inputs(
+            self.tok[rows, node], self.dep[rows, node], node_side(node == 0, is_left),
+            self.log_pt[rows, node], scale_bins,
+        )  # fmt: skip
+
+    def add_children(self, rows, node, left, right, lpt_l, lpt_r, t_left=None, t_right=None):
+        """Append the children of ``node`` (jets ``rows``) and push the pseudojets (right
+        first: the left one is expanded next); a jet with no room left is a runaway."""
+        li, ri = self.n_nodes[rows], self.n_nodes[rows] + 1
+        over = ri >= self.max_nodes
+        self.runaway[rows[over]] = True
+        ok = ~over
+        r, li, ri, node = rows[ok], li[ok], ri[ok], node[ok]
+        left, right = left[ok], right[ok]
+        self.tok[r, li], self.tok[r, ri] = left, right
+        self.log_pt[r, li], self.log_pt[r, ri] = lpt_l[ok], lpt_r[ok]
+        if self.t_node is not None and t_left is not None and t_right is not None:
+            self.t_node[r, li], self.t_node[r, ri] = t_left[ok], t_right[ok]
+        self.par[r, li] = self.par[r, ri] = node
+        self.dep[r, li] = self.dep[r, ri] = self.dep[r, node] + 1
+        self.lft[r, node], self.rgt[r, node] = li, ri
+        self.n_nodes[r] += 2
+        for child, slot in ((right, ri), (left, li)):
+            push = self.vocab.is_pseudojet(child)
+            self.stack[r[push], self.sp[r[push]]] = slot[push]
+            self.sp[r[push]] += 1
+
+
+class _Feeder:
+    """Feeds the next position of some jets to the model: through the KV cache, or by
+    re-feeding the whole sequence without one; optionally recording every input."""
+
+    def __init__(self, model, table, use_cache: bool, trace: list[dict] | None):
+        self.model, self.table, self.trace = model, table, trace
+        self.device = model.output.bias.device
+        self.cache = model.kv_cache() if use_cache else None
+        self.seq: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, inputs: dict[str, np.ndarray], rows: np.ndarray) -> torch.Tensor:
+        if self.trace is not None:
+            self.trace.append({"rows": rows.copy(), **{k: v.copy() for k, v in inputs.items()}})
+        step = {k: torch.as_tensor(v, device=self.device)[:, None] for k, v in inputs.items()}
+        if self.cache is not None:
+            return self.model.hidden(step, self.table, self.cache)
+        seq = self.seq
+        self.seq = step if seq is None else {k: torch.cat([seq[k], step[k]], 1) for k in seq}
+        return self.model.hidden(self.seq, self.table)
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows (indices into the current batch) go on."""
+        keep = torch.as_tensor(rows, device=self.device)
+        if self.cache is not None:
+            self.cache.keep(keep)
+        elif self.seq is not None:
+            self.seq = {k: v.index_select(0, keep) for k, v in self.seq.items()}
+
+
 @torch.no_grad()
 def sample_trees(
     model: JetEvolutionModel,
@@ -91,166 +191,196 @@ def sample_trees(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     resolution: Resolution | None = None,
+    teacher: Teacher | None = None,
+    trace: list[dict] | None = None,
 ) -> SampledTrees:
     """Sample ``n_jets`` trees in one batch (see the module docstring).
 
     ``resolution``: pseudojets below its scale become particles as they are sampled (a left
     child before the right head sees it), see :mod:`jetevo.tokenize.resolution`.
+    ``teacher``: take every root and child from these real trees instead (``n_jets`` of
+    them). ``trace``: a list to which each step's fed inputs are appended (``rows``: the
+    jets fed, and the inputs of :func:`~jetevo.model.sequences.position_inputs`).
     """
-    cfg = model.cfg
-    device = model.out_bias.device
-    k_codes = cfg.n_codes
-    max_nodes = node_limit(cfg.max_len, max_nodes)
-    b = n_jets
+    cfg, vocab = model.cfg, model.vocab
     table = model.tokens.table()
-    output_cache = model.output_cache(table) if model.group_size else None
-    cache = model.kv_cache() if use_cache else None
-
-    # per-jet storage in generation order (jets indexed 0..b-1 throughout)
-    tok = np.full((b, max_nodes), -1, np.int64)
-    par = np.full((b, max_nodes), -1, np.int64)
-    dep = np.zeros((b, max_nodes), np.int64)
-    lft = np.full((b, max_nodes), -1, np.int64)
-    rgt = np.full((b, max_nodes), -1, np.int64)
-    n_nodes = np.ones(b, np.int64)
-    stack = np.zeros((b, max_nodes), np.int64)
-    sp = np.zeros(b, np.int64)
-    runaway = np.zeros(b, bool)
-    # token-chain log pT of every node: the model's scale input and the resolution scale
+    output_cache = model.output.sampling_cache(table)
+    trees = _GrowingTrees(n_jets, node_limit(cfg.max_len, max_nodes), vocab, teacher is not None)
+    feed = _Feeder(model, table, use_cache, trace)
+    # token-chain log pT of every node: the model's scale input, the order of each pair
+    # and the resolution scale
     log_z = model.log_z_table()
     if log_z is None and resolution is not None:
         log_z = resolution.code_log_z
-    chain = None if log_z is None else Resolution(log_z, -np.inf)
-    log_pt = np.zeros((b, max_nodes))
-    n_resolved = 0
-    resolved_left = [0]  # counted inside the left child's resolver
+    chain = Resolution(np.zeros(cfg.n_codes) if log_z is None else log_z, -np.inf)
+    n_resolved = [0]
+
+    def resolve(tokens: np.ndarray, log_pt: np.ndarray) -> np.ndarray:
+        if resolution is None or teacher is not None:
+            return tokens
+        out = resolution.resolve(tokens, log_pt)
+        n_resolved[0] += int(np.count_nonzero(out != tokens))
+        return out
 
     # position 0: START for every jet; its left head gives the root
-    start = torch.full((b, 1), cfg.n_node_tokens, device=device)
-    seq = {
-        "tokens": start,
-        "depth": torch.zeros_like(start),
-        "side": torch.full_like(start, SIDE_START),
-        "scale": torch.zeros_like(start),
-    }
-    h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, cache, scale=seq["scale"])[
-        :, -1
-    ]
-    if root_tokens is None:
-        sampled = model.sample_root(h, table, temperature, top_k, generator, output_cache)
-        roots = sampled.cpu().numpy()
+    h = feed(start_inputs(vocab, n_jets), np.arange(n_jets))[:, -1]
+    if teacher is not None:
+        roots = teacher.token[teacher.topology.offsets[:-1]]
+    elif root_tokens is None:
+        roots = model.sample_root(h, table, temperature, top_k, generator, False, output_cache)
+        roots = roots[0].cpu().numpy()
     else:
-        roots = np.asarray(root_tokens, np.int64).reshape(b)
-    if chain is not None:
-        log_pt[:, 0] = chain.root_log_pt(roots)
-    if resolution is not None:
-        resolved = resolution.resolve(roots, log_pt[:, 0])
-        n_resolved += int(np.count_nonzero(resolved != roots))
-        roots = resolved
-    tok[:, 0] = roots
-    pseudo = roots < k_codes
-    stack[pseudo, 0] = 0
-    sp[pseudo] = 1
+        roots = np.asarray(root_tokens, np.int64).reshape(n_jets)
+    root_log_pt = chain.root_log_pt(roots)
+    trees.set_roots(resolve(roots, root_log_pt), root_log_pt)
 
-    rows = np.flatnonzero(sp > 0)  # jets still in the batch, in batch-row order
-    if cache is not None:
-        cache.keep(torch.as_tensor(rows, device=device))
-    seq = {k: v[torch.as_tensor(rows, device=device)] for k, v in seq.items()}
+    rows = np.flatnonzero(trees.sp > 0)  # jets still in the batch, in batch-row order
+    feed.keep(rows)
     steps = 0
     while len(rows):
         steps += 1
-        sp[rows] -= 1
-        node = stack[rows, sp[rows]]
-        # inputs of this position: the node's token, depth (tree depth + 1) and side
-        t_in = tok[rows, node]
-        side = np.where(
-            node == 0,
-            SIDE_ROOT,
-            np.where(lft[rows, np.maximum(par[rows, node], 0)] == node, SIDE_LEFT, SIDE_RIGHT),
-        )
-        step_in = {
-            "tokens": torch.as_tensor(t_in, device=device)[:, None],
-            "depth": torch.as_tensor(dep[rows, node] + 1, device=device)[:, None],
-            "side": torch.as_tensor(side, device=device)[:, None],
-            "scale": torch.as_tensor(model.scale_of(log_pt[rows, node]), device=device)[:, None],
-        }
-        if cache is None:
-            seq = {k: torch.cat([seq[k], step_in[k]], 1) for k in seq}
-            h = model.backbone(seq["tokens"], seq["depth"], seq["side"], table, scale=seq["scale"])
+        node = trees.pop(rows)
+        h = feed(trees.inputs(rows, node, cfg.scale_bins), rows)
+        parent_log_pt = trees.log_pt[rows, node]
+        t_left = t_right = None
+        if teacher is not None and trees.t_node is not None:
+            t_nodes = trees.t_node[rows, node]
+            t_left, t_right, left, right = _teacher_children(teacher, rows, t_nodes)
         else:
-            h = model.backbone(
-                step_in["tokens"], step_in["depth"], step_in["side"], table, cache,
-                scale=step_in["scale"],
+
+            def resolve_left(tokens: torch.Tensor, parent_log_pt=parent_log_pt) -> torch.Tensor:
+                t = tokens.cpu().numpy()
+                t = resolve(t, chain.child_log_pt(parent_log_pt, t))
+                return torch.as_tensor(t, device=tokens.device)
+
+            left_t, right_t, _, _ = model.sample_children(
+                h[:, -1], table, model.right_context(h, feed.cache), temperature, top_k,
+                generator, False, output_cache, resolve_left,
             )  # fmt: skip
-        context = model.right_context(h, cache)  # what the right head attends over
-        resolve = None
-        parent_log_pt = log_pt[rows, node]
-        if resolution is not None:
-            resolve = _left_resolver(resolution, parent_log_pt, resolved_left)
-        left_t, right_t = model.sample_children(
-            h[:, -1], table, temperature, top_k, generator, output_cache, context, resolve
-        )
-        left, right = left_t.cpu().numpy(), right_t.cpu().numpy()
-        if chain is not None:
-            lpt_l = chain.child_log_pt(parent_log_pt, left)
-            lpt_r = chain.child_log_pt(parent_log_pt, right)
-        if resolution is not None:
-            resolved = resolution.resolve(right, lpt_r)
-            n_resolved += int(np.count_nonzero(resolved != right))
-            right = resolved
-        if chain is not None:
-            # the pair is unordered (permutation-min); training sequences always expand the
-            # harder child first, so the harder one becomes the left child here too
-            swap = lpt_r > lpt_l
-            left, right = np.where(swap, right, left), np.where(swap, left, right)
-            lpt_l, lpt_r = np.where(swap, lpt_r, lpt_l), np.where(swap, lpt_l, lpt_r)
-
-        li, ri = n_nodes[rows], n_nodes[rows] + 1
-        over = ri >= max_nodes
-        ok = ~over
-        r_ok, li, ri, node = rows[ok], li[ok], ri[ok], node[ok]
-        left, right = left[ok], right[ok]
-        tok[r_ok, li], tok[r_ok, ri] = left, right
-        if chain is not None:
-            log_pt[r_ok, li], log_pt[r_ok, ri] = lpt_l[ok], lpt_r[ok]
-        par[r_ok, li] = par[r_ok, ri] = node
-        dep[r_ok, li] = dep[r_ok, ri] = dep[r_ok, node] + 1
-        lft[r_ok, node], rgt[r_ok, node] = li, ri
-        n_nodes[r_ok] += 2
-        # push right then left (left popped first: pre-order); leaves never pushed
-        push_r = right < k_codes
-        stack[r_ok[push_r], sp[r_ok[push_r]]] = ri[push_r]
-        sp[r_ok[push_r]] += 1
-        push_l = left < k_codes
-        stack[r_ok[push_l], sp[r_ok[push_l]]] = li[push_l]
-        sp[r_ok[push_l]] += 1
-
-        runaway[rows[over]] = True
+            left, right = left_t.cpu().numpy(), right_t.cpu().numpy()
+        lpt_l = chain.child_log_pt(parent_log_pt, left)
+        lpt_r = chain.child_log_pt(parent_log_pt, right)
+        right = resolve(right, lpt_r)
+        # the pair is unordered (permutation-min); training sequences expand the harder
+        # child (by token chain) first, so the harder one becomes the left child here too
+        swap = lpt_r > lpt_l
+        left, right = np.where(swap, right, left), np.where(swap, left, right)
+        lpt_l, lpt_r = np.where(swap, lpt_r, lpt_l), np.where(swap, lpt_l, lpt_r)
+        if t_left is not None and t_right is not None:
+            t_left, t_right = np.where(swap, t_right, t_left), np.where(swap, t_left, t_right)
+        trees.add_children(rows, node, left, right, lpt_l, lpt_r, t_left, t_right)
         # the next position must fit the model: a jet that still has nodes to expand
         # at the last position is a runaway too
         if steps + 1 >= cfg.max_len:
-            runaway[rows[sp[rows] > 0]] = True
-        alive = (~runaway[rows]) & (sp[rows] > 0)
+            trees.runaway[rows[trees.sp[rows] > 0]] = True
+        alive = (~trees.runaway[rows]) & (trees.sp[rows] > 0)
         if not alive.all():
-            keep = torch.as_tensor(np.flatnonzero(alive), device=device)
-            if cache is not None:
-                cache.keep(keep)
-            else:
-                seq = {k: v.index_select(0, keep) for k, v in seq.items()}
+            feed.keep(np.flatnonzero(alive))
             rows = rows[alive]
 
+    t = trees
     return SampledTrees.from_batch(
-        tok, par, dep, lft, rgt, n_nodes, runaway, steps, n_resolved + resolved_left[0]
+        t.tok, t.par, t.dep, t.lft, t.rgt, t.n_nodes, t.runaway, steps, n_resolved[0]
     )
 
 
-def _left_resolver(resolution: Resolution, parent_log_pt: np.ndarray, count: list[int]):
-    """The map from sampled left tokens to resolved ones, applied before the right head."""
+def _teacher_children(teacher: Teacher, rows: np.ndarray, t_nodes: np.ndarray):
+    """Teacher-tree node ids (local) of the stored left and right children of the teacher
+    nodes ``t_nodes`` of jets ``rows``, and their tokens."""
+    first = teacher.topology.offsets[:-1][rows]
+    t_left = teacher.topology.left[first + t_nodes]
+    t_right = teacher.topology.right[first + t_nodes]
+    return t_left, t_right, teacher.token[first + t_left], teacher.token[first + t_right]
 
-    def resolve(tokens: torch.Tensor) -> torch.Tensor:
-        t = tokens.cpu().numpy()
-        out = resolution.resolve(t, resolution.child_log_pt(parent_log_pt, t))
-        count[0] += int(np.count_nonzero(out != t))
-        return torch.as_tensor(out, device=tokens.device)
 
-    return resolve
+@dataclass
+class FlatSamples:
+    """Particles of flat-mode jets (leaf tokens, flat over jets, ``offsets`` per jet), in
+    the order sampled (decreasing pT, as trained). ``runaway``: jets that reached the
+    particle limit without STOP; ``empty``: jets whose first token was STOP; neither is
+    included."""
+
+    token: np.ndarray
+    offsets: np.ndarray
+    runaway: np.ndarray
+    empty: np.ndarray
+    steps: int
+    nodes_sampled: int = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def first(self, n: int) -> FlatSamples:
+        """The first ``n`` jets (the counts of failed ones kept)."""
+        return FlatSamples(
+            self.token[: self.offsets[n]], self.offsets[: n + 1], self.runaway, self.empty,
+            self.steps, self.nodes_sampled,
+        )  # fmt: skip
+
+
+def particle_limit(max_len: int, max_nodes: int | None) -> int:
+    """Most particles a flat jet may have: ``max_nodes``, at most what the model's context
+    allows (START + max_len - 1 particles, the last one's position predicting STOP)."""
+    cap = max_len - 1
+    return cap if max_nodes is None else max(1, min(int(max_nodes), cap))
+
+
+@torch.no_grad()
+def sample_flat(
+    model: FlatModel,
+    n_jets: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    max_nodes: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> FlatSamples:
+    """Sample ``n_jets`` flat jets in one batch: from START, one token per step for every
+    unfinished jet, each jet ending at its own STOP."""
+    vocab = model.vocab
+    device = model.output.bias.device
+    limit = particle_limit(model.cfg.max_len, max_nodes)
+    b = n_jets
+    table = model.tokens.table()
+    cache = model.kv_cache() if use_cache else None
+    tok = np.full((b, limit), -1, np.int64)
+    n = np.zeros(b, np.int64)
+    stopped = np.zeros(b, bool)
+    rows = np.arange(b)
+    step_in = torch.full((b, 1), vocab.start, device=device)
+    seq = step_in
+    steps = 0
+    for position in range(limit + 1):  # every row still here has `position` particles
+        h = model.hidden({"tokens": step_in if cache is not None else seq}, table, cache)
+        nxt_t, _ = model.sample_next(h[:, -1], table, temperature, top_k, generator)
+        steps += 1
+        nxt = nxt_t.cpu().numpy()
+        stop = nxt == vocab.stop
+        stopped[rows[stop]] = True
+        if position == limit:  # the rest reached the limit without STOP: runaways
+            break
+        go = np.flatnonzero(~stop)
+        tok[rows[go], position] = nxt[go]
+        n[rows[go]] += 1
+        if len(go) < len(rows):
+            keep = torch.as_tensor(go, device=device)
+            if cache is not None:
+                cache.keep(keep)
+            seq, nxt_t = seq.index_select(0, keep), nxt_t.index_select(0, keep)
+            rows = rows[go]
+        if not len(rows):
+            break
+        step_in = nxt_t[:, None]
+        seq = torch.cat([seq, step_in], 1) if cache is None else seq
+    runaway = ~stopped
+    empty = stopped & (n == 0)
+    done = stopped & (n > 0)
+    counts = n[done]
+    offsets = np.zeros(int(done.sum()) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    mask = np.arange(limit)[None, :] < counts[:, None]
+    return FlatSamples(
+        token=tok[done][mask], offsets=offsets, runaway=np.flatnonzero(runaway),
+        empty=np.flatnonzero(empty), steps=steps, nodes_sampled=int(n.sum()),
+    )  # fmt: skip

@@ -1,10 +1,13 @@
-"""The jet-evolution model: GPT backbone, split heads, training, split metrics."""
+"""The models: the GPT backbone shared by the tree (jet-evolution) and flat (OmniJet-alpha)
+modes, their heads, losses, sequences, training and split metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from jetevo.model.gpt import JetEvolutionModel, ModelConfig
+from jetevo.model.flat import FlatModel
+from jetevo.model.gpt import ModelConfig
+from jetevo.model.tree import JetEvolutionModel
 
 
 def children_kinematics(tokenizer, prediction: dict, parent_p: np.ndarray) -> dict[str, np.ndarray]:
@@ -16,4 +19,4 @@ def children_kinematics(tokenizer, prediction: dict, parent_p: np.ndarray) -> di
     }
 
 
-__all__ = ["JetEvolutionModel", "ModelConfig", "children_kinematics"]
+__all__ = ["FlatModel", "JetEvolutionModel", "ModelConfig", "children_kinematics"]

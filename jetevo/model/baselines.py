@@ -99,10 +99,12 @@ class CountBaselines:
 
     @classmethod
     def from_state(cls, s: dict) -> CountBaselines:
+        """From :meth:`state`, its arrays as numpy arrays or tensors (a checkpoint's)."""
+        arr = {k: np.asarray(s[k]) for k in ("counts", "rows", "cols", "unigram")}
         big = sparse.csr_matrix(
-            (s["counts"].astype(np.float64), (s["rows"], s["cols"])),
-            shape=(s["vocab_size"], s["n_node_tokens"]),
+            (arr["counts"].astype(np.float64), (arr["rows"], arr["cols"])),
+            shape=(int(s["vocab_size"]), int(s["n_node_tokens"])),
         )
         return cls(
-            s["n_node_tokens"], s["vocab_size"], np.asarray(s["unigram"]), big, float(s["lam"])
+            int(s["n_node_tokens"]), int(s["vocab_size"]), arr["unigram"], big, float(s["lam"])
         )

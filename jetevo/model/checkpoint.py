@@ -1,84 +1,112 @@
 """Model checkpoints: config, weights, tokenizer identity and count baselines in one file.
 
-Loading refuses, in one line, a file that is not a jetevo model, and ``init_from`` lists
-every missing or unexpected key instead of ignoring it.
+Read and written through :mod:`jetevo.io.checkpoint` (``weights_only`` loading, a format
+version, migrations). Loading refuses, in one line, a file that is not a jetevo model, and
+``init_from`` lists every missing or unexpected key instead of ignoring it.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import torch
-
 from jetevo.errors import InputError
-from jetevo.model.gpt import CHECKPOINT_KIND, JetEvolutionModel, ModelConfig
+from jetevo.io.checkpoint import read_checkpoint, tensors_only, write_checkpoint
+from jetevo.model.flat import FlatModel
+from jetevo.model.gpt import ModelConfig
+from jetevo.model.tree import JetEvolutionModel
 
-HEAD_PREFIXES = (
-    "left_head.",
-    "right_head.",
-    "right_xattn.",
-    "out_bias",
-    "group_emb.",
-    "group_bias",
-)
+KIND = "jetevo-model"
+FORMAT_VERSION = 1
+Model = JetEvolutionModel | FlatModel
+
+# parameters of the heads (re-initialised by ``init_heads=reinit``), per mode
+HEAD_PREFIXES = {
+    "tree": ("left_head.", "right_head.", "right_xattn.", "output."),
+    "flat": ("head.", "output."),
+}
+
+# version 0 -> 1: the backbone became its own module, the output layer too
+_RENAMED_V0 = (
+    ("pos_emb.", "gpt.pos_emb."), ("blocks.", "gpt.blocks."), ("ln_f.", "gpt.ln_f."),
+    ("out_bias", "output.bias"), ("group_emb.", "output.group_emb."),
+    ("group_bias", "output.group_bias"), ("group_members", "output.group_members"),
+    ("token_column", "output.class_column"),
+)  # fmt: skip
+# settings that version-0 checkpoints from before them lack, as those were trained: a flat
+# output, the one-key right head, no scale input (and all of them are tree models)
+_OLD_DEFAULTS = {"output_group_size": 0, "right_head": "left-child", "scale_bins": 0}
 
 
-def read_state(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such model checkpoint")
-    try:
-        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise InputError(path, "not a jetevo model checkpoint")
+def _migrate_v0(state: dict) -> dict:
+    state = tensors_only(state)
+    weights = {}
+    for key, value in state["state_dict"].items():
+        for old, new in _RENAMED_V0:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        weights[key] = value
+    state["state_dict"] = weights
+    state["config"] = {**_OLD_DEFAULTS, **state["config"], "mode": "tree", "positional": "learned"}
     return state
 
 
-def load_model(path: str | Path) -> JetEvolutionModel:
+def read_state(path: str | Path) -> dict:
+    return read_checkpoint(path, KIND, FORMAT_VERSION, {0: _migrate_v0}, "model checkpoint")
+
+
+def build_model(cfg: ModelConfig) -> Model:
+    return FlatModel(cfg) if cfg.mode == "flat" else JetEvolutionModel(cfg)
+
+
+def load_model(path: str | Path) -> Model:
+    """The model saved at ``path`` (either mode), in eval mode, with the checkpoint's other
+    entries as ``model.extra``."""
     state = read_state(path)
-    # settings that checkpoints from before them lack, as those checkpoints were trained:
-    # a flat output (no output_group_size), the one-key right head (no right_head) and no
-    # scale input (no scale_bins)
-    old = {"output_group_size": 0, "right_head": "left-child", "scale_bins": 0}
     try:
-        cfg = ModelConfig(**{**old, **state["config"]})
+        cfg = ModelConfig(**state["config"])
     except (TypeError, ValueError) as exc:  # unknown keys; SettingError is a ValueError
         raise InputError(path, f"bad model config in the checkpoint ({exc})") from None
-    model = JetEvolutionModel(cfg)
     try:
+        model = build_model(cfg)
         model.load_state_dict(state["state_dict"])
-    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
+    except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(
             path, f"damaged checkpoint: the weights do not fit its config ({first})"
         ) from None
     model.tokenizer_identity = state.get("tokenizer_identity")
-    model.extra = {k: v for k, v in state.items() if k not in ("state_dict",)}
+    model.extra = {k: v for k, v in state.items() if k != "state_dict"}
     return model.eval()
 
 
-def save_model(model: JetEvolutionModel, path: str | Path, extra: dict | None = None) -> None:
-    from jetevo.io.atomic import atomic_path
+def save_model(model: Model, path: str | Path, extra: dict | None = None) -> None:
+    state = {
+        "config": model.cfg.to_dict(),
+        "state_dict": model.state_dict(),
+        "tokenizer_identity": model.tokenizer_identity,
+        **(extra or {}),
+    }
+    write_checkpoint(state, path, KIND, FORMAT_VERSION)
 
-    with atomic_path(path) as tmp:
-        torch.save(model.checkpoint_state(extra), tmp)
 
-
-def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -> dict:
+def init_from(model: Model, path: str | Path, heads: str = "keep") -> dict:
     """Load pretrained weights into ``model``: the backbone always, the heads if ``heads="keep"``.
 
-    The vocabulary and tokenizer must match. Returns the missing and unexpected keys,
-    which the caller reports.
+    The mode, vocabulary and tokenizer must match. Returns the missing and unexpected
+    keys, which the caller reports.
     """
     state = read_state(path)
     cfg = state["config"]
+    if cfg.get("mode", "tree") != model.cfg.mode:
+        raise InputError(
+            path, f"pretrained in {cfg.get('mode')} mode, this model is {model.cfg.mode} mode"
+        )
     if cfg["n_codes"] != model.cfg.n_codes:
         raise InputError(
             path,
-            f"pretrained model has a vocabulary of {2 * cfg['n_codes'] + 3} tokens, this one {model.cfg.vocab_size}",
+            f"pretrained model has a vocabulary of {ModelConfig(n_codes=cfg['n_codes']).vocab.size} "
+            f"tokens, this one {model.cfg.vocab.size}",
         )
     if model.tokenizer_identity and state.get("tokenizer_identity") != model.tokenizer_identity:
         raise InputError(
@@ -86,15 +114,17 @@ def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -
             f"pretrained on tokenizer {state.get('tokenizer_identity')}, these tokens come from {model.tokenizer_identity}",
         )
     weights = state["state_dict"]
-    pretrained_head = cfg.get("right_head", "left-child")
-    if heads == "keep" and pretrained_head != model.cfg.right_head:
-        raise InputError(
-            path,
-            f"pretrained with right_head={pretrained_head}, this model has "
-            f"{model.cfg.right_head}: the heads cannot be kept (train.init_heads=reinit)",
-        )
+    if model.cfg.mode == "tree":
+        pretrained_head = cfg.get("right_head", "left-child")
+        if heads == "keep" and pretrained_head != model.cfg.right_head:
+            raise InputError(
+                path,
+                f"pretrained with right_head={pretrained_head}, this model has "
+                f"{model.cfg.right_head}: the heads cannot be kept (train.init_heads=reinit)",
+            )
     if heads == "reinit":
-        weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIXES)}
+        prefixes = HEAD_PREFIXES[model.cfg.mode]
+        weights = {k: v for k, v in weights.items() if not k.startswith(prefixes)}
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched:
@@ -103,3 +133,24 @@ def init_from(model: JetEvolutionModel, path: str | Path, heads: str = "keep") -
         )
     result = model.load_state_dict(weights, strict=False)
     return {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys)}
+
+
+def model_tokenizer(model: Model, ckpt: str | Path, given: str | Path | None = None):
+    """The tokenizer a model speaks: ``given``, or the one its checkpoint records; refused
+    in one line if it is not the one the model was trained on."""
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    info = model.extra.get("tokenizer") or {}
+    path = given or info.get("path")
+    if not path or not Path(path).is_file():
+        raise InputError(ckpt, f"tokenizer checkpoint {path!r} not found; pass --tokenizer")
+    tok = Tokenizer.load(path)
+    if tok.identity != model.tokenizer_identity:
+        raise InputError(
+            path,
+            f"tokenizer {tok.identity} is not the one the model was trained on ({model.tokenizer_identity})",
+        )
+    return tok
+
+
+__all__ = ["Model", "init_from", "load_model", "model_tokenizer", "save_model"]

@@ -1,4 +1,4 @@
-"""``jetevo evaluate-splits``: held-out per-child NLL, top-1 and top-5 of the model and of the
+"""``jetevo evaluate-splits`` (tree mode): held-out per-child NLL, top-1 and top-5 of the model and of the
 count baselines stored in its checkpoint (gathered by ``jetevo train`` on its training data).
 
 ``nll`` (and ``unigram_nll``, ``bigram_nll``) is the likelihood of each split's *unordered*
@@ -7,6 +7,9 @@ probability of what was observed whichever child a convention calls left, compar
 models trained with or without permutation-min (the minimum over the two assignments, the
 training loss, would flatter the model by up to log 2 per split). ``*_ordered`` keys give the
 likelihood of the canonical harder-left assignment.
+
+``jetevo evaluate-particles`` (flat mode, :func:`evaluate_particles`): the held-out
+next-token NLL per particle beside the same count baselines.
 """
 
 from __future__ import annotations
@@ -16,38 +19,46 @@ import torch
 
 from jetevo.errors import InputError
 from jetevo.model.baselines import CountBaselines
-from jetevo.model.checkpoint import load_model
-from jetevo.model.data import Sequences, collate
-from jetevo.model.gpt import IGNORE
+from jetevo.model.checkpoint import Model, load_model, model_tokenizer
+from jetevo.model.data import loader
+from jetevo.model.loss import flat_nll, split_nll
+from jetevo.model.sequences import IGNORE, FlatSequences, TreeSequences
+from jetevo.tokenize.resolution import code_log_z
 
 
-@torch.no_grad()
-def evaluate_splits(
-    ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None
-) -> dict:
-    from jetevo.model.gpt import split_nll
-
-    model = load_model(ckpt)
-    seqs = Sequences(
-        token_paths, model.cfg.n_codes, model.cfg.max_len, model.log_z_table(), model.cfg.scale_bins
-    )
+def _check_tokens(seqs: TreeSequences | FlatSequences, model: Model) -> None:
     if seqs.tokenizer["identity"] != model.tokenizer_identity:
         raise InputError(
             seqs.files[0],
             f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained on {model.tokenizer_identity}",
         )
+
+
+@torch.no_grad()
+def evaluate_splits(
+    ckpt, token_paths, batch_size: int = 64, permutation_min: bool | None = None, tokenizer=None
+) -> dict:
+    """Held-out split metrics of a tree model (``tokenizer``: its checkpoint, needed only
+    for a model without the scale input, whose children are ordered by the tokenizer's
+    decoded momentum fractions; default: the one its checkpoint records)."""
+    model = load_model(ckpt)
+    if model.cfg.mode != "tree":
+        raise InputError(
+            ckpt, "a flat-mode model has no splits: use 'jetevo evaluate-particles' for its NLL"
+        )
+    order_log_z = model.log_z_table()
+    if order_log_z is None:
+        order_log_z = code_log_z(model_tokenizer(model, ckpt, tokenizer))
+    seqs = TreeSequences(
+        token_paths, model.vocab, model.cfg.max_len, order_log_z, model.cfg.scale_bins
+    )
+    _check_tokens(seqs, model)
     if permutation_min is None:
         permutation_min = bool(
             model.extra.get("train_config", {}).get("train", {}).get("permutation_min", True)
         )
-    pad = model.cfg.n_node_tokens + 2
-    loader = torch.utils.data.DataLoader(
-        seqs.subset(np.arange(len(seqs))),
-        batch_size=batch_size,
-        collate_fn=lambda it: collate(it, pad),
-    )
     tot = {"pair_nll_sum": 0.0, "ordered_nll_sum": 0.0, "n_children": 0, "top1": 0, "top5": 0}
-    for batch in loader:
+    for batch in loader(seqs, batch_size):
         out = split_nll(model, batch, permutation_min, stats=True)
         for k in tot:
             tot[k] += float(out[k])
@@ -76,6 +87,40 @@ def evaluate_splits(
     }
 
 
+@torch.no_grad()
+def evaluate_particles(ckpt, token_paths, batch_size: int = 64) -> dict:
+    """Held-out per-particle NLL of a flat model: the next-token cross-entropy per
+    prediction (every particle and the STOP that ends the jet), top-1 and top-5, beside
+    the unigram and bigram (previous token -> next) count baselines of its training data.
+    Same keys as :func:`evaluate_splits`, so :func:`format_splits` prints both."""
+    model = load_model(ckpt)
+    if model.cfg.mode != "flat":
+        raise InputError(ckpt, "a tree-mode model: use 'jetevo evaluate-splits'")
+    seqs = FlatSequences(token_paths, model.vocab, model.cfg.max_len)
+    _check_tokens(seqs, model)
+    tot = {"nll_sum": 0.0, "n_targets": 0, "top1": 0, "top5": 0}
+    for batch in loader(seqs, batch_size):
+        out = flat_nll(model, batch, stats=True)
+        for k in tot:
+            tot[k] += float(out[k])
+    n = tot["n_targets"]
+    base = CountBaselines.from_state(model.extra["baselines"])
+    previous, nxt = seqs.pairs()
+    uni, big = base.nll(previous, nxt)
+    return {
+        "nll": tot["nll_sum"] / n,
+        "top1": tot["top1"] / n,
+        "top5": tot["top5"] / n,
+        "unigram_nll": float(uni.mean()),
+        "bigram_nll": float(big.mean()),
+        **base.topk(previous, nxt),
+        "bigram_lambda": base.lam,
+        "n_children": int(n),
+        "n_jets": len(seqs),
+        "truncated_jets": seqs.truncated,
+    }
+
+
 def format_splits(result: dict) -> str:
     """The model-vs-baselines table that ``jetevo evaluate-splits`` prints."""
     rows = [f"{'':<8} {'nll':>8} {'top1':>7} {'top5':>7}"]
@@ -85,6 +130,7 @@ def format_splits(result: dict) -> str:
             f" {result[prefix + 'top5']:>7.3f}"
         )
     rows.append(
-        f"per-child NLL in nats over {result['n_children']} children of {result['n_jets']} jets"
+        f"per-{'particle' if 'truncated_jets' in result else 'child'} NLL in nats over "
+        f"{result['n_children']} predictions of {result['n_jets']} jets"
     )
     return "\n".join(rows)

@@ -35,10 +35,12 @@ from jetevo.config import (
 from jetevo.errors import InputError, SettingError
 from jetevo.io.atomic import atomic_path, ensure_writable_dir
 from jetevo.model.baselines import CountBaselines
+from jetevo.model.checkpoint import Model, build_model, save_model
 from jetevo.model.checkpoint import init_from as load_init
-from jetevo.model.checkpoint import save_model
-from jetevo.model.data import Sequences, collate, token_file_info
-from jetevo.model.gpt import IGNORE, JetEvolutionModel, ModelConfig, split_nll
+from jetevo.model.data import loader
+from jetevo.model.gpt import ModelConfig, count_parameters
+from jetevo.model.loss import flat_nll, split_nll, weighted_split_loss
+from jetevo.model.sequences import FlatSequences, TreeSequences, token_file_info
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
 from jetevo.tokenize.resolution import code_log_z, learn_scale
 from jetevo.trees.format import load, tree_files
@@ -95,10 +97,11 @@ def parse_config(cfg: dict) -> tuple[ModelConfig, TrainConfig]:
             f"unknown config section(s): {', '.join(unknown)} (expected model, train)"
         )
     model = cfg.get("model")
-    if isinstance(model, dict) and "n_codes" in model:
-        raise SettingError(
-            "model.n_codes is the tokenizer's codebook size, taken from the token files: remove it"
-        )
+    for key, what in (("n_codes", "codebook size"), ("n_code_features", "number of features")):
+        if isinstance(model, dict) and key in model:
+            raise SettingError(
+                f"model.{key} is the tokenizer's {what}, taken from the token files: remove it"
+            )
     return build(ModelConfig, model, "model"), build(TrainConfig, cfg.get("train"), "train")
 
 
@@ -153,32 +156,39 @@ def check_resume(out: Path, record: dict) -> None:
         )
 
 
-def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
+def _lightning_module(model: Model, tc: TrainConfig):
+    """The Lightning module of either mode (built here so that importing this module does
+    not import Lightning)."""
     import lightning as L
 
-    class SplitModule(L.LightningModule):
+    flat = model.cfg.mode == "flat"
+
+    class TrainingModule(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.model = model
-            self._val = []
+            self._val: list[torch.Tensor] = []
+
+        def _losses(self, batch, stats: bool = False) -> tuple[dict, torch.Tensor]:
+            if flat:
+                out = flat_nll(self.model, batch, stats)
+                return out, out["n_targets"]
+            out = split_nll(self.model, batch, tc.permutation_min, stats)
+            return out, out["n_children"]
 
         def training_step(self, batch, _):
-            out = split_nll(self.model, batch, tc.permutation_min)
-            nll = out["nll_sum"] / out["n_children"].clamp(min=1)
-            self.log("train_nll", nll, prog_bar=True, batch_size=int(out["n_children"]))
-            if not tc.split_weights:
+            out, n = self._losses(batch)
+            nll = out["nll_sum"] / n.clamp(min=1)
+            self.log("train_nll", nll, prog_bar=True, batch_size=int(n))
+            if flat or not tc.split_weights:
                 return nll
             loss = weighted_split_loss(out["per_split"], batch, tc.split_weights)
-            self.log("train_loss", loss, batch_size=int(out["n_children"]))
+            self.log("train_loss", loss, batch_size=int(n))
             return loss
 
         def validation_step(self, batch, _):
-            out = split_nll(self.model, batch, tc.permutation_min, stats=True)
-            self._val.append(
-                torch.stack(
-                    [out["nll_sum"].float(), out["n_children"].float(), out["top1"].float()]
-                )
-            )
+            out, n = self._losses(batch, stats=True)
+            self._val.append(torch.stack([out["nll_sum"].float(), n.float(), out["top1"].float()]))
 
         def on_validation_epoch_end(self):
             if self._val:
@@ -213,24 +223,7 @@ def _lightning_module(model: JetEvolutionModel, tc: TrainConfig):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    return SplitModule()
-
-
-def weighted_split_loss(per_split: torch.Tensor, batch: dict, weights: list[float]) -> torch.Tensor:
-    """Mean NLL per child with the predictions of generation level k weighted by
-    ``weights[k]``: level 0 is the root token (at START), level 1 the root's split, level 2
-    the splits of its children, ...; levels beyond the list weigh 1.
-
-    Why: a jet has one root split among ~70, yet its first splittings decide its mass and
-    prong structure (τ21, τ32, R_g). Each prediction's conditional is still fitted to its
-    own targets; the weights only say where a finite model spends its capacity.
-    """
-    valid = batch["left"] != IGNORE
-    children = 1 + (batch["right"][valid] != IGNORE).to(per_split.dtype)
-    level = batch["depth"][valid]  # input depth: START 0, root 1, its children 2, ...
-    w = torch.as_tensor(weights, dtype=per_split.dtype, device=per_split.device)
-    weight = torch.where(level < len(w), w[level.clamp(max=len(w) - 1)], torch.ones_like(children))
-    return (weight * per_split).sum() / (weight * children).sum().clamp(min=1e-12)
+    return TrainingModule()
 
 
 def _logger(kind: str, out: Path, log: Callable[[str], object]):
@@ -306,16 +299,17 @@ def train(
 
     log = logger.info if log is None else log
     model_cfg, tc = parse_config(cfg)
+    flat = model_cfg.mode == "flat"
+    if flat and tc.split_weights:
+        raise SettingError("train.split_weights weigh tree splits; flat mode has none (remove it)")
     out = ensure_writable_dir(out_dir)
     files, info = token_file_info(train_paths)
     tok = find_tokenizer(info, tokenizer, files[0])
-    mc = dataclasses.replace(model_cfg, n_codes=tok.cfg.n_codes)
     code_features = code_feature_table(tok)
-    if code_features.shape[1] != mc.n_code_features:
-        raise SettingError(
-            f"model.n_code_features ({mc.n_code_features}) must be the tokenizer's number of "
-            f"node features ({code_features.shape[1]})"
-        )
+    # the vocabulary and the code features are the tokenizer's
+    mc = dataclasses.replace(
+        model_cfg, n_codes=tok.cfg.n_codes, n_code_features=code_features.shape[1]
+    )
     last = out / "lightning" / "last.ckpt"
     record = run_record(mc, tc, info["identity"], files, tree_files(val_paths))
     if last.exists():
@@ -323,16 +317,30 @@ def train(
     L.seed_everything(tc.seed, workers=True, verbose=False)
 
     log_z = code_log_z(tok)
-    train_seq = Sequences(train_paths, mc.n_codes, mc.max_len, log_z, mc.scale_bins)
-    val_seq = Sequences(val_paths, mc.n_codes, mc.max_len, log_z, mc.scale_bins)
+    model = build_model(mc)
+    model.set_code_features(torch.from_numpy(code_features), log_z)
+    model.tokenizer_identity = info["identity"]
+    vocab = mc.vocab
+    train_seq: TreeSequences | FlatSequences
+    val_seq: TreeSequences | FlatSequences
+    if flat:
+        train_seq = FlatSequences(train_paths, vocab, mc.max_len)
+        val_seq = FlatSequences(val_paths, vocab, mc.max_len)
+        if train_seq.truncated:
+            log(
+                f"{train_seq.truncated} training jets cut to their {mc.max_len - 1} hardest particles"
+            )
+    else:
+        # the order of every split's children: the model's log z (what generation uses)
+        order_log_z = model.log_z_table()
+        order_log_z = log_z if order_log_z is None else order_log_z
+        train_seq = TreeSequences(train_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
+        val_seq = TreeSequences(val_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
     if val_seq.tokenizer["identity"] != info["identity"]:
         raise InputError(
             val_seq.files[0],
             "validation tokens come from another tokenizer than the training tokens",
         )
-    model = JetEvolutionModel(mc)
-    model.set_code_features(torch.from_numpy(code_features), log_z)
-    model.tokenizer_identity = info["identity"]
     init_report = None
     if tc.init_from:
         init_report = load_init(model, tc.init_from, tc.init_heads)
@@ -340,17 +348,15 @@ def train(
             f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}"
         )
 
-    resolution_scale = training_resolution_scale(tok, files)
     parents, children = train_seq.pairs()
-    baselines = CountBaselines.fit(parents, children, mc.n_node_tokens, mc.vocab_size, seed=tc.seed)
-    pad = mc.n_node_tokens + 2
-
-    def loader(seq: Sequences, shuffle: bool):
-        g = torch.Generator().manual_seed(tc.seed)
-        return torch.utils.data.DataLoader(
-            seq.subset(np.arange(len(seq))), batch_size=tc.batch_size, shuffle=shuffle, generator=g,
-            collate_fn=lambda items: collate(items, pad), num_workers=tc.num_workers, drop_last=False,
-        )  # fmt: skip
+    n_classes = vocab.n_flat_classes if flat else vocab.n_node_tokens
+    baselines = CountBaselines.fit(parents, children, n_classes, vocab.size, seed=tc.seed)
+    resolution = None
+    if not flat:
+        resolution = {
+            "log_pt_min": training_resolution_scale(tok, files),
+            "quantile": RESOLUTION_QUANTILE,
+        }
 
     cuda = torch.cuda.is_available()
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
@@ -364,6 +370,8 @@ def train(
         dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every
     )
     batches_per_epoch = max(1, -(-len(train_seq) // tc.batch_size))
+    train_loader = loader(train_seq, tc.batch_size, True, tc.seed, tc.num_workers)
+    val_loader = loader(val_seq, tc.batch_size, False, tc.seed, tc.num_workers)
     trainer = L.Trainer(
         max_steps=tc.max_steps,
         accelerator="auto",
@@ -388,8 +396,8 @@ def train(
             tmp.write_text(json.dumps(record, indent=1) + "\n")
     trainer.fit(
         module,
-        loader(train_seq, True),
-        loader(val_seq, False),
+        train_loader,
+        val_loader,
         ckpt_path=str(last) if last.exists() else None,
     )
     val = trainer.callback_metrics.get("val_nll")
@@ -400,13 +408,15 @@ def train(
             final,
             {
                 "baselines": baselines.state(),
-                "resolution": {"log_pt_min": resolution_scale, "quantile": RESOLUTION_QUANTILE},
+                "resolution": resolution,
                 "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
                 "train": {
                     "steps": trainer.global_step,
                     "val_nll": float(val) if val is not None else None,
                     "init_from": tc.init_from,
                     "init_keys": init_report,
+                    "parameters": count_parameters(model),
+                    "positions_per_epoch": int(train_seq.offsets[-1]),
                 },
                 "train_config": cfg,
             },

@@ -1,11 +1,14 @@
 """Decoding a token tree into four-momenta: the one home of what a "decoded tree" is.
 
-Generation, the tokenizer closure and ``jetevo tokenizer decode`` all call
-:func:`decode_physical`; :func:`decode_free` is the plain inverse it starts from. Both work
-top-down in the jet frame (the root at rapidity 0 and azimuth 0), every node decoded from
-its token relative to its *decoded* parent, over a :class:`~jetevo.trees.format.Topology`
-(pre-order or generation order: children after their parent). No torch here: the
-tokenizer's decoded code table is all this module reads from it.
+A tree (parent-relative) tokenizer's trees are decoded by :func:`decode_physical`;
+:func:`decode_free` is the plain inverse it starts from. Both work top-down in the jet frame
+(the root at rapidity 0 and azimuth 0), every node decoded from its token relative to its
+*decoded* parent, over a :class:`~jetevo.trees.format.Topology` (pre-order or generation
+order: children after their parent). A flat (jet-relative) tokenizer's particles need no
+parent: :func:`decode_flat` decodes them alone in the jet frame and sums them up the tree.
+:func:`decode_tokens` picks the one the tokenizer's feature set calls for (the tokenizer
+closure and ``jetevo tokenizer decode`` use it). No torch here: the tokenizer's decoded code
+table and its feature set are all this module reads from it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,92 @@ def _features(tokenizer, tokens: np.ndarray) -> np.ndarray:
     return tokenizer.features_from_codes(tokenizer.vocab.code(np.asarray(tokens, np.int64)))
 
 
+def _tree_only(tokenizer, what: str) -> None:
+    """Refuse a flat tokenizer where parent-relative tokens are decoded (one line)."""
+    features = getattr(tokenizer, "features", F.PARENT_RELATIVE)
+    if features.particles_only:
+        raise SettingError(
+            f"{what} decodes parent-relative tokens; tokenizer feature set {features.name} "
+            "is decoded by decode_flat (or decode_tokens)"
+        )
+
+
+def _sum_up(p: np.ndarray, trees: Topology) -> np.ndarray:
+    """``p`` with every internal node set to the sum of its children, bottom-up (the
+    leaves' rows are what is summed)."""
+    first = trees.jet_start
+    internal = np.flatnonzero(trees.left >= 0)
+    for d in range(int(trees.depth.max(initial=0)) - 1, -1, -1):
+        par = internal[trees.depth[internal] == d]
+        p[par] = p[first[par] + trees.left[par]] + p[first[par] + trees.right[par]]
+    return p
+
+
+def decode_tokens(
+    tokenizer,
+    tokens: np.ndarray,
+    trees: Topology,
+    split_kinematics: str = "two-body",
+    particle_mass: str = "pion",
+) -> np.ndarray:
+    """Four-momenta (n, 4) of every node, decoded as the tokenizer's feature set calls for:
+    :func:`decode_physical` for a tree tokenizer, :func:`decode_flat` for a flat one (which
+    has no splits to rebuild: ``split_kinematics`` is checked but does not apply to it)."""
+    if split_kinematics not in SPLIT_KINEMATICS:
+        raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
+    if getattr(tokenizer, "features", F.PARENT_RELATIVE).particles_only:
+        return decode_flat(tokenizer, tokens, trees, particle_mass)
+    return decode_physical(tokenizer, tokens, trees, split_kinematics, particle_mass)
+
+
+def decode_flat(
+    tokenizer, tokens: np.ndarray, topology: Topology, particle_mass: str = "pion"
+) -> np.ndarray:
+    """Four-momenta (n, 4) of every node of a flat (jet-relative) tokenizer's trees.
+
+    Each particle is decoded from its token alone, in the jet frame (its features are
+    relative to the jet axis, not to a parent), and given ``particle_mass`` (``pion``,
+    ``massless``, or ``decoded``: as the token decodes, which is massless since mass is not
+    a feature); every pseudojet is the sum of its particles, so four-momentum is conserved
+    by construction and the internal nodes' own tokens are not read.
+    """
+    if particle_mass not in PARTICLE_MASSES:
+        raise SettingError(f"particle mass must be one of {tuple(PARTICLE_MASSES)}")
+    features = tokenizer.features
+    if not features.particles_only:
+        raise SettingError(
+            f"decode_flat decodes jet-relative tokens; tokenizer feature set {features.name} "
+            "is decoded by decode_physical (or decode_tokens)"
+        )
+    leaf = topology.left < 0
+    p = np.zeros((len(topology.left), 4))
+    p[leaf] = decode_particles(tokenizer, np.asarray(tokens, np.int64)[leaf], particle_mass)
+    return _sum_up(p, topology)
+
+
+def decode_particles(tokenizer, tokens: np.ndarray, particle_mass: str = "pion") -> np.ndarray:
+    """Four-momenta (n, 4) of particles of a flat (jet-relative) tokenizer, each from its
+    token alone, in the jet frame, with ``particle_mass`` (see :func:`decode_flat`): what
+    flat-mode generation makes of its sampled particles before reclustering them."""
+    if particle_mass not in PARTICLE_MASSES:
+        raise SettingError(f"particle mass must be one of {tuple(PARTICLE_MASSES)}")
+    features = tokenizer.features
+    if not features.particles_only:
+        raise SettingError(
+            f"decode_particles decodes jet-relative tokens, not feature set {features.name}"
+        )
+    f = _features(tokenizer, np.asarray(tokens, np.int64))
+    p = features.inverse(f, features.frame_context(len(f)))
+    leaf_mass = PARTICLE_MASSES[particle_mass]
+    if leaf_mass is not None:
+        p = with_mass(p, np.full(len(f), leaf_mass))
+    return p
+
+
 def decode_free(tokenizer, tokens: np.ndarray, topology: Topology) -> np.ndarray:
     """Four-momenta (n, 4) of every node, each decoded relative to its decoded parent,
     without conservation: level by level, so that a node's parent is decoded first."""
+    _tree_only(tokenizer, "decode_free")
     f = _features(tokenizer, tokens)
     parent = topology.global_parent()
     depth = topology.depth
@@ -73,6 +159,7 @@ def decode_physical(
         raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
     if particle_mass not in PARTICLE_MASSES:
         raise SettingError(f"particle mass must be one of {tuple(PARTICLE_MASSES)}")
+    _tree_only(tokenizer, "decode_physical")
     first = trees.jet_start
     f = _features(tokenizer, tokens)
     p = np.zeros((len(f), 4))
@@ -128,16 +215,11 @@ def _decoded_particles_mass(
     """Per node, the invariant mass of its particles as decoded without conservation (each
     node relative to its decoded parent) and given ``leaf_mass``: at least the floor, and
     with the decoded openings."""
-    first = trees.jet_start
     free = decode_free(tokenizer, tokens, trees)
     leaf = trees.left < 0
     total = np.zeros_like(free)
     total[leaf] = with_mass(free[leaf], np.full(int(leaf.sum()), leaf_mass))
-    internal = np.flatnonzero(~leaf)
-    for d in range(int(trees.depth.max(initial=0)) - 1, -1, -1):
-        par = internal[trees.depth[internal] == d]
-        total[par] = total[first[par] + trees.left[par]] + total[first[par] + trees.right[par]]
-    return mass(total)
+    return mass(_sum_up(total, trees))
 
 
 # how the rest-frame rescaling of a decoded pair is shared (in log) between the children's

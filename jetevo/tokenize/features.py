@@ -1,6 +1,10 @@
-"""Per-node features for the tokenizer, and their exact inverse.
+"""Per-node features for the tokenizer, and their exact inverse: two feature sets.
 
-A node is described relative to its parent, which generation always knows:
+A tokenizer uses one :class:`FeatureSet` (``FEATURE_SETS``, keyed by the name its
+checkpoint records); code asks it for names, default weights, context and inverse.
+
+``parent-relative-v1`` (tree mode, ``FEATURES``): a node is described relative to its
+parent, which generation always knows:
 
 - ``log_z``: log of pT / pT(parent), the momentum fraction;
 - ``log_dr``: log of the (rapidity, azimuth) distance to the parent axis;
@@ -16,15 +20,23 @@ axis-relative position and collapsed onto a few tokens in the 2025 thesis, while
 offset from their own parent, in log scale, is resolved at every depth. The feature set is
 recorded in the checkpoint; the alternatives that were measured are in
 docs/results/readme_history.md (section "Tokenizer").
+
+``jet-relative-v1`` (flat mode, ``JET_FEATURES``): pT-ordered particles have no parent, so,
+as in OmniJet-alpha, a particle is described relative to its jet's axis (the tree's root):
+``log_pt`` (GeV), ``deta`` (pseudorapidity) and ``dphi``. Mass is not a feature: decoded
+particles are massless, in the jet frame (axis at pseudorapidity 0, azimuth 0).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
 
 from jetevo.errors import SettingError
-from jetevo.kinematics import four_momentum, pt_y_phi_m, wrap_phi
+from jetevo.kinematics import eta, four_momentum, four_momentum_eta, pt_y_phi_m, wrap_phi
 
 FEATURES = ("log_z", "log_dr", "cos_psi", "sin_psi", "log_mass")
 FEATURE_SET = "parent-relative-v1"
@@ -100,6 +112,127 @@ def invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     phi = wrap_phi(ctx[:, 2] + dr * f[:, 3] / norm)
     m = pt * np.maximum(np.exp(f[:, 4]) - MASS_EPS, 0.0)
     return four_momentum(pt, y, phi, m)
+
+
+def given_parent_context(parent: np.ndarray | None, n: int) -> np.ndarray:
+    """(n, 3) context from the parents' four-momenta ``parent`` (NaN rows or ``None``: roots,
+    decoded in the jet frame)."""
+    if parent is None:
+        return root_context(n)
+    is_root = np.isnan(parent[:, 0])
+    pt, y, phi, _ = pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
+    ctx = np.column_stack([pt, y, phi])
+    ctx[is_root] = root_context(int(is_root.sum()))
+    return ctx
+
+
+# ------------------------------------------------------------------ jet-relative (flat mode)
+JET_FEATURES = ("log_pt", "deta", "dphi")
+JET_FEATURE_SET = "jet-relative-v1"
+MIN_PT = 1e-9  # GeV: keeps log_pt finite for a node without transverse momentum
+
+
+def jet_frame_context(n: int) -> np.ndarray:
+    """(n, 2) pseudorapidity and azimuth of the jet-frame axis (both 0)."""
+    return np.zeros((n, 2))
+
+
+def axis_context(axis: np.ndarray | None, n: int) -> np.ndarray:
+    """(n, 2) pseudorapidity and azimuth of jet axes given as four-momenta ``axis`` (NaN
+    rows or ``None``: the jet frame)."""
+    if axis is None:
+        return jet_frame_context(n)
+    frame = np.isnan(axis[:, 0])
+    axis = np.where(frame[:, None], 0.0, axis)
+    ctx = np.column_stack([eta(axis), pt_y_phi_m(axis)[2]])
+    ctx[frame] = 0.0
+    return ctx
+
+
+def jet_tree_context(a: dict) -> np.ndarray:
+    """(n, 2) axis of every node of :func:`node_arrays`: its jet's root, so a root is
+    described relative to itself."""
+    counts = a["counts"][a["counts"] > 0]
+    roots = a["p"][np.cumsum(counts) - counts]
+    return np.repeat(axis_context(roots, len(roots)), counts, axis=0)
+
+
+def jet_features(p: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """(n, 3) float64 ``log_pt, deta, dphi`` of four-momenta ``p`` around the axes ``ctx``."""
+    pt, _, phi, _ = pt_y_phi_m(p)
+    return np.stack(
+        [np.log(np.maximum(pt, MIN_PT)), eta(np.asarray(p, np.float64)) - ctx[:, 0],
+         wrap_phi(phi - ctx[:, 1])],
+        axis=1,
+    )  # fmt: skip
+
+
+def jet_invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """Massless four-momenta from jet-relative features around the axes ``ctx`` (the exact
+    inverse of :func:`jet_features` for massless nodes; a massive one keeps its momentum)."""
+    f = np.asarray(f, np.float64)
+    phi = wrap_phi(ctx[:, 1] + f[:, 2])
+    return four_momentum_eta(np.exp(f[:, 0]), ctx[:, 0] + f[:, 1], phi, np.zeros(len(f)))
+
+
+# ------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a tokenizer's features are, so that callers never branch on the set's name.
+
+    ``tree_context`` gives the context of every node of :func:`node_arrays`; ``context``
+    the context from reference four-momenta (the parent, or the jet axis; NaN rows or
+    ``None``: the jet frame); ``forward``/``inverse`` map four-momenta and context to
+    features and back. ``particles_only``: the set describes particles, so it trains and
+    is evaluated on the leaves alone.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    default_weights: tuple[float, ...]
+    particles_only: bool
+    tree_context: Callable[[dict], np.ndarray]
+    context: Callable[[np.ndarray | None, int], np.ndarray]
+    frame_context: Callable[[int], np.ndarray]
+    forward: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+
+PARENT_RELATIVE = FeatureSet(
+    name=FEATURE_SET,
+    names=FEATURES,
+    default_weights=(3.0, 1.0, 0.7, 0.7, 1.5),
+    particles_only=False,
+    tree_context=lambda a: parent_context(a["p"], a["parent"]),
+    context=given_parent_context,
+    frame_context=root_context,
+    forward=features,
+    inverse=invert,
+)
+JET_RELATIVE = FeatureSet(
+    name=JET_FEATURE_SET,
+    names=JET_FEATURES,
+    # pT most: it fixes the particle's share of the jet; deta and dphi alike (no preferred axis)
+    default_weights=(3.0, 1.0, 1.0),
+    particles_only=True,
+    tree_context=jet_tree_context,
+    context=axis_context,
+    frame_context=jet_frame_context,
+    forward=jet_features,
+    inverse=jet_invert,
+)
+FEATURE_SETS = {s.name: s for s in (PARENT_RELATIVE, JET_RELATIVE)}
+
+
+def feature_set(name: str) -> FeatureSet:
+    """The feature set called ``name`` (one-line error for an unknown one)."""
+    if name not in FEATURE_SETS:
+        raise SettingError(f"feature_set takes one of {', '.join(FEATURE_SETS)}, got {name!r}")
+    return FEATURE_SETS[name]
 
 
 class Standardizer:

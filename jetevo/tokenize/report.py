@@ -1,8 +1,10 @@
 """Tokenizer resolution report: decode every node from its token and compare.
 
 Each node is decoded relative to its *true* parent (the context generation would have
-for a correctly generated parent), so the numbers measure the tokenizer alone. The jet
-mass is rebuilt from the decoded leaves. The same metrics for the k-means quantizer the
+for a correctly generated parent), so the numbers measure the tokenizer alone; a flat
+(jet-relative) tokenizer is measured on the particles alone, each relative to its true jet
+axis, as flat mode only ever tokenizes particles. The jet mass is rebuilt from the decoded
+leaves. The same metrics for the k-means quantizer the
 codebook was initialised with give the floor (``kmeans_floor``): the best any single
 token per node can do with these features and K codes.
 """
@@ -14,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from jetevo.kinematics import eta, pt_y_phi_m, wrap_phi
-from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import nearest
 from jetevo.tokenize.tokenizer import Tokenizer
 from jetevo.tokenize.train import node_features
@@ -22,7 +23,11 @@ from jetevo.tokenize.train import node_features
 GROUPS = ("leaves", "internal", "root")
 
 
-def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
+def resolution(
+    true_p: np.ndarray, reco_p: np.ndarray, a: dict, groups: tuple[str, ...] = GROUPS
+) -> dict:
+    """Errors per group of nodes (``a``: their node arrays; a group with no node, or not in
+    ``groups``, is all None) and of the jet mass rebuilt from the decoded leaves."""
     pt_t, _, phi_t, m_t = pt_y_phi_m(true_p)
     pt_r, _, phi_r, m_r = pt_y_phi_m(reco_p)
     rel = np.abs(pt_r - pt_t) / np.maximum(pt_t, 1e-12)
@@ -33,7 +38,7 @@ def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
     masks = {"leaves": a["is_leaf"], "internal": ~a["is_leaf"] & ~root, "root": root}
     out: dict = {}
     for g, m in masks.items():
-        if not m.any():
+        if g not in groups or not m.any():
             out[g] = {
                 k: None
                 for k in (
@@ -64,11 +69,14 @@ def resolution(true_p: np.ndarray, reco_p: np.ndarray, a: dict) -> dict:
 
 
 def evaluate(tok: Tokenizer, tree_paths, plots_dir: str | Path | None = None) -> dict:
-    feats, a = node_features(tree_paths)
-    ctx = F.parent_context(a["p"], a["parent"])
+    """The resolution report of ``tok`` on tree files (see the module docstring)."""
+    fs = tok.features
+    feats, a = node_features(tree_paths, fs)
+    ctx = a["context"]  # the true parents (or jet axes)
+    groups = ("leaves",) if fs.particles_only else GROUPS
     codes = tok.codes_from_features(feats)
-    reco = F.invert(tok.features_from_codes(codes), ctx)
-    report = resolution(a["p"], reco, a)
+    reco = fs.inverse(tok.features_from_codes(codes), ctx)
+    report = resolution(a["p"], reco, a, groups)
     usage = np.bincount(codes, minlength=tok.cfg.n_codes) / len(codes)
     nz = usage[usage > 0]
     report.update(
@@ -79,24 +87,28 @@ def evaluate(tok: Tokenizer, tree_paths, plots_dir: str | Path | None = None) ->
     )
     if tok.floor_centroids is not None:
         c = np.asarray(tok.floor_centroids, np.float64)
-        floor_reco = F.invert(
+        floor_reco = fs.inverse(
             tok.standardizer.inverse(c[nearest(c, tok.standardizer.forward(feats))]), ctx
         )
-        report["kmeans_floor"] = resolution(a["p"], floor_reco, a)
+        report["kmeans_floor"] = resolution(a["p"], floor_reco, a, groups)
         ratios = {g: report[g]["pt_rel_err_mean"] / report["kmeans_floor"][g]["pt_rel_err_mean"]
                   for g in GROUPS if report[g]["pt_rel_err_mean"] and report["kmeans_floor"][g]["pt_rel_err_mean"]}  # fmt: skip
         report["pt_rel_err_mean_over_floor"] = ratios
+    report.update(feature_set=fs.name, features=list(fs.names))
     if plots_dir is not None:
         _plots(
             a,
             feats,
             tok.standardizer.inverse(tok.standardizer.forward(tok.features_from_codes(codes))),
             Path(plots_dir),
+            fs.names,
         )
     return report
 
 
-def _plots(a: dict, true_f: np.ndarray, reco_f: np.ndarray, out: Path) -> None:
+def _plots(
+    a: dict, true_f: np.ndarray, reco_f: np.ndarray, out: Path, names: tuple[str, ...]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,12 +117,14 @@ def _plots(a: dict, true_f: np.ndarray, reco_f: np.ndarray, out: Path) -> None:
 
     plt.style.use(mplhep.style.CMS)
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(F.FEATURES), figsize=(6 * len(F.FEATURES), 6))
-    for i, (ax, name) in enumerate(zip(axes, F.FEATURES, strict=True)):
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 6))
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         res = reco_f[:, i] - true_f[:, i]
         lo, hi = np.percentile(res, [1, 99])
         bins = np.linspace(lo, hi, 60) if hi > lo else 60
         for label, m in (("leaves", a["is_leaf"]), ("internal", ~a["is_leaf"])):
+            if not m.any():  # a flat tokenizer is measured on particles only
+                continue
             ax.hist(res[m], bins=bins, histtype="step", density=True, label=label, lw=2)
         ax.set_xlabel(f"{name}: decoded - true")
         ax.legend(fontsize=14)
@@ -133,9 +147,12 @@ def format_report(report: dict) -> str:
     """The resolution table, codebook use and closure of a report, as ``tokenizer eval``
     prints them."""
     floor = report.get("kmeans_floor", {})
-    lines = [
+    lines: list[str] = []
+    if "feature_set" in report:
+        lines.append(f"feature set {report['feature_set']} ({', '.join(report['features'])})")
+    lines.append(
         f"{'nodes':<9} {'<|dpT|/pT>':>11} {'floor':>7} {'med |deta|':>11} {'med |dm| GeV':>13}"
-    ]
+    )
     for name in ("leaves", "internal", "root"):  # None: no node of that kind (shown as -)
         r = report[name]
         f = floor.get(name, {}).get("pt_rel_err_mean")

@@ -47,7 +47,7 @@ class Resolution:
     def resolve(self, tokens: np.ndarray, log_pt: np.ndarray) -> np.ndarray:
         """``tokens`` with every pseudojet below the scale turned into a leaf."""
         v = self.vocab
-        below = (tokens < v.n_codes) & (log_pt < self.log_pt_min)
+        below = v.is_pseudojet(tokens) & (log_pt < self.log_pt_min)
         return np.where(below, v.token(v.code(tokens), True), tokens)
 
 
@@ -72,7 +72,7 @@ def learn_scale(tokenizer, tokens: np.ndarray, parent: np.ndarray, depth: np.nda
     vocab = tokenizer.vocab
     log_z = code_log_z(tokenizer)[vocab.code(tokens)]
     log_pt = chain_log_pt(log_z, parent, depth)
-    pseudo = tokens < vocab.n_codes
+    pseudo = vocab.is_pseudojet(tokens)
     if not pseudo.any():
         return float("-inf")
     return float(np.quantile(log_pt[pseudo], QUANTILE))

@@ -1,14 +1,15 @@
 """``Tokenizer``: node kinematics <-> integer tokens, one node at a time.
 
-A node's token is a function of its own four-momentum and its parent's (the context that
-generation always has), never of other nodes of the jet, so any single node, real or
-generated, encodes and decodes alone. Batch-friendly: every method takes flat arrays.
+A node's token is a function of its own four-momentum and one reference four-momentum (the
+context that generation always has): its parent's for the tree feature set, its jet axis's
+for the flat one (:mod:`jetevo.tokenize.features`), never of other nodes of the jet, so any
+single node, real or generated, encodes and decodes alone. Batch-friendly: every method
+takes flat arrays.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING, ClassVar
 import awkward as ak
 import numpy as np
 
-from jetevo.config import build, check_fields, setting
+from jetevo.config import build, check, check_fields, setting
 from jetevo.errors import InputError, SettingError
-from jetevo.kinematics import pt_y_phi_m
+from jetevo.io import checkpoint as ckpt
 from jetevo.tokenize import features as F
 from jetevo.tokenize.vocab import Vocab
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from scipy.spatial import cKDTree
 
 CHECKPOINT_KIND = "jetevo-tokenizer"
+# 1: tensors only (weights-only loading); 0: older checkpoints holding numpy arrays
+CHECKPOINT_VERSION = 1
+MIGRATIONS: dict[int, ckpt.Migration] = {0: ckpt.tensors_only}
 
 
 @dataclass
@@ -37,10 +41,12 @@ class TokenizerConfig:
     n_codes: int = setting(8192, ge=1)
     hidden: int = setting(64, ge=1)
     n_layers: int = setting(2, ge=1)
-    # one weight > 0 per feature of features.FEATURES (the standardizer divides by it)
-    feature_weights: list[float] = setting(  # noqa: RUF009 (a field)
-        factory=lambda: [3.0, 1.0, 0.7, 0.7, 1.5], gt=0, length=len(F.FEATURES)
-    )
+    # the node features (features.FEATURE_SETS): tree mode's parent-relative set, or flat
+    # mode's jet-relative one (which trains on particles only)
+    feature_set: str = setting(F.FEATURE_SET, choices=F.FEATURE_SETS)
+    # one weight > 0 per feature of the set (the standardizer divides by it); None: the
+    # set's default weights
+    feature_weights: list[float] | None = setting(None, gt=0)  # noqa: RUF009 (a field)
     batch_size: int = setting(4096, ge=1)
     lr: float = setting(1e-4, gt=0)
     max_steps: int = setting(2000, ge=0)  # 0: the k-means initialisation alone
@@ -68,32 +74,65 @@ class TokenizerConfig:
                 f"less than 1, got {shares[0]!r} and {shares[1]!r}"
             )
         check_fields(self)
+        features = F.feature_set(self.feature_set)
+        if self.feature_weights is None:
+            self.feature_weights = list(features.default_weights)
+        self.feature_weights = _checked_weights(self.feature_weights, features, lenient=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
         """From a flat config mapping (:func:`jetevo.config.build`): unknown keys refused,
         numeric strings such as ``1e-4`` read as numbers."""
+        if isinstance(d, dict) and d.get("feature_weights") is not None:
+            # checked as given (before build turns them into floats), against the set's length
+            features = F.FEATURE_SETS.get(d.get("feature_set", F.FEATURE_SET))
+            if features is not None:
+                weights = _checked_weights(d["feature_weights"], features, lenient=True)
+                d = {**d, "feature_weights": weights}
         return build(cls, d, "tokenizer", prefix=False)
 
 
+def _checked_weights(weights, features: F.FeatureSet, lenient: bool) -> list[float]:
+    """``weights`` checked to be one number > 0 per feature of ``features`` (one line
+    naming the setting and the set otherwise)."""
+    meta = {"gt": 0, "length": features.n_features}
+    try:
+        return check(weights, list[float], meta, "feature_weights", lenient=lenient)
+    except SettingError as exc:
+        raise SettingError(
+            f"{exc} (one per feature of {features.name}: {', '.join(features.names)})"
+        ) from None
+
+
 class Tokenizer:
-    """A trained node tokenizer: standardizer + VQ-VAE + vocabulary."""
+    """A trained node tokenizer: feature set + standardizer + VQ-VAE + vocabulary.
+
+    ``floor_centroids`` (the k-means codebook, for the resolution floor) may come as a
+    tensor from a checkpoint: it is kept as a numpy array."""
 
     def __init__(
         self,
         cfg: TokenizerConfig,
         standardizer: F.Standardizer,
         model,
-        floor_centroids: np.ndarray | None = None,
+        floor_centroids=None,
     ):
         self.cfg = cfg
+        self.features: F.FeatureSet = F.feature_set(cfg.feature_set)
         self.standardizer = standardizer
         self.model = model.eval()
         self.vocab = Vocab(cfg.n_codes)
-        self.floor_centroids = floor_centroids
+        self.floor_centroids: np.ndarray | None = (
+            None if floor_centroids is None else _as_numpy(floor_centroids)
+        )
         self._code_index: cKDTree | None = None
         self._decoded_codes: np.ndarray | None = None
         self.path: str | None = None
+
+    @property
+    def feature_set(self) -> str:
+        """Name of the feature set (what the checkpoint records)."""
+        return self.features.name
 
     # ------------------------------------------------------------- construction, I/O
     @staticmethod
@@ -102,7 +141,7 @@ class Tokenizer:
 
         return NodeVQVAE(
             VQVAEConfig(
-                n_features=len(F.FEATURES),
+                n_features=F.feature_set(cfg.feature_set).n_features,
                 n_codes=cfg.n_codes,
                 hidden=cfg.hidden,
                 n_layers=cfg.n_layers,
@@ -115,8 +154,8 @@ class Tokenizer:
     def state(self, extra: dict | None = None) -> dict:
         return {
             "kind": CHECKPOINT_KIND,
-            "feature_set": F.FEATURE_SET,
-            "features": list(F.FEATURES),
+            "feature_set": self.features.name,
+            "features": list(self.features.names),
             "config": asdict(self.cfg),
             "standardizer": self.standardizer.state(),
             "model": self.model.state_dict(),
@@ -131,7 +170,7 @@ class Tokenizer:
         import torch
 
         h = hashlib.sha256()
-        h.update(F.FEATURE_SET.encode())
+        h.update(self.features.name.encode())
         h.update(
             np.asarray(
                 self.standardizer.state()["mean"]
@@ -145,12 +184,7 @@ class Tokenizer:
         return h.hexdigest()[:16]
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        import torch
-
-        from jetevo.io.atomic import atomic_path
-
-        with atomic_path(path) as tmp:
-            torch.save(self.state(extra), tmp)
+        ckpt.write_checkpoint(self.state(extra), path, CHECKPOINT_KIND, CHECKPOINT_VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -161,10 +195,12 @@ class Tokenizer:
 
     @classmethod
     def from_state(cls, state: dict, path: str | Path = "<memory>") -> Tokenizer:
-        if state.get("feature_set") != F.FEATURE_SET or state.get("features") != list(F.FEATURES):
+        known = F.FEATURE_SETS.get(str(state.get("feature_set")))
+        if known is None or list(state.get("features") or ()) != list(known.names):
             raise InputError(
                 path,
-                f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo uses {F.FEATURE_SET!r}",
+                f"tokenizer was trained on feature set {state.get('feature_set')!r}; this jetevo "
+                f"knows {', '.join(map(repr, F.FEATURE_SETS))}",
             )
         try:
             tok = cls._from_state(state, path)
@@ -180,12 +216,20 @@ class Tokenizer:
 
     @classmethod
     def _from_state(cls, state: dict, path: str | Path) -> Tokenizer:
-        # checkpoints from before the first-split share were trained without it
-        saved = {"first_split_fraction": 0.0, **state["config"]}
+        # checkpoints from before the first-split share were trained without it, those from
+        # before feature sets were selectable on the (recorded) parent-relative set
+        saved = {"first_split_fraction": 0.0, "feature_set": state["feature_set"]}
+        saved.update(state["config"])
         try:
             cfg = TokenizerConfig.from_dict(saved)
         except (TypeError, ValueError) as exc:
             raise InputError(path, f"bad tokenizer config in the checkpoint ({exc})") from None
+        if cfg.feature_set != state["feature_set"]:
+            raise InputError(
+                path,
+                f"damaged tokenizer checkpoint: its config says feature set {cfg.feature_set}, "
+                f"its features {state['feature_set']}",
+            )
         model = cls.build_model(cfg)
         embed = state["model"].get("vq.embed")
         if embed is None or embed.shape[-2] != cfg.n_codes:
@@ -237,26 +281,27 @@ class Tokenizer:
 
     # ------------------------------------------------------------- public API
     def encode(self, p: np.ndarray, parent: np.ndarray | None, is_leaf: np.ndarray) -> np.ndarray:
-        """Tokens of nodes with four-momenta ``p`` (n, 4), their parents' four-momenta
-        ``parent`` (n, 4; NaN rows or ``None`` mark roots) and leaf flags."""
+        """Tokens of nodes with four-momenta ``p`` (n, 4), reference four-momenta ``parent``
+        (n, 4) and leaf flags. The reference is the node's parent (tree set; NaN rows or
+        ``None`` mark roots) or its jet axis (flat set; NaN rows or ``None``: the jet frame)."""
         p = _check_p(p, "node four-momenta")
         ctx = self._context(parent, len(p))
-        return self.vocab.token(self.codes_from_features(F.features(p, ctx)), is_leaf)
+        return self.vocab.token(self.codes_from_features(self.features.forward(p, ctx)), is_leaf)
 
     def decode(self, tokens: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
-        """Four-momenta (n, 4) of node tokens given their parents' four-momenta (NaN rows or
-        ``None``: roots, decoded in the jet frame)."""
+        """Four-momenta (n, 4) of node tokens given their reference four-momenta as in
+        :meth:`encode` (NaN rows or ``None``: decoded in the jet frame; flat set: massless)."""
         tokens = np.asarray(tokens, np.int64)
         if not np.all(self.vocab.is_node(tokens)):
             raise SettingError("decode() takes node tokens only (no START/STOP/PAD)")
         ctx = self._context(parent, len(tokens))
-        return F.invert(self.features_from_codes(self.vocab.code(tokens)), ctx)
+        return self.features.inverse(self.features_from_codes(self.vocab.code(tokens)), ctx)
 
     def encode_trees(self, trees: ak.Array) -> np.ndarray:
-        """Flat tokens of every node of a tree batch (pre-order, as stored)."""
+        """Flat tokens of every node of a tree batch (pre-order, as stored), each relative
+        to its parent (tree set) or to its jet's root (flat set; internal nodes too)."""
         a = F.node_arrays(trees)
-        ctx = F.parent_context(a["p"], a["parent"])
-        f = F.features(a["p"], ctx)
+        f = self.features.forward(a["p"], self.features.tree_context(a))
         bad = ~np.all(np.isfinite(f), axis=1)
         if np.any(bad):  # finite but absurd kinematics (1e38 GeV) overflow the features
             jet = np.repeat(np.arange(len(a["counts"])), a["counts"])[np.flatnonzero(bad)[0]]
@@ -264,14 +309,14 @@ class Tokenizer:
         return self.vocab.token(self.codes_from_features(f), a["is_leaf"])
 
     def _context(self, parent: np.ndarray | None, n: int) -> np.ndarray:
-        if parent is None:
-            return F.root_context(n)
-        parent = _check_p(parent, "parent four-momenta", allow_nan_rows=True)
-        is_root = np.isnan(parent[:, 0])
-        pt, y, phi, _ = pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
-        ctx = np.column_stack([pt, y, phi])
-        ctx[is_root] = F.root_context(int(is_root.sum()))
-        return ctx
+        if parent is not None:
+            parent = _check_p(parent, "parent four-momenta", allow_nan_rows=True)
+        return self.features.context(parent, n)
+
+
+def _as_numpy(x) -> np.ndarray:
+    """A numpy copy of an array or a (CPU) tensor."""
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
 
 
 def _check_p(p, what: str, allow_nan_rows: bool = False) -> np.ndarray:
@@ -291,16 +336,8 @@ def _check_p(p, what: str, allow_nan_rows: bool = False) -> np.ndarray:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a tokenizer checkpoint; one-line errors for anything else."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such tokenizer checkpoint")
-    try:
-        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise InputError(path, "not a jetevo tokenizer checkpoint")
-    return state
+    """Load a tokenizer checkpoint (older formats brought up to date, arrays as tensors);
+    one-line errors for anything else."""
+    return ckpt.read_checkpoint(
+        path, CHECKPOINT_KIND, CHECKPOINT_VERSION, MIGRATIONS, "tokenizer checkpoint"
+    )

@@ -3,7 +3,9 @@
 Encoding keeps every tree column and adds the tokens; the tokenizer's identity and path
 are stored in the schema metadata (``jetevo_tokenizer``) so later stages can check that
 their tokens and tokenizer match. Decoding rebuilds node kinematics from the tokens alone
-with :func:`jetevo.tokenize.decode.decode_physical` (as generated trees are decoded) and
+with :func:`jetevo.tokenize.decode.decode_tokens` (as generated trees are decoded: a tree
+tokenizer's with four-momentum conservation at every split, a flat one's particles alone,
+summed up the tree) and
 writes ordinary tree files in the jet frame, node for node in the stored order.
 """
 
@@ -21,7 +23,7 @@ import pyarrow as pa
 from jetevo.errors import InputError, SettingError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.kinematics import jet_kinematics
-from jetevo.tokenize.decode import decode_physical
+from jetevo.tokenize.decode import decode_tokens
 from jetevo.tokenize.tokenizer import Tokenizer
 from jetevo.trees.format import (
     Topology,
@@ -94,7 +96,8 @@ def decode_files(
     particle_mass: str = "pion",
 ) -> list[Path]:
     """Tree files rebuilt from token files (see the module docstring); ``split_kinematics``
-    and ``particle_mass`` as in :func:`~jetevo.tokenize.decode.decode_physical`."""
+    and ``particle_mass`` as in :func:`~jetevo.tokenize.decode.decode_physical` (a flat
+    tokenizer has no splits: ``split_kinematics`` does not apply to it)."""
     out = ensure_writable_dir(out_dir)
     written = []
     for f in tree_files(token_paths):
@@ -127,7 +130,7 @@ def _decode_file(
     )
     if not np.all(tok.vocab.is_node(flat["token"])):
         raise InputError(f, "token column holds values that are not node tokens")
-    p = decode_physical(tok, flat["token"], topology, split_kinematics, particle_mass)
+    p = decode_tokens(tok, flat["token"], topology, split_kinematics, particle_mass)
     dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
     for i, k in enumerate(("px", "py", "pz", "E")):
         table = table.set_column(

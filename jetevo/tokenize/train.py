@@ -1,7 +1,8 @@
 """Tokenizer training: k-means-initialised codebook, then VQ-VAE steps over real nodes.
 
 Only real nodes enter the losses (trees have no padding; OmniJet-alpha quantized and
-reconstructed its zero padding too). Resumable: the checkpoint at ``out`` carries the
+reconstructed its zero padding too): every node for the tree feature set, the particles
+(leaves) alone for the flat one, which only ever tokenizes particles. Resumable: the checkpoint at ``out`` carries the
 optimizer state and step, the settings and the tree files it was started with, and a
 rerun with the same ones continues to ``max_steps`` (other ones are refused).
 """
@@ -30,10 +31,21 @@ TREE_COLUMNS = ["px", "py", "pz", "E", "left", "parent"]
 logger = logging.getLogger(__name__)
 
 
-def node_features(paths) -> tuple[np.ndarray, dict]:
-    """Features (n, 5) of every node of the tree files, plus the node arrays."""
+def node_features(paths, features: F.FeatureSet = F.PARENT_RELATIVE) -> tuple[np.ndarray, dict]:
+    """Features of the nodes a tokenizer of ``features`` learns from (every node, or the
+    particles alone for a ``particles_only`` set), plus those nodes' arrays (as
+    :func:`~jetevo.tokenize.features.node_arrays`, global ``parent`` indices kept, and
+    ``context``: each node's true context)."""
     a = F.node_arrays(load(paths, columns=TREE_COLUMNS))
-    return F.features(a["p"], F.parent_context(a["p"], a["parent"])), a
+    a["context"] = features.tree_context(a)
+    f = features.forward(a["p"], a["context"])
+    if not features.particles_only:
+        return f, a
+    leaf = a["is_leaf"]
+    jet = np.repeat(np.arange(len(a["counts"])), a["counts"])
+    kept = {k: a[k][leaf] for k in ("p", "parent", "is_leaf", "context")}
+    kept["counts"] = np.bincount(jet[leaf], minlength=len(a["counts"])).astype(np.int64)
+    return f[leaf], kept
 
 
 def shallow_groups(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,17 +148,22 @@ def train_tokenizer(
         check_resume(out, resume, cfg, trees)
     torch.manual_seed(cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    feats, nodes = node_features(tree_paths)
+    features = F.feature_set(cfg.feature_set)
+    feats, nodes = node_features(tree_paths, features)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(feats))
     n_val = max(1, len(feats) // 20)
     val, train = feats[order[:n_val]], feats[order[n_val:]]
-    is_root, is_first = shallow_groups(nodes["parent"])
+    if features.particles_only:  # no roots or first splits among particles to oversample
+        is_root = is_first = np.zeros(len(feats), bool)
+    else:
+        is_root, is_first = shallow_groups(nodes["parent"])
     train_is_root, train_is_first = is_root[order[n_val:]], is_first[order[n_val:]]
     if len(train) < cfg.n_codes:
+        what = "particles" if features.particles_only else "nodes"
         raise InputError(
             tree_paths[0] if isinstance(tree_paths, list) else tree_paths,
-            f"only {len(train)} training nodes for {cfg.n_codes} codes",
+            f"only {len(train)} training {what} for {cfg.n_codes} codes",
         )
 
     step = 0

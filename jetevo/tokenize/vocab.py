@@ -63,6 +63,28 @@ class Vocab:
         t = np.asarray(token)
         return (t >= self.n_codes) & (t < 2 * self.n_codes)
 
+    def is_pseudojet(self, token):
+        t = np.asarray(token)
+        return (t >= 0) & (t < self.n_codes)
+
     def is_node(self, token):
         t = np.asarray(token)
         return (t >= 0) & (t < 2 * self.n_codes)
+
+    # flat mode (OmniJet-alpha): a jet is a sequence of particles ended by STOP, so what a
+    # flat model predicts is a particle's code or STOP: K + 1 classes
+    @property
+    def n_flat_classes(self) -> int:
+        return self.n_codes + 1
+
+    def flat_class(self, token):
+        """Class of leaf token(s) or STOP in a flat model's output (code, or K for STOP)."""
+        t = np.asarray(token)
+        if not np.all(self.is_leaf(t) | (t == self.stop)):
+            raise ValueError("flat classes exist for leaf tokens and STOP only")
+        return np.where(t == self.stop, self.n_codes, t - self.leaf_offset)
+
+    def flat_token(self, cls):
+        """Token of flat class(es): the leaf token of the code, or STOP."""
+        c = np.asarray(cls)
+        return np.where(c == self.n_codes, self.stop, c + self.leaf_offset)
