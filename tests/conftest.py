@@ -97,3 +97,23 @@ def token_dir(tiny_tokenizer, tree_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokens")
     encode_files(tiny_tokenizer, [tree_dir], out)
     return out
+
+
+@pytest.fixture(scope="session")
+def flat_tokenizer(tree_dir, tmp_path_factory):
+    """A tiny jet-relative (flat-mode) tokenizer, same budget as ``tiny_tokenizer``."""
+    from jetevo.tokenize.tokenizer import TokenizerConfig
+    from jetevo.tokenize.train import train_tokenizer
+
+    path = tmp_path_factory.mktemp("flat_tok") / "flat.ckpt"
+    cfg = TokenizerConfig(**{**TINY_TOKENIZER, "feature_set": "jet-relative-v1"})
+    return train_tokenizer([tree_dir], path, cfg, progress=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def flat_token_dir(flat_tokenizer, tree_dir, tmp_path_factory):
+    from jetevo.tokenize.tokens import encode_files
+
+    out = tmp_path_factory.mktemp("flat_tokens")
+    encode_files(flat_tokenizer, [tree_dir], out)
+    return out

@@ -15,16 +15,6 @@ from jetevo.trees.format import Topology, load
 FLAT = {**TINY_TOKENIZER, "feature_set": "jet-relative-v1"}
 
 
-@pytest.fixture(scope="module")
-def flat_tokenizer(tree_dir, tmp_path_factory):
-    from jetevo.tokenize.train import train_tokenizer
-
-    path = tmp_path_factory.mktemp("flat_tok") / "flat.ckpt"
-    return train_tokenizer(
-        [tree_dir], path, TokenizerConfig(**FLAT), progress=False, log=lambda *a: None
-    )
-
-
 def _axes(a: dict) -> np.ndarray:
     """Each node's jet axis (its root's four-momentum)."""
     counts = a["counts"]

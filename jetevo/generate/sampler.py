@@ -318,6 +318,13 @@ class FlatSamples:
         )  # fmt: skip
 
 
+def _teacher_next(teacher: FlatSamples, rows: np.ndarray, position: int, vocab) -> np.ndarray:
+    """The teacher jets' token at ``position`` (0-based particle index), STOP past the end."""
+    a, b = teacher.offsets[rows], teacher.offsets[rows + 1]
+    at = a + position
+    return np.where(at < b, teacher.token[np.minimum(at, len(teacher.token) - 1)], vocab.stop)
+
+
 def particle_limit(max_len: int, max_nodes: int | None) -> int:
     """Most particles a flat jet may have: ``max_nodes``, at most what the model's context
     allows (START + max_len - 1 particles, the last one's position predicting STOP)."""
@@ -335,9 +342,13 @@ def sample_flat(
     max_nodes: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    teacher: FlatSamples | None = None,
+    trace: list[dict] | None = None,
 ) -> FlatSamples:
     """Sample ``n_jets`` flat jets in one batch: from START, one token per step for every
-    unfinished jet, each jet ending at its own STOP."""
+    unfinished jet, each jet ending at its own STOP. ``teacher``: take every token from
+    these jets (``n_jets`` of them, then STOP) instead; ``trace``: a list to which each
+    step's fed tokens are appended with the ``rows`` (jets) fed."""
     vocab = model.vocab
     device = model.output.bias.device
     limit = particle_limit(model.cfg.max_len, max_nodes)
@@ -352,8 +363,13 @@ def sample_flat(
     seq = step_in
     steps = 0
     for position in range(limit + 1):  # every row still here has `position` particles
+        if trace is not None:
+            trace.append({"rows": rows.copy(), "tokens": step_in[:, 0].cpu().numpy()})
         h = model.hidden({"tokens": step_in if cache is not None else seq}, table, cache)
-        nxt_t, _ = model.sample_next(h[:, -1], table, temperature, top_k, generator)
+        if teacher is None:
+            nxt_t, _ = model.sample_next(h[:, -1], table, temperature, top_k, generator)
+        else:
+            nxt_t = torch.as_tensor(_teacher_next(teacher, rows, position, vocab), device=device)
         steps += 1
         nxt = nxt_t.cpu().numpy()
         stop = nxt == vocab.stop
