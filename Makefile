@@ -8,7 +8,7 @@ DEMO_JETS ?= 1000
 DEMO_GEN_JETS ?= 1000
 WORKERS ?= 2
 
-.PHONY: venv test lint demo bench bench-memory fuzz clean
+.PHONY: venv test lint demo compare bench bench-memory fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ demo: $(STAMP)
 	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated_bigram --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
 		--out $(DEMO_DIR)/evaluate_bigram_massless --massless --no-plots
 
+# head-to-head of the tree model, the flat (OmniJet-alpha) baseline and the bigram reference
+# (demo: ~10 minutes on 2 cores; COMPARE_PROFILE=medium: a few hours)
+COMPARE_PROFILE ?= demo
+compare: $(STAMP)
+	$(BIN)/python scripts/compare_modes.py --profile $(COMPARE_PROFILE) --out compare_$(COMPARE_PROFILE) --workers $(WORKERS)
+
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py
 	$(BIN)/python scripts/bench_tokenizer.py
@@ -79,4 +85,4 @@ fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz.py --minutes $(FUZZ_MINUTES) --out bench_out/fuzz
 
 clean:
-	rm -rf $(DEMO_DIR) bench_out .pytest_cache
+	rm -rf $(DEMO_DIR) bench_out compare_* .pytest_cache

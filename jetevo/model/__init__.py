@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jetevo.model.checkpoint import load_model
 from jetevo.model.flat import FlatModel
 from jetevo.model.gpt import ModelConfig
 from jetevo.model.tree import JetEvolutionModel
@@ -19,4 +20,4 @@ def children_kinematics(tokenizer, prediction: dict, parent_p: np.ndarray) -> di
     }
 
 
-__all__ = ["FlatModel", "JetEvolutionModel", "ModelConfig", "children_kinematics"]
+__all__ = ["FlatModel", "JetEvolutionModel", "ModelConfig", "children_kinematics", "load_model"]
