@@ -53,6 +53,8 @@ def main() -> None:
         help="demo: 2x64 (CPU default); default: 3x256 (GPU default)",
     )
     ap.add_argument("--n-layer", type=int)
+    ap.add_argument("--n-embd", type=int)
+    ap.add_argument("--n-head", type=int)
     ap.add_argument("--n-codes", type=int, default=8192)
     ap.add_argument("--batch", type=int)
     ap.add_argument(
@@ -71,8 +73,9 @@ def main() -> None:
         "demo": {"n_layer": 2, "n_head": 4, "n_embd": 64},
         "default": {"n_layer": 3, "n_head": 8, "n_embd": 256},
     }[size]
-    if args.n_layer:
-        dims["n_layer"] = args.n_layer
+    for key in ("n_layer", "n_embd", "n_head"):
+        if getattr(args, key):
+            dims[key] = getattr(args, key)
     batch = args.batch or (256 if cuda else 16)
     torch.manual_seed(0)
     model = JetEvolutionModel(ModelConfig(n_codes=args.n_codes, **dims)).to(args.device)

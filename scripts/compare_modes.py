@@ -34,23 +34,25 @@ JETEVO = str(Path(sys.executable).with_name("jetevo"))
 OBSERVABLES = ("mass", "multiplicity", "tau21", "tau32", "d2", "zg", "rg", "n_primary")
 MODES = ("tree", "flat", "bigram")
 
-# sizes per profile: simulated jets, tokenizer steps, model, training steps, generated jets
+# sizes per profile: simulated jets, codebook and tokenizer steps, model, training steps,
+# generated jets. medium uses K = 2048 codes: at 4 x 128 on 2 CPU cores the output layer over
+# 2K node tokens dominates a training step (K = 8192 made it 2.9x slower, scripts/bench_train.py)
 PROFILES: dict[str, dict] = {
     "demo": {
         "aoj_jets": 1000, "top_train": 500, "top_val": 250, "top_heldout": 500,
-        "tokenizer_steps": 150, "model": {"n_layer": 2, "n_head": 4, "n_embd": 64},
+        "n_codes": 8192, "tokenizer_steps": 150, "model": {"n_layer": 2, "n_head": 4, "n_embd": 64},
         "batch_size": 16, "pretrain_steps": 150, "finetune_steps": 400, "lr": 1.0e-3,
         "finetune_lr": 5.0e-4, "val_every": 50, "generate": 1000, "device": "cpu",
     },
     "medium": {
         "aoj_jets": 20000, "top_train": 10000, "top_val": 1000, "top_heldout": 5000,
-        "tokenizer_steps": 1000, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128},
+        "n_codes": 2048, "tokenizer_steps": 1000, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128},
         "batch_size": 32, "pretrain_steps": 1500, "finetune_steps": 2500, "lr": 6.0e-4,
         "finetune_lr": 3.0e-4, "val_every": 500, "generate": 5000, "device": "cpu",
     },
     "gpu": {
         "aoj_jets": 40000, "top_train": 20000, "top_val": 2000, "top_heldout": 10000,
-        "tokenizer_steps": 2000, "model": {"n_layer": 3, "n_head": 8, "n_embd": 256},
+        "n_codes": 8192, "tokenizer_steps": 2000, "model": {"n_layer": 3, "n_head": 8, "n_embd": 256},
         "batch_size": 256, "pretrain_steps": 3000, "finetune_steps": 3000, "lr": 6.0e-4,
         "finetune_lr": 3.0e-4, "val_every": 1000, "generate": 10000, "device": "cuda",
     },
@@ -99,16 +101,20 @@ class Study:
         self.run("recluster_tops", trees / "tops", "recluster", sim / "jetclass", "--out",
                  trees / "tops", "--workers", self.workers, "--quiet")  # fmt: skip
         aoj = sorted((trees / "aoj").glob("*.trees.parquet"))
-        tops = {i: sorted((trees / "tops").glob(f"TTBar_00{i}.*.trees.parquet")) for i in range(3)}
+        tops = {i: sorted((trees / "tops").glob(f"TTBar_00{i}*.trees.parquet")) for i in range(3)}
         reference = self.out / "reference"
         if not reference.exists():
             reference.mkdir()
             for f in tops[2]:
                 shutil.copy2(f, reference / f.name)
-        return {
+        parts = {
             "aoj_train": aoj[:1], "aoj_val": aoj[1:2], "top_train": tops[0], "top_val": tops[1],
             "reference": sorted(reference.glob("*.parquet")),
         }  # fmt: skip
+        empty = [k for k, v in parts.items() if not v]
+        if empty:
+            sys.exit(f"{trees}: no tree files for {', '.join(empty)}")
+        return parts
 
     # ------------------------------------------------------------------ one mode
     def tokenizer(self, mode: str, d: dict) -> Path:
@@ -116,7 +122,8 @@ class Study:
         ckpt = self.out / mode / "tokenizer" / "tok.ckpt"
         self.run(f"{mode}_tokenizer", ckpt, "tokenizer", "train", "--config", ROOT / "configs" / cfg,
                  "--out", ckpt, "--quiet", "--trees", *d["aoj_train"], *d["top_train"],
-                 f"max_steps={self.p['tokenizer_steps']}", "checkpoint_every=100000")  # fmt: skip
+                 f"max_steps={self.p['tokenizer_steps']}", f"n_codes={self.p['n_codes']}",
+                 "checkpoint_every=100000")  # fmt: skip
         report = self.out / mode / "tokenizer" / "report.json"
         self.run(f"{mode}_tokenizer_eval", report, "tokenizer", "eval", "--ckpt", ckpt, "--trees",
                  *d["reference"], "--json", report)  # fmt: skip
