@@ -303,6 +303,15 @@ def test_flat_mode_trains_fine_tunes_evaluates_and_generates(
     tok = ak.to_numpy(ak.flatten(trees["token"]))
     assert np.all(VOCAB.is_leaf(tok[leaf])) and np.all(VOCAB.is_pseudojet(tok[~leaf]))
     assert np.array_equal(ak.to_numpy(trees["entry"]), np.arange(12))
+    # every particle carries its own sampled token: decoding it gives the stored particle
+    from jetevo.tokenize.decode import decode_particles
+    from jetevo.tokenize.tokenizer import Tokenizer
+
+    tok_flat = Tokenizer.load(model.extra["tokenizer"]["path"])
+    kin = load(files, columns=["px", "py", "pz"])
+    p3 = np.stack([ak.to_numpy(ak.flatten(kin[k])) for k in ("px", "py", "pz")], 1)[leaf]
+    decoded = decode_particles(tok_flat, tok[leaf], "pion")[:, :3]
+    assert np.allclose(decoded, p3, rtol=1e-5, atol=1e-4)
     # the same generation again is the same sample
     assert main(["generate", "--ckpt", str(ckpt), "--n-jets", "12", "--seed", "3",
                  "--out", str(tmp_path / "gen2"), "--quiet", "--max-nodes", "60"]) == 0  # fmt: skip
