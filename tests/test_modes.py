@@ -75,7 +75,9 @@ def test_flat_sequences_cut_long_jets_to_their_hardest(flat_token_dir):
         a, b = full.jet(i), cut.jet(i)
         n = len(b["tokens"])
         assert n == min(n_leaves[i], 5) + 1 and np.array_equal(a["tokens"][:n], b["tokens"])
-        assert b["target"][-1] == N_CODES  # a cut jet still ends with STOP
+        # a cut jet goes on: no STOP target where it was cut; an uncut one ends with STOP
+        assert b["target"][-1] == (IGNORE if n_leaves[i] > 5 else N_CODES)
+        assert np.array_equal(b["target"][:-1], a["target"][: n - 1])
 
 
 def test_padding_is_never_in_the_flat_loss(flat_tokenizer, flat_token_dir):
@@ -147,10 +149,13 @@ def test_flat_generation_counts_runaways_at_the_particle_limit(flat_tokenizer):
 
 
 # ------------------------------------------------------------------ teacher forcing
-def test_tree_teacher_forcing_feeds_the_training_inputs(tiny_tokenizer, token_dir):
+@pytest.mark.parametrize("scale_bins", [32, 0])
+def test_tree_teacher_forcing_feeds_the_training_inputs(tiny_tokenizer, token_dir, scale_bins):
     """A real tree through training's sequences and through the sampler (teacher forcing)
-    gives identical inputs at every position: one order, one input rule."""
-    model = tiny(tiny_tokenizer, "tree", seed=2)
+    gives identical inputs at every position: one order, one input rule (with and without
+    the scale input: the order comes from the model's stored log z either way)."""
+    model = tiny(tiny_tokenizer, "tree", seed=2, scale_bins=scale_bins)
+    assert model.log_z_table() is not None
     seqs = TreeSequences([token_dir], VOCAB, 128, model.log_z_table(), model.cfg.scale_bins)
     cols = ["token", "left", "right", "parent", "depth"]
     trees = load([token_dir], columns=cols)
@@ -239,6 +244,20 @@ def test_version_zero_checkpoint_with_numpy_arrays_loads(tiny_tokenizer, tmp_pat
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert np.array_equal(np.asarray(loaded.extra["baselines"]["unigram"]), np.ones(3))
+
+
+def test_mode_and_tokenizer_must_agree(token_dir, flat_token_dir, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "model: {n_layer: 1, n_head: 2, n_embd: 16, output_group_size: 0}\n"
+        "train: {max_steps: 1, batch_size: 4, val_every: 1, val_batches: 1}\n"
+    )
+    for tokens, mode in ((token_dir, "flat"), (flat_token_dir, "tree")):
+        args = ["train", "--config", str(cfg), "--train", str(tokens), "--val", str(tokens),
+                "--out", str(tmp_path / mode), "--quiet", f"model.mode={mode}"]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"model.mode is {mode}" in err
 
 
 def test_modes_do_not_mix(tiny_tokenizer, flat_tokenizer, tmp_path):

@@ -183,14 +183,6 @@ def _root_tokens(
     return out, 0.0
 
 
-def _count_baselines(model, ckpt: Path):
-    from jetevo.model.baselines import CountBaselines
-
-    if "baselines" not in model.extra:
-        raise InputError(ckpt, "the checkpoint holds no count baselines")
-    return CountBaselines.from_state(model.extra["baselines"])
-
-
 def generate(
     ckpt: str | Path,
     n_jets: int,
@@ -233,7 +225,7 @@ def generate(
     ``n_jets`` jets in all; if that is not enough, the trees made
     so far are written, the summary says so, and :class:`GenerationError` is raised.
     """
-    from jetevo.model.checkpoint import load_model, model_tokenizer
+    from jetevo.model.checkpoint import count_baselines, load_model, model_tokenizer
 
     _check_settings(
         n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k,
@@ -252,6 +244,10 @@ def generate(
             "--root-tokens are for tree-mode models"
         )
     tok = model_tokenizer(model, ckpt, tokenizer)
+    if tok.features.particles_only != flat:
+        raise InputError(
+            ckpt, f"a {model.cfg.mode}-mode model with tokenizer feature set {tok.feature_set}"
+        )
     cfg = model.cfg
     roots_given, root_y = _root_tokens(tok, cfg.vocab.n_node_tokens, root_tokens, root)
 
@@ -259,7 +255,7 @@ def generate(
     rng = np.random.default_rng(seed)
     res = resolution_for(model, tok, resolution and not flat)
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
-    bigram = _count_baselines(model, ckpt) if baseline == "bigram" else None
+    bigram = count_baselines(model, ckpt) if baseline == "bigram" else None
     if flat:
         limit_nodes = particle_limit(cfg.max_len, max_nodes)
     else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from jetevo.errors import InputError
 from jetevo.io.checkpoint import read_checkpoint, tensors_only, write_checkpoint
 from jetevo.model.flat import FlatModel
@@ -46,6 +48,9 @@ def _migrate_v0(state: dict) -> dict:
                 key = new + key[len(old) :]
                 break
         weights[key] = value
+    if "code_log_z" not in weights:  # stored only with the scale input then: unknown
+        n_codes = int(state["config"]["n_codes"])
+        weights["code_log_z"] = torch.full((n_codes,), float("nan"))
     state["state_dict"] = weights
     state["config"] = {**_OLD_DEFAULTS, **state["config"], "mode": "tree", "positional": "learned"}
     return state
@@ -135,6 +140,15 @@ def init_from(model: Model, path: str | Path, heads: str = "keep") -> dict:
     return {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys)}
 
 
+def count_baselines(model: Model, ckpt: str | Path):
+    """The unigram and bigram baselines that training stored in the checkpoint."""
+    from jetevo.model.baselines import CountBaselines
+
+    if "baselines" not in model.extra:
+        raise InputError(ckpt, "the checkpoint holds no count baselines")
+    return CountBaselines.from_state(model.extra["baselines"])
+
+
 def model_tokenizer(model: Model, ckpt: str | Path, given: str | Path | None = None):
     """The tokenizer a model speaks: ``given``, or the one its checkpoint records; refused
     in one line if it is not the one the model was trained on."""
@@ -153,4 +167,4 @@ def model_tokenizer(model: Model, ckpt: str | Path, given: str | Path | None = N
     return tok
 
 
-__all__ = ["Model", "init_from", "load_model", "model_tokenizer", "save_model"]
+__all__ = ["Model", "count_baselines", "init_from", "load_model", "model_tokenizer", "save_model"]

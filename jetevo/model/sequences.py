@@ -229,7 +229,8 @@ class TreeSequences(_Sequences):
 class FlatSequences(_Sequences):
     """Flat-mode sequences of a set of token files (see the module docstring): input tokens
     and target classes (:meth:`jetevo.tokenize.vocab.Vocab.flat_class`). ``truncated``
-    counts the jets with more than ``max_len - 1`` particles, cut to their hardest."""
+    counts the jets with more than ``max_len - 1`` particles, cut to their hardest (and
+    without a STOP target: they do not end there)."""
 
     fields = ("tokens", "target")
 
@@ -264,7 +265,10 @@ class FlatSequences(_Sequences):
         nxt = np.ones(len(rest), bool)
         nxt[ends] = False
         self.target[nxt] = vocab.flat_class(tok)
-        self.target[ends] = vocab.flat_class(vocab.stop)
+        # STOP after a jet's last particle; a cut jet goes on, so its last kept position
+        # has no target (a STOP there would teach the model to stop at the cut)
+        cut = n_leaves > max_len - 1
+        self.target[ends] = np.where(cut, IGNORE, vocab.flat_class(vocab.stop))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(previous token, next class) of every prediction (START before the first)."""

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from jetevo.errors import InputError
-from jetevo.model.baselines import CountBaselines
-from jetevo.model.checkpoint import Model, load_model, model_tokenizer
+from jetevo.model.checkpoint import Model, count_baselines, load_model, model_tokenizer
 from jetevo.model.data import loader
 from jetevo.model.loss import flat_nll, split_nll
 from jetevo.model.sequences import IGNORE, FlatSequences, TreeSequences
@@ -27,6 +26,8 @@ from jetevo.tokenize.resolution import code_log_z
 
 
 def _check_tokens(seqs: TreeSequences | FlatSequences, model: Model) -> None:
+    if not len(seqs):
+        raise InputError(seqs.files[0], "the token files hold no jets")
     if seqs.tokenizer["identity"] != model.tokenizer_identity:
         raise InputError(
             seqs.files[0],
@@ -63,7 +64,7 @@ def evaluate_splits(
         for k in tot:
             tot[k] += float(out[k])
     n = tot["n_children"]
-    base = CountBaselines.from_state(model.extra["baselines"])
+    base = count_baselines(model, ckpt)
     parents, children = seqs.pairs()
     uni, big = base.nll(parents, children)
     # the baselines predict each child independently of its side, so both orders of a
@@ -104,7 +105,7 @@ def evaluate_particles(ckpt, token_paths, batch_size: int = 64) -> dict:
         for k in tot:
             tot[k] += float(out[k])
     n = tot["n_targets"]
-    base = CountBaselines.from_state(model.extra["baselines"])
+    base = count_baselines(model, ckpt)
     previous, nxt = seqs.pairs()
     uni, big = base.nll(previous, nxt)
     return {

@@ -305,6 +305,12 @@ def train(
     out = ensure_writable_dir(out_dir)
     files, info = token_file_info(train_paths)
     tok = find_tokenizer(info, tokenizer, files[0])
+    if tok.features.particles_only != flat:
+        raise InputError(
+            files[0],
+            f"tokens of feature set {tok.feature_set} are for "
+            f"{'flat' if tok.features.particles_only else 'tree'} mode, model.mode is {model_cfg.mode}",
+        )
     code_features = code_feature_table(tok)
     # the vocabulary and the code features are the tokenizer's
     mc = dataclasses.replace(
@@ -331,9 +337,8 @@ def train(
                 f"{train_seq.truncated} training jets cut to their {mc.max_len - 1} hardest particles"
             )
     else:
-        # the order of every split's children: the model's log z (what generation uses)
+        # the order of every split's children: the model's stored log z (what generation uses)
         order_log_z = model.log_z_table()
-        order_log_z = log_z if order_log_z is None else order_log_z
         train_seq = TreeSequences(train_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
         val_seq = TreeSequences(val_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
     if val_seq.tokenizer["identity"] != info["identity"]:

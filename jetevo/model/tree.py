@@ -56,8 +56,9 @@ class JetEvolutionModel(nn.Module):
         self.side_emb = nn.Embedding(4, cfg.n_embd)
         if cfg.scale_bins:
             self.scale_emb = nn.Embedding(cfg.scale_bins + 1, cfg.n_embd)
-            # log z of every code (set with the code features): the token-chain pT
-            self.register_buffer("code_log_z", torch.zeros(cfg.n_codes))
+        # log z of every code (set with the code features; NaN until then): the token-chain
+        # pT that orders every split's children and gives the scale input
+        self.register_buffer("code_log_z", torch.full((cfg.n_codes,), float("nan")))
         self.left_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         if cfg.right_head == "context":
             self.right_xattn = ContextCrossAttention(cfg)
@@ -78,8 +79,10 @@ class JetEvolutionModel(nn.Module):
 
     # -------------------------------------------------------------- inputs and states
     def log_z_table(self) -> np.ndarray | None:
-        """Decoded log z of every code (None for a model without the scale input)."""
-        return self.code_log_z.double().cpu().numpy() if self.cfg.scale_bins else None
+        """Decoded log z of every code, as training used it (None for a checkpoint from
+        before it was stored, without the scale input: the tokenizer's then)."""
+        log_z = self.code_log_z.double().cpu().numpy()
+        return None if np.isnan(log_z).any() else log_z
 
     def hidden(
         self, inputs: dict, table: torch.Tensor | None = None, cache: KVCache | None = None
@@ -165,10 +168,10 @@ class JetEvolutionModel(nn.Module):
         """Store what each code decodes to (standardized features; ``log_z``, the decoded
         momentum fraction, for the scale input) and group kinematically close codes."""
         with torch.no_grad():
-            if self.cfg.scale_bins:
-                if log_z is None:
-                    raise ValueError("a model with scale_bins needs the codes' log z")
+            if log_z is not None:
                 self.code_log_z.copy_(torch.as_tensor(log_z, dtype=torch.float32))
+            elif self.cfg.scale_bins:
+                raise ValueError("a model with scale_bins needs the codes' log z")
             self.tokens.code_features.copy_(torch.as_tensor(features, dtype=torch.float32))
             gs = self.output.group_size
             if gs:
