@@ -167,6 +167,15 @@ def _evaluate_particles(args: argparse.Namespace) -> None:
     print(format_splits(result) + f"; {args.json}")
 
 
+def _score(args: argparse.Namespace) -> None:
+    from jetevo.io.atomic import ensure_writable_dir
+    from jetevo.score import format_scores, score, write_scores
+
+    ensure_writable_dir(Path(args.out).parent)
+    table = score(args.ckpt, args.tokens, args.batch_size, args.tokenizer, args.device)
+    print(format_scores(table) + f"; {write_scores(table, args.out)}")
+
+
 def _floats(text: str, n: int, what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
@@ -325,6 +334,17 @@ def _train_parsers(sub) -> None:
     p.add_argument("--json", required=True)
     p.set_defaults(func=_evaluate_particles)
 
+    p = sub.add_parser(
+        "score", help="exact log-likelihood of every jet of token files under a model"
+    )
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--tokens", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="output Parquet file, one row per jet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the one the model records)")
+    p.set_defaults(func=_score)
+
 
 def _generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate jets as declustering trees from a trained model")
@@ -400,7 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the commands whose steps allocate large torch tensors (see jetevo.allocator)
-TORCH_COMMANDS = ("tokenizer", "train", "evaluate-splits", "evaluate-particles", "generate")
+TORCH_COMMANDS = (
+    "tokenizer",
+    "train",
+    "evaluate-splits",
+    "evaluate-particles",
+    "score",
+    "generate",
+)
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 FILE_LISTS = ("train", "val", "trees")  # nargs="+" options that swallow trailing overrides
 

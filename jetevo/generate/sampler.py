@@ -262,8 +262,8 @@ def sample_trees(
         lpt_r = chain.child_log_pt(parent_log_pt, right)
         right = resolve(right, lpt_r)
         # the pair is unordered (permutation-min); training sequences expand the harder
-        # child (by token chain) first, so the harder one becomes the left child here too
-        swap = lpt_r > lpt_l
+        # child (by token chain, then the larger token) first, so it becomes the left child
+        swap = (lpt_r > lpt_l) | ((lpt_r == lpt_l) & (right > left))
         left, right = np.where(swap, right, left), np.where(swap, left, right)
         lpt_l, lpt_r = np.where(swap, lpt_r, lpt_l), np.where(swap, lpt_l, lpt_r)
         if t_left is not None and t_right is not None:

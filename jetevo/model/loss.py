@@ -71,6 +71,7 @@ def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = Fa
                 distinct = tgt_left[has_r] != tgt_right[has_r]
                 both = -torch.logaddexp(-canonical[has_r], -alt)
                 pair[has_r] = torch.where(distinct, both, canonical[has_r])
+            out["pair_nll"] = pair  # per position with a target, in row-major order
             out["pair_nll_sum"] = pair.sum()
             out["ordered_nll_sum"] = canonical.sum()
             first = torch.where(swapped, r_safe, tgt_left)

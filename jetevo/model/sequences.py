@@ -3,8 +3,9 @@
 Tree mode (see :mod:`jetevo.model.tree`). A jet's internal nodes are expanded in depth-first
 pre-order with, at every split, the child whose *token-chain* transverse momentum is larger
 expanded first (the root's decoded pT, then each child's decoded momentum fraction of its
-parent: what generation knows of a node, :mod:`jetevo.tokenize.resolution`; ties keep the
-stored order). Generation orders each sampled pair the same way, so training, evaluation,
+parent: what generation knows of a node, :mod:`jetevo.tokenize.resolution`; on equal pT,
+the larger token: :func:`expansion_key`). The order is a function of the tokens alone, so
+swapping a split's children in the stored tree changes nothing. Generation orders each sampled pair the same way, so training, evaluation,
 ``predict`` and generation see one order. The inputs are ``[START, t(root), t(n2), ...]``,
 one position per node to expand, each with the depth, side and scale bin of
 :func:`position_inputs`; targets are the root token at START, then each node's left and
@@ -99,6 +100,20 @@ def sequence_log_pt(tokens: np.ndarray, depth: np.ndarray, log_z: np.ndarray) ->
     return out
 
 
+def expansion_key(log_pt: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Which of two siblings is expanded first: the larger token-chain log pT, then (same
+    code, leaf or pseudojet) the larger token, as the sampler orders each pair. Only two
+    identical siblings tie, and for them the order is the stored one. A dense rank, so the
+    pre-order writer compares one number."""
+    idx = np.lexsort((tokens, log_pt))
+    lp, tk = log_pt[idx], tokens[idx]
+    new = np.ones(len(idx), bool)
+    new[1:] = (lp[1:] != lp[:-1]) | (tk[1:] != tk[:-1])
+    key = np.empty(len(idx))
+    key[idx] = np.cumsum(new)
+    return key
+
+
 def token_file_info(paths) -> tuple[list[Path], dict]:
     """Token files and the tokenizer they were made with (all files must agree)."""
     files = tree_files(paths)
@@ -186,7 +201,8 @@ class TreeSequences(_Sequences):
             global_parent = np.where(parent >= 0, first + parent, -1)
             log_pt = chain_log_pt(code_log_z[vocab.code(tok)], global_parent, depth)
         # the expansion order: harder child (token chain) first at every split
-        order, left, right, parent, depth, _ = preorder_batch(left, right, log_pt, node_offsets)
+        key = expansion_key(log_pt, tok)
+        order, left, right, parent, depth, _ = preorder_batch(left, right, key, node_offsets)
         tok, log_pt = tok[order], log_pt[order]
 
         internal = left >= 0
