@@ -12,7 +12,9 @@ import torch
 from jetevo.model.sequences import IGNORE
 
 
-def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = False) -> dict:
+def split_nll(
+    model, batch: dict, permutation_min: bool = True, stats: bool = False, pairs: bool = False
+) -> dict:
     """Cross-entropy per child of a tree model, summed over the batch.
 
     Per split: min(CE(L, l) + CE(R|l, r), CE(L, r) + CE(R|r, l)) when ``permutation_min``;
@@ -20,7 +22,8 @@ def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = Fa
     Scores are computed only at positions that have targets. With ``stats``, also the NLL
     of the canonical (harder-left) assignment, the NLL of the unordered pair of children
     (-log(P(l, r) + P(r, l)), the proper likelihood of a split whichever child is called
-    left) and the children whose target is the top-1 / within the top-5 of its head.
+    left) and the children whose target is the top-1 / within the top-5 of its head. With
+    ``pairs``, only the unordered-pair NLL of every position (``pair_nll``), for scoring.
     """
     out_layer = model.output
     l_all, r_all = batch["left"], batch["right"]
@@ -49,7 +52,7 @@ def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = Fa
     canonical = per_split
     swapped = torch.zeros_like(has_r)
     right_sw = alt = None
-    if (permutation_min or stats) and has_r.any():
+    if (permutation_min or stats or pairs) and has_r.any():
         # swapped: the true right child as this split's left child
         right_sw = right_state(r_all, valid & (r_all != IGNORE))
         alt = ce_left[has_r, 1] + out_layer.nll(right_sw, table, tgt_left[has_r])
@@ -63,7 +66,7 @@ def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = Fa
         "n_children": valid.sum() + has_r.sum(),
         "per_split": per_split,
     }
-    if stats:
+    if stats or pairs:
         with torch.no_grad():
             # NLL of the unordered pair {l, r}: -log(P(l, r) + P(r, l)), or -log P(l, l)
             pair = canonical.clone()
@@ -73,6 +76,8 @@ def split_nll(model, batch: dict, permutation_min: bool = True, stats: bool = Fa
                 pair[has_r] = torch.where(distinct, both, canonical[has_r])
             out["pair_nll"] = pair  # per position with a target, in row-major order
             out["pair_nll_sum"] = pair.sum()
+    if stats:
+        with torch.no_grad():
             out["ordered_nll_sum"] = canonical.sum()
             first = torch.where(swapped, r_safe, tgt_left)
             second = torch.where(swapped, tgt_left, r_safe)

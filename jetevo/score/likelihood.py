@@ -78,7 +78,7 @@ def score(
             nll = flat_nll(model, batch)["per_target"]
             valid = batch["target"] != IGNORE
         else:
-            nll = split_nll(model, batch, True, stats=True)["pair_nll"]
+            nll = split_nll(model, batch, True, pairs=True)["pair_nll"]
             valid = batch["left"] != IGNORE
         # row-major over (jet, position): the jets' positions in order, padding left out
         per_position[at : at + int(valid.sum())] = nll.double().cpu().numpy()
