@@ -64,7 +64,7 @@ demo: $(STAMP)
 		--out $(DEMO_DIR)/evaluate_bigram_massless --massless --no-plots
 
 # head-to-head of the tree model, the flat (OmniJet-alpha) baseline and the bigram reference
-# (demo: ~10 minutes on 2 cores; COMPARE_PROFILE=medium: a few hours)
+# (demo: ~10 minutes on 2 cores; COMPARE_PROFILE=medium: ~1 hour, docs/results/compare_modes.md)
 COMPARE_PROFILE ?= demo
 compare: $(STAMP)
 	$(BIN)/python scripts/compare_modes.py --profile $(COMPARE_PROFILE) --out compare_$(COMPARE_PROFILE) --workers $(WORKERS)
