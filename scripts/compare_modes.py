@@ -174,10 +174,13 @@ def mode_results(study: Study, mode: str, metrics: Path, ckpt: Path) -> dict:
 
     m = json.loads(metrics.read_text())
     gen = json.loads((study.out / mode / "generated" / "summary.json").read_text())
+    from jetevo.model.checkpoint import load_model
+
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    weights = state["state_dict"]
-    n_params = int(sum(v.numel() for k, v in weights.items() if "code_features" not in k))
-    table = int(sum(v.numel() for k, v in weights.items() if k.startswith("tokens.learned")))
+    # trained parameters only (a state dict also holds buffers: groups, code features, log z)
+    params = dict(load_model(ckpt).named_parameters())
+    n_params = int(sum(p.numel() for p in params.values()))
+    table = int(params["tokens.learned.weight"].numel())
     seconds = json.loads((study.out / "seconds.json").read_text())
     trained = "flat" if mode == "flat" else "tree"
     held = json.loads((study.out / trained / "model" / "heldout_nll.json").read_text())

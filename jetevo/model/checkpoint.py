@@ -15,6 +15,7 @@ from jetevo.errors import InputError
 from jetevo.io.checkpoint import read_checkpoint, tensors_only, write_checkpoint
 from jetevo.model.flat import FlatModel
 from jetevo.model.gpt import ModelConfig
+from jetevo.model.sequences import FlatSequences, TreeSequences
 from jetevo.model.tree import JetEvolutionModel
 
 KIND = "jetevo-model"
@@ -167,4 +168,42 @@ def model_tokenizer(model: Model, ckpt: str | Path, given: str | Path | None = N
     return tok
 
 
-__all__ = ["Model", "count_baselines", "init_from", "load_model", "model_tokenizer", "save_model"]
+def model_sequences(
+    model: Model, ckpt: str | Path, token_paths, tokenizer: str | Path | None = None
+) -> TreeSequences | FlatSequences:
+    """What ``model`` reads from held-out token files, as its training built it: flat
+    sequences, or tree sequences ordered by the model's stored log z (the tokenizer's, for
+    a checkpoint from before it was stored). Refused in one line: no jets, or tokens of
+    another tokenizer."""
+    seqs: TreeSequences | FlatSequences
+    if isinstance(model, FlatModel):
+        seqs = FlatSequences(token_paths, model.vocab, model.cfg.max_len)
+    else:
+        order_log_z = model.log_z_table()
+        if order_log_z is None:
+            from jetevo.tokenize.resolution import code_log_z
+
+            order_log_z = code_log_z(model_tokenizer(model, ckpt, tokenizer))
+        seqs = TreeSequences(
+            token_paths, model.vocab, model.cfg.max_len, order_log_z, model.cfg.scale_bins
+        )
+    if not len(seqs):
+        raise InputError(seqs.files[0], "the token files hold no jets")
+    if seqs.tokenizer["identity"] != model.tokenizer_identity:
+        raise InputError(
+            seqs.files[0],
+            f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained "
+            f"on {model.tokenizer_identity}",
+        )
+    return seqs
+
+
+__all__ = [
+    "Model",
+    "count_baselines",
+    "init_from",
+    "load_model",
+    "model_sequences",
+    "model_tokenizer",
+    "save_model",
+]

@@ -58,9 +58,6 @@ class FlatModel(nn.Module):
         with torch.no_grad():
             self.tokens.code_features.copy_(torch.as_tensor(features, dtype=torch.float32))
 
-    def log_z_table(self) -> None:
-        return None
-
     def sample_next(
         self,
         h: torch.Tensor,

@@ -30,7 +30,7 @@ from jetevo.errors import InputError
 from jetevo.tokenize.resolution import ROOT_LOG_PT, chain_log_pt
 from jetevo.tokenize.tokens import tokenizer_metadata
 from jetevo.tokenize.vocab import Vocab
-from jetevo.trees.format import load, tree_files
+from jetevo.trees.format import JetColumns, load, tree_files
 from jetevo.trees.kernel import preorder_batch
 
 IGNORE = -100  # target of a position without one (padding, START's right child)
@@ -39,6 +39,7 @@ SCALE_LOG_PT = (math.log(0.1), math.log(2000.0))  # range of the scale bins (GeV
 
 TREE_COLUMNS = ["token", "left", "right", "parent", "depth"]
 FLAT_COLUMNS = ["token", "left", "px", "py"]
+JET_COLUMNS = ["label", "source", "entry"]
 
 
 def scale_bin(log_pt: np.ndarray, n_bins: int) -> np.ndarray:
@@ -136,6 +137,7 @@ class _Sequences:
     offsets: np.ndarray
     files: list[Path]
     tokenizer: dict
+    jets: JetColumns
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -151,7 +153,8 @@ class _Sequences:
                 self.files[0],
                 f"tokens use {self.tokenizer['n_codes']} codes, the model {vocab.n_codes}",
             )
-        trees = load(self.files, columns=columns)
+        trees = load(self.files, columns=[*columns, *JET_COLUMNS])
+        self.jets = JetColumns.of(trees)  # label, source, entry of every jet, in order
         tok = ak.to_numpy(ak.flatten(trees["token"]))
         if not np.all(vocab.is_node(tok)):
             raise InputError(self.files[0], "token column holds values that are not node tokens")

@@ -18,21 +18,10 @@ import numpy as np
 import torch
 
 from jetevo.errors import InputError
-from jetevo.model.checkpoint import Model, count_baselines, load_model, model_tokenizer
+from jetevo.model.checkpoint import count_baselines, load_model, model_sequences
 from jetevo.model.data import loader
 from jetevo.model.loss import flat_nll, split_nll
 from jetevo.model.sequences import IGNORE, FlatSequences, TreeSequences
-from jetevo.tokenize.resolution import code_log_z
-
-
-def _check_tokens(seqs: TreeSequences | FlatSequences, model: Model) -> None:
-    if not len(seqs):
-        raise InputError(seqs.files[0], "the token files hold no jets")
-    if seqs.tokenizer["identity"] != model.tokenizer_identity:
-        raise InputError(
-            seqs.files[0],
-            f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained on {model.tokenizer_identity}",
-        )
 
 
 @torch.no_grad()
@@ -47,13 +36,8 @@ def evaluate_splits(
         raise InputError(
             ckpt, "a flat-mode model has no splits: use 'jetevo evaluate-particles' for its NLL"
         )
-    order_log_z = model.log_z_table()
-    if order_log_z is None:
-        order_log_z = code_log_z(model_tokenizer(model, ckpt, tokenizer))
-    seqs = TreeSequences(
-        token_paths, model.vocab, model.cfg.max_len, order_log_z, model.cfg.scale_bins
-    )
-    _check_tokens(seqs, model)
+    seqs = model_sequences(model, ckpt, token_paths, tokenizer)
+    assert isinstance(seqs, TreeSequences)  # a tree model's
     if permutation_min is None:
         permutation_min = bool(
             model.extra.get("train_config", {}).get("train", {}).get("permutation_min", True)
@@ -97,8 +81,8 @@ def evaluate_particles(ckpt, token_paths, batch_size: int = 64) -> dict:
     model = load_model(ckpt)
     if model.cfg.mode != "flat":
         raise InputError(ckpt, "a tree-mode model: use 'jetevo evaluate-splits'")
-    seqs = FlatSequences(token_paths, model.vocab, model.cfg.max_len)
-    _check_tokens(seqs, model)
+    seqs = model_sequences(model, ckpt, token_paths)
+    assert isinstance(seqs, FlatSequences)  # a flat model's
     tot = {"nll_sum": 0.0, "n_targets": 0, "top1": 0, "top5": 0}
     for batch in loader(seqs, batch_size):
         out = flat_nll(model, batch, stats=True)

@@ -41,6 +41,7 @@ from jetevo.model.data import loader
 from jetevo.model.gpt import ModelConfig, count_parameters
 from jetevo.model.loss import flat_nll, split_nll, weighted_split_loss
 from jetevo.model.sequences import FlatSequences, TreeSequences, token_file_info
+from jetevo.model.tree import JetEvolutionModel
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
 from jetevo.tokenize.resolution import code_log_z, learn_scale
 from jetevo.trees.format import load, tree_files
@@ -338,6 +339,7 @@ def train(
             )
     else:
         # the order of every split's children: the model's stored log z (what generation uses)
+        assert isinstance(model, JetEvolutionModel)
         order_log_z = model.log_z_table()
         train_seq = TreeSequences(train_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
         val_seq = TreeSequences(val_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)

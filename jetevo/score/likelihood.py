@@ -16,20 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import awkward as ak
 import numpy as np
 import pyarrow as pa
 import torch
 
-from jetevo.errors import InputError, SettingError
-from jetevo.model.checkpoint import count_baselines, load_model, model_tokenizer
+from jetevo.errors import SettingError
+from jetevo.model.checkpoint import count_baselines, load_model, model_sequences
 from jetevo.model.data import loader
 from jetevo.model.loss import flat_nll, split_nll
-from jetevo.model.sequences import IGNORE, FlatSequences, TreeSequences
-from jetevo.tokenize.resolution import code_log_z
-from jetevo.trees.format import load
-
-JET_COLUMNS = ["label", "source", "entry"]
+from jetevo.model.sequences import IGNORE
 
 
 @torch.no_grad()
@@ -51,24 +46,7 @@ def score(
         raise SettingError("--device cuda requested but no CUDA device is available")
     model = load_model(ckpt).to(device)
     flat = model.cfg.mode == "flat"
-    seqs: TreeSequences | FlatSequences
-    if flat:
-        seqs = FlatSequences(token_paths, model.vocab, model.cfg.max_len)
-    else:
-        order_log_z = model.log_z_table()
-        if order_log_z is None:
-            order_log_z = code_log_z(model_tokenizer(model, ckpt, tokenizer))
-        seqs = TreeSequences(
-            token_paths, model.vocab, model.cfg.max_len, order_log_z, model.cfg.scale_bins
-        )
-    if not len(seqs):
-        raise InputError(seqs.files[0], "the token files hold no jets")
-    if seqs.tokenizer["identity"] != model.tokenizer_identity:
-        raise InputError(
-            seqs.files[0],
-            f"tokens come from tokenizer {seqs.tokenizer['identity']}, the model was trained "
-            f"on {model.tokenizer_identity}",
-        )
+    seqs = model_sequences(model, ckpt, token_paths, tokenizer)
     # the model's negative log-likelihood of every position's prediction, in sequence order
     per_position = np.empty(int(seqs.offsets[-1]))
     at = 0
@@ -83,11 +61,10 @@ def score(
         # row-major over (jet, position): the jets' positions in order, padding left out
         per_position[at : at + int(valid.sum())] = nll.double().cpu().numpy()
         at += int(valid.sum())
-    jets = load(seqs.files, columns=JET_COLUMNS)
-    return _table(seqs, per_position, count_baselines(model, ckpt), jets, flat)
+    return _table(seqs, per_position, count_baselines(model, ckpt), flat)
 
 
-def _table(seqs, per_position: np.ndarray, base, jets: ak.Array, flat: bool) -> pa.Table:
+def _table(seqs, per_position: np.ndarray, base, flat: bool) -> pa.Table:
     starts = seqs.offsets[:-1]
     if flat:
         # a cut jet's last position has no target: no term
@@ -110,10 +87,11 @@ def _table(seqs, per_position: np.ndarray, base, jets: ak.Array, flat: bool) -> 
         levels = seqs.depth
         has = np.ones(len(per_position), bool)
     n = np.add.reduceat(has.astype(np.int64), starts)
+    jets = seqs.jets.arrow()
     columns = {
-        "label": pa.array(ak.to_list(jets["label"]), pa.string()),
-        "source": pa.array(ak.to_list(jets["source"]), pa.string()),
-        "entry": pa.array(ak.to_numpy(jets["entry"]).astype(np.int64)),
+        "label": jets["label"].dictionary_decode(),
+        "source": jets["source"].dictionary_decode(),
+        "entry": jets["entry"],
         "log_likelihood": pa.array(-np.add.reduceat(model_nll, starts)),
         "n_predictions": pa.array(n),
         "unigram_log_likelihood": pa.array(-np.add.reduceat(uni, starts)),
@@ -126,13 +104,16 @@ def _table(seqs, per_position: np.ndarray, base, jets: ak.Array, flat: bool) -> 
 
 def _per_level(nll: np.ndarray, level: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """Per jet, the log-likelihood summed per generation level (a list, level 0 first)."""
-    jet = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    depth = int(level.max(initial=0)) + 1
-    sums = np.zeros((len(offsets) - 1, depth))
+    n_jets = len(offsets) - 1
+    jet = np.repeat(np.arange(n_jets), np.diff(offsets))
+    width = int(level.max(initial=0)) + 1
+    sums = np.zeros((n_jets, width))
     np.add.at(sums, (jet, level), -nll)
-    deepest = np.zeros(len(offsets) - 1, np.int64)
-    np.maximum.at(deepest, jet, level)
-    return pa.array([row[: d + 1].tolist() for row, d in zip(sums, deepest, strict=True)])
+    n_levels = np.zeros(n_jets, np.int64)
+    np.maximum.at(n_levels, jet, level + 1)
+    keep = np.arange(width)[None, :] < n_levels[:, None]
+    level_offsets = np.concatenate([[0], np.cumsum(n_levels)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(level_offsets), pa.array(sums[keep]))
 
 
 def write_scores(table: pa.Table, path: str | Path) -> Path:
