@@ -87,6 +87,9 @@ def eta(p: np.ndarray) -> np.ndarray:
     return np.arcsinh(np.divide(p[:, 2], pt, out=np.zeros_like(pt), where=pt > 0))
 
 
+JET_KINEMATICS = ("jet_pt", "jet_eta", "jet_phi", "jet_mass")
+
+
 def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
     """The stored jet columns ``jet_pt, jet_eta, jet_phi, jet_mass`` of (n, 4) root rows
     (``jet_eta`` is the pseudorapidity, 0 for a jet along the beam)."""
@@ -94,7 +97,7 @@ def jet_kinematics(root: np.ndarray) -> dict[str, np.ndarray]:
     eta_ = eta(root)
     mass = np.sqrt(np.maximum(root[:, 3] ** 2 - pt**2 - root[:, 2] ** 2, 0.0))
     phi = np.arctan2(root[:, 1], root[:, 0])
-    return {"jet_pt": pt, "jet_eta": eta_, "jet_phi": phi, "jet_mass": mass}
+    return dict(zip(JET_KINEMATICS, (pt, eta_, phi, mass), strict=True))
 
 
 def with_mass(p: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -79,6 +79,46 @@ TINY_TOKENIZER = {
 }
 
 
+def tiny_checkpoint(tokenizer, token_dir, path, mode="tree", seed=0, max_len=None, leaf_odds=0.0):
+    """A tiny untrained model (either mode) with count baselines from ``token_dir``, saved
+    at ``path`` as training saves one. ``leaf_odds``: added to the leaf tokens' log odds (a
+    tree model), so that an untrained model's trees stay small."""
+    import torch
+
+    from jetevo.model.baselines import CountBaselines
+    from jetevo.model.checkpoint import save_model
+    from jetevo.model.flat import FlatModel
+    from jetevo.model.gpt import ModelConfig
+    from jetevo.model.sequences import FlatSequences, TreeSequences
+    from jetevo.model.train import code_feature_table
+    from jetevo.model.tree import JetEvolutionModel
+    from jetevo.tokenize.resolution import code_log_z
+
+    torch.manual_seed(seed)
+    features = code_feature_table(tokenizer)
+    flat = mode == "flat"
+    cfg = ModelConfig(
+        mode=mode, n_codes=TINY_TOKENIZER["n_codes"], n_code_features=features.shape[1], n_layer=1, n_head=2,
+        n_embd=16, max_len=max_len or (129 if flat else 128), output_group_size=0 if flat else 16,
+    )  # fmt: skip
+    model = FlatModel(cfg) if flat else JetEvolutionModel(cfg)
+    model.set_code_features(torch.from_numpy(features), code_log_z(tokenizer))
+    if leaf_odds:
+        model.shift_leaf_odds(leaf_odds)
+    model.tokenizer_identity = tokenizer.identity
+    vocab = cfg.vocab
+    if flat:
+        seqs = FlatSequences([token_dir], vocab, 129)
+        n_classes = vocab.n_flat_classes
+    else:
+        seqs = TreeSequences([token_dir], vocab, 128, model.log_z_table(), cfg.scale_bins)
+        n_classes = vocab.n_node_tokens
+    base = CountBaselines.fit(*seqs.pairs(), n_classes, vocab.size)
+    info = {"identity": tokenizer.identity, "path": str(tokenizer.path)}
+    save_model(model, path, {"baselines": base.state(), "tokenizer": info})
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tree_dir, tmp_path_factory):
     from jetevo.tokenize.tokenizer import TokenizerConfig

@@ -9,49 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import TINY_TOKENIZER
+from conftest import tiny_checkpoint as checkpoint
 
 from jetevo.cli import main
 from jetevo.errors import InputError
-from jetevo.model.baselines import CountBaselines
-from jetevo.model.checkpoint import save_model
-from jetevo.model.flat import FlatModel
-from jetevo.model.gpt import ModelConfig
-from jetevo.model.sequences import FlatSequences, TreeSequences
-from jetevo.model.train import code_feature_table
-from jetevo.model.tree import JetEvolutionModel
 from jetevo.score import score
-from jetevo.tokenize.resolution import code_log_z
 from jetevo.trees.format import list_column, tree_files
 from jetevo.trees.kernel import preorder_batch
 
 N_CODES = TINY_TOKENIZER["n_codes"]
-
-
-def checkpoint(tokenizer, token_dir, path, mode="tree", seed=0):
-    """A tiny untrained model with count baselines from ``token_dir``."""
-    torch.manual_seed(seed)
-    features = code_feature_table(tokenizer)
-    flat = mode == "flat"
-    cfg = ModelConfig(
-        mode=mode, n_codes=N_CODES, n_code_features=features.shape[1], n_layer=1, n_head=2,
-        n_embd=16, max_len=129 if flat else 128, output_group_size=0 if flat else 16,
-    )  # fmt: skip
-    model = FlatModel(cfg) if flat else JetEvolutionModel(cfg)
-    model.set_code_features(torch.from_numpy(features), code_log_z(tokenizer))
-    model.tokenizer_identity = tokenizer.identity
-    vocab = cfg.vocab
-    if flat:
-        seqs = FlatSequences([token_dir], vocab, 129)
-        n_classes = vocab.n_flat_classes
-    else:
-        seqs = TreeSequences([token_dir], vocab, 128, model.log_z_table(), cfg.scale_bins)
-        n_classes = vocab.n_node_tokens
-    base = CountBaselines.fit(*seqs.pairs(), n_classes, vocab.size)
-    info = {"identity": tokenizer.identity, "path": str(tokenizer.path)}
-    save_model(model, path, {"baselines": base.state(), "tokenizer": info})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import torch
 
 from jetevo.errors import InputError, JetevoError, SettingError
 from jetevo.generate.bigram import sample_bigram_trees
+from jetevo.generate.prefix import PrefixJets, check_prefix_settings, read_prefix
 from jetevo.generate.sampler import (
     FlatSamples,
     SampledTrees,
@@ -71,14 +72,13 @@ def root_condition_tokens(tokenizer, pt: float, eta: float, mass: float) -> tupl
 
 
 def generated_table(
-    trees: SampledTrees, p: np.ndarray, entry0: int, source: str, metadata: dict
+    trees: SampledTrees, p: np.ndarray, jets: JetColumns, metadata: dict, precision="float32"
 ) -> pa.Table:
     """Decoded trees (four-momenta ``p`` in generation order) as a tree table: harder child
-    first, ``leaf_index`` by decreasing pT, the node tokens, entries from ``entry0``."""
+    first, ``leaf_index`` by decreasing pT, the node tokens, the jet columns ``jets``."""
     order, topology, leaf_index = trees.harder_first(pt(p))
-    jets = JetColumns.constant("generated", source, np.arange(entry0, entry0 + len(trees)))
     return tree_table(
-        p[order], topology, leaf_index, jets, metadata, "float32", {"token": trees.token[order]}
+        p[order], topology, leaf_index, jets, metadata, precision, {"token": trees.token[order]}
     )
 
 
@@ -183,9 +183,37 @@ def _root_tokens(
     return out, 0.0
 
 
+def _check_sources(baseline, root_tokens, root, prefix, depth, nodes, completions) -> None:
+    """What a generation starts from: sampled roots, given roots, the bigram baseline's,
+    or real prefixes; combinations that contradict each other are refused in one line."""
+    if baseline not in (None, "bigram"):
+        raise SettingError(f"--baseline must be 'bigram', got {baseline!r}")
+    if baseline is not None and (root_tokens is not None or root is not None):
+        raise SettingError("--baseline samples its own roots; it takes no --root or --root-tokens")
+    if prefix is not None:
+        check_prefix_settings(depth, nodes, completions)
+        if baseline is not None or root_tokens is not None or root is not None:
+            raise SettingError(
+                "--prefix starts from real roots: no --baseline, --root or --root-tokens"
+            )
+
+
+def _check_mode(ckpt: Path, flat: bool, baseline, root_tokens, root, prefix) -> None:
+    """A flat-mode model samples particles: it has no roots, baseline trees or tree to continue."""
+    if flat and (baseline is not None or root_tokens is not None or root is not None):
+        raise SettingError(
+            f"{ckpt}: a flat-mode model generates particles; --baseline, --root and "
+            "--root-tokens are for tree-mode models"
+        )
+    if flat and prefix is not None:
+        raise SettingError(
+            f"{ckpt}: a flat-mode model has no tree to continue; --prefix needs a tree-mode model"
+        )
+
+
 def generate(
     ckpt: str | Path,
-    n_jets: int,
+    n_jets: int | None,
     out_dir: str | Path,
     *,
     batch_size: int = 1024,
@@ -205,6 +233,10 @@ def generate(
     particle_mass: str = "pion",
     baseline: str | None = None,
     resolution: bool = True,
+    prefix=None,
+    prefix_depth: int | None = None,
+    prefix_nodes: int | None = None,
+    completions: int = 1,
     progress: bool = True,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
@@ -219,6 +251,12 @@ def generate(
     apply the resolution scale stored in the checkpoint (:mod:`jetevo.tokenize.resolution`;
     checkpoints from before it have none).
 
+    ``prefix``: tree or token files of real jets to continue (tree mode): each jet is kept
+    down to ``prefix_depth`` (or for its first ``prefix_nodes`` expansions) and completed
+    ``completions`` times (:mod:`jetevo.generate.prefix`); ``n_jets`` then caps the number
+    of prefix jets (None: all). A prefix jet whose kept part alone does not fit the model's
+    context is skipped and counted (``prefix_too_long``).
+
     Batches are started with ~12% headroom for runaway jets; complete trees beyond
     ``n_jets`` are not written and counted as ``surplus``. Runaway jets (stopped by
     ``max_nodes``) are counted and replaced by new attempts, up to ``max_attempts`` x
@@ -227,22 +265,17 @@ def generate(
     """
     from jetevo.model.checkpoint import count_baselines, load_model, model_tokenizer
 
+    if prefix is None and n_jets is None:
+        raise SettingError("--n-jets is needed (it is optional only with --prefix)")
     _check_settings(
-        n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k,
-        max_nodes, shard_size,
+        1 if n_jets is None else n_jets, batch_size, temperature, split_kinematics,
+        particle_mass, device, top_k, max_nodes, shard_size,
     )  # fmt: skip
-    if baseline not in (None, "bigram"):
-        raise SettingError(f"--baseline must be 'bigram', got {baseline!r}")
-    if baseline is not None and (root_tokens is not None or root is not None):
-        raise SettingError("--baseline samples its own roots; it takes no --root or --root-tokens")
+    _check_sources(baseline, root_tokens, root, prefix, prefix_depth, prefix_nodes, completions)
     ckpt = Path(ckpt)
     model = load_model(ckpt).to(device)
     flat = model.cfg.mode == "flat"
-    if flat and (baseline is not None or root_tokens is not None or root is not None):
-        raise SettingError(
-            f"{ckpt}: a flat-mode model generates particles; --baseline, --root and "
-            "--root-tokens are for tree-mode models"
-        )
+    _check_mode(ckpt, flat, baseline, root_tokens, root, prefix)
     tok = model_tokenizer(model, ckpt, tokenizer)
     if tok.features.particles_only != flat:
         raise InputError(
@@ -250,6 +283,7 @@ def generate(
         )
     cfg = model.cfg
     roots_given, root_y = _root_tokens(tok, cfg.vocab.n_node_tokens, root_tokens, root)
+    prefix_jets = None if prefix is None else read_prefix(prefix, tok, n_jets)
 
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -275,6 +309,11 @@ def generate(
         "root_tokens": None if roots_given is None else roots_given.tolist(),
         "root_rapidity": root_y,
     }
+    if prefix_jets is not None:
+        settings.update(
+            prefix=[str(f) for f in prefix_jets.files], prefix_depth=prefix_depth,
+            prefix_nodes=prefix_nodes, completions=completions,
+        )  # fmt: skip
     meta = {
         "algorithm": "generated",
         "model": str(ckpt),
@@ -282,7 +321,6 @@ def generate(
         "scheme": None,
         **settings,
     }
-    limit = int(np.ceil(max_attempts * n_jets))
     plan = _Plan(
         model, tok, flat, bigram, rng, res, roots_given, root_y, limit_nodes,
         dict(temperature=temperature, top_k=top_k, max_nodes=max_nodes, generator=generator,
@@ -290,28 +328,26 @@ def generate(
         conserve, split_kinematics, particle_mass, ckpt.name, meta,
     )  # fmt: skip
     counts = dict.fromkeys(("written", "attempted", "runaway", "empty", "surplus", "nodes",
-                            "resolved"), 0)  # fmt: skip
+                            "resolved", "prefix_too_long"), 0)  # fmt: skip
+    if prefix_jets is None:
+        requested = int(n_jets or 0)
+    else:
+        requested = len(prefix_jets) * completions
+    limit = int(np.ceil(max_attempts * requested))
     t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n_jets, unit="jet", desc="generate")
+        bar = tqdm(total=requested, unit="jet", desc="generate")
     writer = ShardedTreeWriter(out, "generated", shard_size)
     try:
         with writer:
-            while counts["written"] < n_jets and counts["attempted"] < limit:
-                need = n_jets - counts["written"]
-                # headroom for runaway jets, so that a small refill batch (with its own long
-                # tail of steps) is rarely needed; complete jets beyond the request are counted
-                b = min(batch_size, limit - counts["attempted"], need + need // 8 + 4)
-                table, done = _generate_batch(plan, b, need, counts["written"])
-                if table is not None:
-                    writer.write(table)
-                for k, v in done.items():
-                    counts[k] += v
-                if bar is not None:
-                    bar.update(done["written"])
+            if prefix_jets is None:
+                _sample_unconditional(plan, requested, batch_size, limit, writer, counts, bar)
+            else:
+                pairs = _PrefixPairs(prefix_jets, completions, prefix_depth, prefix_nodes)
+                _sample_completions(plan, pairs, batch_size, limit, writer, counts, bar)
     except BaseException as exc:
         for name in writer.files:  # no partial sample under final names: this run's shards go
             (out / name).unlink(missing_ok=True)
@@ -326,7 +362,7 @@ def generate(
     seconds = time.perf_counter() - t0
     written, attempted, nodes = counts["written"], counts["attempted"], counts["nodes"]
     summary = {
-        "n_requested": n_jets,
+        "n_requested": requested,
         "n_written": written,
         "attempted": attempted,
         "runaway": counts["runaway"],
@@ -343,14 +379,115 @@ def generate(
         "files": files,
         **settings,
     }
+    if prefix_jets is not None:
+        summary.update(prefix_jets=len(prefix_jets), prefix_too_long=counts["prefix_too_long"])
     write_json(out / "summary.json", summary, indent=1)
-    if written < n_jets:
+    expected = requested - counts["prefix_too_long"] * completions
+    if written < expected:
         raise GenerationError(
-            f"{out / 'summary.json'}: only {written} of {n_jets} jets complete after {attempted} attempts; "
+            f"{out / 'summary.json'}: only {written} of {expected} jets complete after {attempted} attempts; "
             f"{counts['runaway']} runaway jets hit the limit of {limit_nodes}"
             + (f", {counts['empty']} ended before a particle" if counts["empty"] else "")
         )
     return summary
+
+
+def _sample_unconditional(plan, n_jets, batch_size, limit, writer, counts, bar) -> None:
+    """Batches of new jets until ``n_jets`` are written or ``limit`` attempts are spent."""
+    while counts["written"] < n_jets and counts["attempted"] < limit:
+        need = n_jets - counts["written"]
+        # headroom for runaway jets, so that a small refill batch (with its own long
+        # tail of steps) is rarely needed; complete jets beyond the request are counted
+        b = min(batch_size, limit - counts["attempted"], need + need // 8 + 4)
+        table, done = _generate_batch(plan, b, need, counts["written"])
+        if table is not None:
+            writer.write(table)
+        for k, v in done.items():
+            counts[k] += v
+        if bar is not None:
+            bar.update(done["written"])
+
+
+@dataclass
+class _PrefixPairs:
+    """The (prefix jet, completion) pairs of a ``--prefix`` run, numbered jet-major
+    (``jet * completions + completion``), which is the order they are written in."""
+
+    jets: PrefixJets
+    completions: int
+    depth: int | None
+    nodes: int | None
+
+
+def _sample_completions(plan, pairs: _PrefixPairs, batch_size, limit, writer, counts, bar) -> None:
+    """Complete every pair, a batch at a time; a batch's runaways are re-sampled before it
+    is written, so the output keeps the pair order."""
+    kept = pairs.jets.expansions(pairs.depth, pairs.nodes)
+    fits = kept + 1 < plan.model.cfg.max_len  # START + the kept expansions, and room to go on
+    counts["prefix_too_long"] = int(np.count_nonzero(~fits))
+    todo_all = np.flatnonzero(np.repeat(fits, pairs.completions))
+    for start in range(0, len(todo_all), batch_size):
+        todo = todo_all[start : start + batch_size]
+        tables, ids = [], []
+        while len(todo) and counts["attempted"] < limit:
+            todo = todo[: limit - counts["attempted"]]
+            table, done_ids, runaway_ids, nodes = _complete_batch(plan, pairs, todo)
+            counts["attempted"] += len(todo)
+            counts["runaway"] += len(runaway_ids)
+            counts["written"] += len(done_ids)
+            counts["nodes"] += nodes
+            if table is not None:
+                tables.append(table)
+                ids.append(done_ids)
+            if bar is not None:
+                bar.update(len(done_ids))
+            todo = runaway_ids
+        if tables:
+            order = np.argsort(np.concatenate(ids), kind="stable")
+            writer.write(pa.concat_tables(tables).take(pa.array(order)))
+        if len(todo):  # attempts spent: the rest are not made
+            return
+
+
+def _complete_batch(plan: _Plan, pairs: _PrefixPairs, ids: np.ndarray):
+    """Complete the pairs ``ids``: the table of the complete ones, their ids, the runaways'
+    ids, and the nodes written."""
+    jets = pairs.jets.select(ids // pairs.completions)
+    trees = sample_trees(
+        plan.model, len(ids), **plan.sampling, resolution=plan.resolution,
+        teacher=jets.teacher(pairs.depth, pairs.nodes),
+    )  # fmt: skip
+    rows = trees.batch_rows
+    if not len(trees):
+        return None, ids[rows], ids[trees.runaway], 0
+    assert trees.teacher_node is not None
+    real = trees.teacher_node >= 0
+    tree_of = np.repeat(np.arange(len(trees)), np.diff(trees.offsets))
+    first = jets.topology.offsets[:-1][rows]
+    p_real = np.zeros((len(real), 4))
+    p_real[real] = jets.p[first[tree_of[real]] + trees.teacher_node[real]]
+    known = (real, p_real)
+    tok = plan.tokenizer
+    if plan.conserve:
+        p = decode_physical(
+            tok, trees.token, trees, plan.split_kinematics, plan.particle_mass, known
+        )
+    else:
+        p = decode_free(tok, trees.token, trees, known)
+    table = generated_table(trees, p, jets.jets.select(rows), plan.metadata, jets.precision)
+    for name, values in jets.kinematics.items():  # the real root's, as stored
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(values[rows]))
+    n_real = np.bincount(tree_of[real], minlength=len(trees))
+    extra = {
+        "completion": ids[rows] % pairs.completions,
+        "prefix_depth": np.full(len(trees), -1 if pairs.depth is None else pairs.depth),
+        "prefix_splits": (n_real - 1) // 2,
+    }
+    for name, values in extra.items():
+        field = pa.field(name, pa.int32(), nullable=False)
+        table = table.append_column(field, pa.array(values.astype(np.int32)))
+    return table, ids[rows], ids[trees.runaway], int(trees.offsets[-1])
 
 
 @dataclass
@@ -409,7 +546,8 @@ def _generate_batch(plan: _Plan, b: int, need: int, entry0: int) -> tuple[pa.Tab
     else:
         p = decode_free(tok, trees.token, trees)
     p = boost_rapidity(p, plan.root_y)
-    table = generated_table(trees, p, entry0, plan.source, plan.metadata).slice(0, keep)
+    jets = JetColumns.constant("generated", plan.source, np.arange(entry0, entry0 + len(trees)))
+    table = generated_table(trees, p, jets, plan.metadata).slice(0, keep)
     return table, {**done, "nodes": int(trees.offsets[keep])}
 
 

@@ -13,7 +13,9 @@ than the model has) is stopped and reported as runaway, never written as a tree.
 Nodes are stored in generation order: root first, and the two children of the node
 expanded at step s appended as nodes 2s-1 (left) and 2s (right). With a
 :class:`Teacher`, the real trees' children are taken instead of sampled ones (teacher
-forcing): the inputs fed are then exactly the training sequence's.
+forcing): the inputs fed are then exactly the training sequence's. A teacher limited to a
+prefix (its first levels, or its first expansions) gives the real splits there and lets
+the model sample the rest: the completion of a real jet's history.
 
 Flat mode (:func:`sample_flat`): one particle per step for every unfinished jet, each
 ending at its own STOP; a jet that reaches the particle limit without STOP is a runaway.
@@ -55,11 +57,19 @@ class SampledTrees(Topology):
     steps: int
     nodes_sampled: int = 0
     n_resolved: int = 0  # pseudojets turned into particles by the resolution scale
+    # with a teacher: each node's (local) index in its teacher tree, -1 where sampled
+    teacher_node: np.ndarray | None = None
+
+    @property
+    def batch_rows(self) -> np.ndarray:
+        """The batch row (teacher jet) of every complete tree."""
+        return np.setdiff1d(np.arange(len(self) + len(self.runaway)), self.runaway)
 
     @classmethod
     def from_batch(
-        cls, tok, par, dep, lft, rgt, n_nodes, runaway, steps: int, n_resolved: int = 0
-    ) -> SampledTrees:
+        cls, tok, par, dep, lft, rgt, n_nodes, runaway, steps: int, n_resolved: int = 0,
+        t_node=None,
+    ) -> SampledTrees:  # fmt: skip
         """The complete trees of a batch's per-jet (b, max_nodes) arrays, runaways left out."""
         done = ~runaway
         counts = n_nodes[done]
@@ -77,6 +87,7 @@ class SampledTrees(Topology):
             steps=steps,
             nodes_sampled=int(n_nodes.sum()),
             n_resolved=n_resolved,
+            teacher_node=None if t_node is None else t_node[done][mask],
         )
 
 
@@ -84,10 +95,26 @@ class SampledTrees(Topology):
 class Teacher:
     """Real trees to follow instead of sampling (teacher forcing): their tokens and topology
     (stored pre-order, local indices, root first). The sampler then feeds exactly the
-    positions a training sequence of these trees holds."""
+    positions a training sequence of these trees holds.
+
+    A prefix: only the splits of nodes at depth < ``max_depth``, or only the first
+    ``max_steps`` expansions (in the training order), are the real ones; every split after
+    them is sampled. ``max_depth=0`` (or ``max_steps=0``) keeps the real root alone.
+    """
 
     token: np.ndarray
     topology: Topology
+    max_depth: int | None = None
+    max_steps: int | None = None
+
+    def forced(self, depth: np.ndarray, step: int) -> np.ndarray:
+        """Whether the expansion of real nodes at ``depth`` at ``step`` (1-based) is real."""
+        out = np.ones(len(depth), bool)
+        if self.max_depth is not None:
+            out &= depth < self.max_depth
+        if self.max_steps is not None:
+            out &= step <= self.max_steps
+        return out
 
 
 class _GrowingTrees:
@@ -102,7 +129,7 @@ class _GrowingTrees:
         self.lft = np.full((b, max_nodes), -1, np.int64)
         self.rgt = np.full((b, max_nodes), -1, np.int64)
         self.log_pt = np.zeros((b, max_nodes))  # token-chain log pT
-        self.t_node = np.zeros((b, max_nodes), np.int64) if teacher else None
+        self.t_node = np.full((b, max_nodes), -1, np.int64) if teacher else None
         self.n_nodes = np.ones(b, np.int64)
         self.stack = np.zeros((b, max_nodes), np.int64)
         self.sp = np.zeros(b, np.int64)
@@ -111,6 +138,8 @@ class _GrowingTrees:
 
     def set_roots(self, roots: np.ndarray, log_pt: np.ndarray) -> None:
         self.tok[:, 0], self.log_pt[:, 0] = roots, log_pt
+        if self.t_node is not None:
+            self.t_node[:, 0] = 0
         pseudo = self.vocab.is_pseudojet(roots)
         self.stack[pseudo, 0] = 0
         self.sp[pseudo] = 1
@@ -127,9 +156,10 @@ class _GrowingTrees:
             self.log_pt[rows, node], scale_bins,
         )  # fmt: skip
 
-    def add_children(self, rows, node, left, right, lpt_l, lpt_r, t_left=None, t_right=None):
-        """Append the children of ``node`` (jets ``rows``) and push the pseudojets (right
-        first: the left one is expanded next); a jet with no room left is a runaway."""
+    def add_children(self, rows, node, left, right, lpt_l, lpt_r, t_left, t_right):
+        """Append the children of ``node`` (jets ``rows``; ``t_*``: their teacher nodes, -1
+        where sampled) and push the pseudojets (right first: the left one is expanded
+        next); a jet with no room left is a runaway."""
         li, ri = self.n_nodes[rows], self.n_nodes[rows] + 1
         over = ri >= self.max_nodes
         self.runaway[rows[over]] = True
@@ -138,7 +168,7 @@ class _GrowingTrees:
         left, right = left[ok], right[ok]
         self.tok[r, li], self.tok[r, ri] = left, right
         self.log_pt[r, li], self.log_pt[r, ri] = lpt_l[ok], lpt_r[ok]
-        if self.t_node is not None and t_left is not None and t_right is not None:
+        if self.t_node is not None:
             self.t_node[r, li], self.t_node[r, ri] = t_left[ok], t_right[ok]
         self.par[r, li] = self.par[r, ri] = node
         self.dep[r, li] = self.dep[r, ri] = self.dep[r, node] + 1
@@ -198,8 +228,8 @@ def sample_trees(
 
     ``resolution``: pseudojets below its scale become particles as they are sampled (a left
     child before the right head sees it), see :mod:`jetevo.tokenize.resolution`.
-    ``teacher``: take every root and child from these real trees instead (``n_jets`` of
-    them). ``trace``: a list to which each step's fed inputs are appended (``rows``: the
+    ``teacher``: take the root and the children of every split the teacher covers from these
+    real trees (``n_jets`` of them) instead; resolution never applies to real nodes. ``trace``: a list to which each step's fed inputs are appended (``rows``: the
     jets fed, and the inputs of :func:`~jetevo.model.sequences.position_inputs`).
     """
     cfg, vocab = model.cfg, model.vocab
@@ -216,7 +246,7 @@ def sample_trees(
     n_resolved = [0]
 
     def resolve(tokens: np.ndarray, log_pt: np.ndarray) -> np.ndarray:
-        if resolution is None or teacher is not None:
+        if resolution is None:
             return tokens
         out = resolution.resolve(tokens, log_pt)
         n_resolved[0] += int(np.count_nonzero(out != tokens))
@@ -224,15 +254,41 @@ def sample_trees(
 
     # position 0: START for every jet; its left head gives the root
     h = feed(start_inputs(vocab, n_jets), np.arange(n_jets))[:, -1]
-    if teacher is not None:
+    root_log_pt: np.ndarray
+    if teacher is not None:  # the real root, never resolved
         roots = teacher.token[teacher.topology.offsets[:-1]]
-    elif root_tokens is None:
-        roots = model.sample_root(h, table, temperature, top_k, generator, False, output_cache)
-        roots = roots[0].cpu().numpy()
+        root_log_pt = chain.root_log_pt(roots)
     else:
-        roots = np.asarray(root_tokens, np.int64).reshape(n_jets)
-    root_log_pt = chain.root_log_pt(roots)
-    trees.set_roots(resolve(roots, root_log_pt), root_log_pt)
+        if root_tokens is None:
+            roots = model.sample_root(h, table, temperature, top_k, generator, False, output_cache)
+            roots = roots[0].cpu().numpy()
+        else:
+            roots = np.asarray(root_tokens, np.int64).reshape(n_jets)
+        root_log_pt = chain.root_log_pt(roots)
+        roots = resolve(roots, root_log_pt)
+    trees.set_roots(roots, root_log_pt)
+
+    def sample_pairs(h: torch.Tensor, free: np.ndarray, parent_log_pt: np.ndarray):
+        """Sampled children of the rows ``free`` (indices into the batch fed)."""
+
+        def resolve_left(tokens: torch.Tensor) -> torch.Tensor:
+            t = tokens.cpu().numpy()
+            t = resolve(t, chain.child_log_pt(parent_log_pt, t))
+            return torch.as_tensor(t, device=tokens.device)
+
+        context = model.right_context(h, feed.cache)
+        if len(free) < h.shape[0]:
+            idx = torch.as_tensor(free, device=h.device)
+            h = h.index_select(0, idx)
+            if context is not None:
+                context = (context[0].index_select(0, idx), context[1].index_select(0, idx))
+        left_t, right_t, _, _ = model.sample_children(
+            h[:, -1], table, context, temperature, top_k, generator, False, output_cache,
+            resolve_left,
+        )  # fmt: skip
+        left = left_t.cpu().numpy()
+        right = right_t.cpu().numpy()
+        return left, resolve(right, chain.child_log_pt(parent_log_pt, right))
 
     rows = np.flatnonzero(trees.sp > 0)  # jets still in the batch, in batch-row order
     feed.keep(rows)
@@ -242,32 +298,27 @@ def sample_trees(
         node = trees.pop(rows)
         h = feed(trees.inputs(rows, node, cfg.scale_bins), rows)
         parent_log_pt = trees.log_pt[rows, node]
-        t_left = t_right = None
+        left, right = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+        t_left, t_right = np.full(len(rows), -1), np.full(len(rows), -1)
+        real = np.zeros(len(rows), bool)
         if teacher is not None and trees.t_node is not None:
             t_nodes = trees.t_node[rows, node]
-            t_left, t_right, left, right = _teacher_children(teacher, rows, t_nodes)
-        else:
-
-            def resolve_left(tokens: torch.Tensor, parent_log_pt=parent_log_pt) -> torch.Tensor:
-                t = tokens.cpu().numpy()
-                t = resolve(t, chain.child_log_pt(parent_log_pt, t))
-                return torch.as_tensor(t, device=tokens.device)
-
-            left_t, right_t, _, _ = model.sample_children(
-                h[:, -1], table, model.right_context(h, feed.cache), temperature, top_k,
-                generator, False, output_cache, resolve_left,
-            )  # fmt: skip
-            left, right = left_t.cpu().numpy(), right_t.cpu().numpy()
+            real = (t_nodes >= 0) & teacher.forced(trees.dep[rows, node], steps)
+            if real.any():
+                t_left[real], t_right[real], left[real], right[real] = _teacher_children(
+                    teacher, rows[real], t_nodes[real]
+                )
+        free = np.flatnonzero(~real)
+        if len(free):
+            left[free], right[free] = sample_pairs(h, free, parent_log_pt[free])
         lpt_l = chain.child_log_pt(parent_log_pt, left)
         lpt_r = chain.child_log_pt(parent_log_pt, right)
-        right = resolve(right, lpt_r)
         # the pair is unordered (permutation-min); training sequences expand the harder
         # child (by token chain, then the larger token) first, so it becomes the left child
         swap = (lpt_r > lpt_l) | ((lpt_r == lpt_l) & (right > left))
         left, right = np.where(swap, right, left), np.where(swap, left, right)
         lpt_l, lpt_r = np.where(swap, lpt_r, lpt_l), np.where(swap, lpt_l, lpt_r)
-        if t_left is not None and t_right is not None:
-            t_left, t_right = np.where(swap, t_right, t_left), np.where(swap, t_left, t_right)
+        t_left, t_right = np.where(swap, t_right, t_left), np.where(swap, t_left, t_right)
         trees.add_children(rows, node, left, right, lpt_l, lpt_r, t_left, t_right)
         # the next position must fit the model: a jet that still has nodes to expand
         # at the last position is a runaway too
@@ -280,7 +331,7 @@ def sample_trees(
 
     t = trees
     return SampledTrees.from_batch(
-        t.tok, t.par, t.dep, t.lft, t.rgt, t.n_nodes, t.runaway, steps, n_resolved[0]
+        t.tok, t.par, t.dep, t.lft, t.rgt, t.n_nodes, t.runaway, steps, n_resolved[0], t.t_node
     )
 
 

@@ -23,6 +23,19 @@ from jetevo.trees.format import Topology
 SPLIT_KINEMATICS = ("two-body", "share")
 PARTICLE_MASSES = {"pion": 0.13957, "massless": 0.0, "decoded": None}
 
+# (mask, four-momenta) of nodes whose kinematics are given, not decoded: a real jet's
+# prefix. Closed upwards (a known node's parent and sibling are known), so every decoded
+# node hangs below a known or decoded parent.
+Known = tuple[np.ndarray, np.ndarray]
+
+
+def _keep_known(p: np.ndarray, at: np.ndarray, known: Known | None) -> None:
+    """Nodes ``at`` whose four-momenta are known take them (exactly)."""
+    if known is not None:
+        mask, p_known = known
+        k = at[mask[at]]
+        p[k] = p_known[k]
+
 
 def _features(tokenizer, tokens: np.ndarray) -> np.ndarray:
     return tokenizer.features_from_codes(tokenizer.vocab.code(np.asarray(tokens, np.int64)))
@@ -110,9 +123,12 @@ def decode_particles(tokenizer, tokens: np.ndarray, particle_mass: str = "pion")
     return p
 
 
-def decode_free(tokenizer, tokens: np.ndarray, topology: Topology) -> np.ndarray:
+def decode_free(
+    tokenizer, tokens: np.ndarray, topology: Topology, known: Known | None = None
+) -> np.ndarray:
     """Four-momenta (n, 4) of every node, each decoded relative to its decoded parent,
-    without conservation: level by level, so that a node's parent is decoded first."""
+    without conservation: level by level, so that a node's parent is decoded first.
+    ``known``: nodes that keep given four-momenta (see :func:`decode_physical`)."""
     _tree_only(tokenizer, "decode_free")
     f = _features(tokenizer, tokens)
     parent = topology.global_parent()
@@ -126,6 +142,7 @@ def decode_free(tokenizer, tokens: np.ndarray, topology: Topology) -> np.ndarray
             pt, y, phi, _ = pt_y_phi_m(p[parent[at]])
             ctx = np.column_stack([pt, y, phi])
         p[at] = F.invert(f[at], ctx)
+        _keep_known(p, at, known)
     return p
 
 
@@ -135,6 +152,7 @@ def decode_physical(
     trees: Topology,
     split_kinematics: str = "two-body",
     particle_mass: str = "pion",
+    known: Known | None = None,
 ) -> np.ndarray:
     """Four-momenta (n, 4) of every node, top-down, with four-momentum conservation.
 
@@ -154,6 +172,9 @@ def decode_physical(
     - ``share``: the mismatch parent - (left + right) is shared in proportion to the
       children's energies, which passes a parent's excess mass to its children: particles
       come out massive and some spacelike (kept to compare with earlier results).
+
+    ``known``: nodes that keep given four-momenta (a real jet's prefix); the subtrees below
+    them are decoded relative to them.
     """
     if split_kinematics not in SPLIT_KINEMATICS:
         raise SettingError(f"split kinematics must be one of {SPLIT_KINEMATICS}")
@@ -172,11 +193,12 @@ def decode_physical(
         floor = trees.leaves_below() * leaf_mass
         # below its floor a pseudojet takes the mass of its decoded particles instead, so
         # that it keeps their opening rather than decaying at rest into a collinear blob
-        mass_below = _decoded_particles_mass(tokenizer, tokens, trees, leaf_mass)
+        mass_below = _decoded_particles_mass(tokenizer, tokens, trees, leaf_mass, known)
         root_mass = _child_mass(
             p[roots], trees.left[roots] < 0, floor[roots], leaf_mass, mass_below[roots]
         )
         p[roots] = with_mass(p[roots], root_mass)
+    _keep_known(p, roots, known)
     internal = np.flatnonzero(trees.left >= 0)
     depth = trees.depth
     for d in range(int(depth.max(initial=0))):
@@ -199,6 +221,7 @@ def decode_physical(
             w = pl[:, 3] / np.maximum(pl[:, 3] + pr[:, 3], 1e-12)
             p[li] = pl + w[:, None] * delta
             p[ri] = pr + (1 - w)[:, None] * delta
+        _keep_known(p, np.concatenate([li, ri]), known)
     return p
 
 
@@ -210,12 +233,12 @@ def _child_mass(p, is_leaf, floor, leaf_mass, mass_below) -> np.ndarray:
 
 
 def _decoded_particles_mass(
-    tokenizer, tokens: np.ndarray, trees: Topology, leaf_mass: float
+    tokenizer, tokens: np.ndarray, trees: Topology, leaf_mass: float, known: Known | None
 ) -> np.ndarray:
     """Per node, the invariant mass of its particles as decoded without conservation (each
     node relative to its decoded parent) and given ``leaf_mass``: at least the floor, and
     with the decoded openings."""
-    free = decode_free(tokenizer, tokens, trees)
+    free = decode_free(tokenizer, tokens, trees, known)
     leaf = trees.left < 0
     total = np.zeros_like(free)
     total[leaf] = with_mass(free[leaf], np.full(int(leaf.sum()), leaf_mass))
