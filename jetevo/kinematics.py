@@ -21,6 +21,7 @@ JET_R = 0.8
 SOFT_DROP_ZCUT = 0.1
 SOFT_DROP_BETA = 0.0
 ALL_IN_ONE_R = 100.0
+TOP_MASS = 172.5  # GeV: the centre of the jet-mass window tagger
 
 
 def eta_of(px, py, pz):
