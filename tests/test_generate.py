@@ -224,3 +224,38 @@ def test_a_bad_setting_leaves_the_older_sample_alone(model_ckpt, tmp_path):
     with pytest.raises(SettingError, match="root tokens"):
         generate(model_ckpt, 5, out, root_tokens=[10**6], progress=False)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_shards_make_one_sample_in_one_folder(model_ckpt, tmp_path, capsys):
+    """N processes with --shard K/N: disjoint entries covering the run, their own seed
+    streams and files, one folder that evaluate reads as one sample; a folder never mixes
+    shards of two runs, and a whole run replaces them."""
+    out = tmp_path / "g"
+    for k in range(3):
+        assert main(["generate", "--ckpt", str(model_ckpt), "--n-jets", "20", "--out", str(out),
+                     "--seed", "5", "--shard", f"{k}/3", "--quiet"]) == 0  # fmt: skip
+        assert f"summary-s{k:04d}of0003.json" in capsys.readouterr().out
+    trees = load(out)
+    assert sorted(np.asarray(trees.entry).tolist()) == list(range(20))
+    summaries = [json.loads((out / f"summary-s{k:04d}of0003.json").read_text()) for k in range(3)]
+    assert [s["n_written"] for s in summaries] == [6, 7, 7]
+    assert len({s["shard_seed"] for s in summaries}) == 3
+    assert all(s["run"] == summaries[0]["run"] for s in summaries)
+    # a shard rerun replaces its own files only, and reproduces them
+    first = sorted(out.glob("generated-s0000of0003.*"))
+    before = [p.read_bytes() for p in first]
+    generate(model_ckpt, 20, out, seed=5, shard="0/3", progress=False)
+    assert [p.read_bytes() for p in sorted(out.glob("generated-s0000of0003.*"))] == before
+    assert len(load(out)) == 20
+    # another run's shard in this folder is refused, before anything is removed
+    with pytest.raises(InputError, match="other settings"):
+        generate(model_ckpt, 20, out, seed=6, shard="1/3", progress=False)
+    assert len(load(out)) == 20
+    for bad in ("3/3", "1", "a/2", "-1/2"):
+        with pytest.raises(SettingError, match="--shard"):
+            generate(model_ckpt, 20, out, shard=bad, progress=False)
+    with pytest.raises(SettingError, match="gets no jets"):
+        generate(model_ckpt, 2, out, shard="0/3", progress=False)
+    # a whole run replaces every shard
+    generate(model_ckpt, 4, out, seed=5, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["generated.0000.trees.parquet", "summary.json"]

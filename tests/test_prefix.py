@@ -169,3 +169,14 @@ def test_a_prefix_longer_than_the_model_is_a_counted_skip(
     assert pa.types.is_integer(
         pq.read_schema(tmp_path / "g" / s["files"][0]).field("completion").type
     )
+
+
+def test_sharded_prefix_runs_split_the_prefix_jets(tree_ckpt, top_tokens, tmp_path):
+    kw = dict(prefix=[top_tokens], prefix_depth=1, completions=2, seed=2, progress=False)
+    for k in range(2):
+        generate(tree_ckpt, 7, tmp_path / "g", shard=f"{k}/2", **kw)
+    out = load(tmp_path / "g")
+    real = load(top_tokens)[:7]
+    assert sorted(np.asarray(out.entry).tolist()) == sorted(
+        np.repeat(np.asarray(real.entry), 2).tolist()
+    )

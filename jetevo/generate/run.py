@@ -44,7 +44,7 @@ from jetevo.tokenize.resolution import Resolution, code_log_z
 from jetevo.trees.format import JetColumns, Topology
 from jetevo.trees.writer import ShardedTreeWriter, tree_table
 
-GENERATED = re.compile(r"generated\.\d{4,}\.trees\.parquet")
+GENERATED = re.compile(r"generated(-s\d{4,}of\d{4,})?\.\d{4,}\.trees\.parquet")
 
 
 class GenerationError(JetevoError):
@@ -133,22 +133,75 @@ def _check_settings(
         raise SettingError("--device cuda requested but no CUDA device is available")
 
 
-def _output_folder(path) -> Path:
-    """The output folder, emptied of an earlier generate run's outputs (so that a failed run
-    never leaves older jets to be read as new); refused if it holds other tree files."""
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` of a large production (``--shard K/N``): its own share of
+    the jets (and entries), its own seed stream, and its own files in the shared folder."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        k, sep, n = text.partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
+            raise SettingError(f"--shard takes K/N with 0 <= K < N, got {text!r}")
+        return cls(int(k), int(n))
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    @property
+    def stem(self) -> str:
+        return "generated" if self.whole else f"generated-s{self.index:04d}of{self.count:04d}"
+
+    @property
+    def summary(self) -> str:
+        return "summary.json" if self.whole else f"summary-s{self.index:04d}of{self.count:04d}.json"
+
+    def share(self, n: int) -> tuple[int, int]:
+        """This shard's [start, stop) of ``n`` items (shares differ by at most one)."""
+        return self.index * n // self.count, (self.index + 1) * n // self.count
+
+    def seed(self, seed: int) -> int:
+        """The run's seed for one process; a shard's own stream from it (disjoint streams)."""
+        if self.whole:
+            return seed
+        state = np.random.SeedSequence(seed).spawn(self.count)[self.index].generate_state(2)
+        return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
+def _output_folder(path, shard: Shard, run: dict) -> Path:
+    """The output folder, emptied of this shard's (or an unsharded run's) earlier outputs, so
+    that a failed run never leaves older jets to be read as new; refused if it holds other
+    tree files, or shards of a run with other settings (``run``)."""
     out = ensure_writable_dir(path)
-    remove_stale_temporaries(out)
+    remove_stale_temporaries(out, f"{shard.stem}.*")
     others = sorted(f.name for f in out.glob("*.parquet") if not GENERATED.fullmatch(f.name))
-    summary = out / "summary.json"
-    if others or (summary.exists() and "n_requested" not in _read_json(summary)):
+    summaries = sorted(out.glob("summary*.json"))
+    foreign = [f.name for f in summaries if "n_requested" not in _read_json(f)]
+    if others or foreign:
         raise InputError(
             out,
-            f"holds files not written by jetevo generate ({', '.join(others[:3]) or 'summary.json'}"
+            f"holds files not written by jetevo generate ({', '.join((others + foreign)[:3])}"
             "): use another --out",
         )
-    for f in out.glob("generated.*.trees.parquet"):
-        f.unlink()
-    summary.unlink(missing_ok=True)
+    if not shard.whole:
+        for f in summaries:
+            old = _read_json(f).get("run")
+            if f.name != shard.summary and f.name != "summary.json" and old != run:
+                raise InputError(
+                    f, "is a shard of a run with other settings: use another --out (or remove it)"
+                )
+    # a whole run replaces everything generated here; a shard, its own files and a whole run's
+    mine = ("generated*.trees.parquet", "summary*.json") if shard.whole else (
+        f"{shard.stem}.*.trees.parquet", shard.summary, "generated.*.trees.parquet", "summary.json"
+    )  # fmt: skip
+    for pattern in mine:
+        for f in out.glob(pattern):
+            if GENERATED.fullmatch(f.name) or f.suffix == ".json":
+                f.unlink()
     return out
 
 
@@ -237,6 +290,7 @@ def generate(
     prefix_depth: int | None = None,
     prefix_nodes: int | None = None,
     completions: int = 1,
+    shard: Shard | str | None = None,
     progress: bool = True,
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
@@ -256,6 +310,11 @@ def generate(
     ``completions`` times (:mod:`jetevo.generate.prefix`); ``n_jets`` then caps the number
     of prefix jets (None: all). A prefix jet whose kept part alone does not fit the model's
     context is skipped and counted (``prefix_too_long``).
+
+    ``shard``: :class:`Shard` (or ``"K/N"``): this process makes shard K of N of the run, its
+    share of the jets (entries numbered across the whole run; with ``prefix``, its share of
+    the prefix jets), from its own seed stream, into files and a summary of its own in the
+    shared ``out_dir`` (``generated-sKKKKofNNNN.*``, ``summary-sKKKKofNNNN.json``).
 
     Batches are started with ~12% headroom for runaway jets; complete trees beyond
     ``n_jets`` are not written and counted as ``surplus``. Runaway jets (stopped by
@@ -283,10 +342,11 @@ def generate(
         )
     cfg = model.cfg
     roots_given, root_y = _root_tokens(tok, cfg.vocab.n_node_tokens, root_tokens, root)
-    prefix_jets = None if prefix is None else read_prefix(prefix, tok, n_jets)
+    shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
+    prefix_jets, lo, hi = _this_share(shard, prefix, tok, n_jets)
 
-    generator = torch.Generator(device).manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device).manual_seed(shard.seed(seed))
+    rng = np.random.default_rng(shard.seed(seed))
     res = resolution_for(model, tok, resolution and not flat)
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
     bigram = count_baselines(model, ckpt) if baseline == "bigram" else None
@@ -294,7 +354,6 @@ def generate(
         limit_nodes = particle_limit(cfg.max_len, max_nodes)
     else:
         limit_nodes = node_limit(cfg.max_len, max_nodes)
-    out = _output_folder(out_dir)  # only once every setting is known to be usable
     settings = {
         "generator": baseline or ("flat transformer" if flat else "transformer"),
         "resolution_pt": None if scale is None else float(np.exp(scale)),
@@ -314,6 +373,11 @@ def generate(
             prefix=[str(f) for f in prefix_jets.files], prefix_depth=prefix_depth,
             prefix_nodes=prefix_nodes, completions=completions,
         )  # fmt: skip
+    # what every shard of one run shares (a folder never mixes shards of two runs)
+    run = {"model": str(ckpt), "n_jets": n_jets, "shards": shard.count, **settings}
+    if not shard.whole:
+        settings.update(shard=[shard.index, shard.count], shard_seed=shard.seed(seed))
+    out = _output_folder(out_dir, shard, run)  # only once every setting is known to be usable
     meta = {
         "algorithm": "generated",
         "model": str(ckpt),
@@ -330,7 +394,7 @@ def generate(
     counts = dict.fromkeys(("written", "attempted", "runaway", "empty", "surplus", "nodes",
                             "resolved", "prefix_too_long"), 0)  # fmt: skip
     if prefix_jets is None:
-        requested = int(n_jets or 0)
+        requested = hi - lo
     else:
         requested = len(prefix_jets) * completions
     limit = int(np.ceil(max_attempts * requested))
@@ -340,11 +404,11 @@ def generate(
         from tqdm import tqdm
 
         bar = tqdm(total=requested, unit="jet", desc="generate")
-    writer = ShardedTreeWriter(out, "generated", shard_size)
+    writer = ShardedTreeWriter(out, shard.stem, shard_size)
     try:
         with writer:
             if prefix_jets is None:
-                _sample_unconditional(plan, requested, batch_size, limit, writer, counts, bar)
+                _sample_unconditional(plan, requested, lo, batch_size, limit, writer, counts, bar)
             else:
                 pairs = _PrefixPairs(prefix_jets, completions, prefix_depth, prefix_nodes)
                 _sample_completions(plan, pairs, batch_size, limit, writer, counts, bar)
@@ -360,8 +424,39 @@ def generate(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
+    summary = _summary(counts, requested, seconds, device, files, settings)
+    if prefix_jets is not None:
+        summary.update(prefix_jets=len(prefix_jets), prefix_too_long=counts["prefix_too_long"])
+    if not shard.whole:
+        summary["run"] = run
+    write_json(out / shard.summary, summary, indent=1)
+    expected = requested - counts["prefix_too_long"] * completions
+    if counts["written"] < expected:
+        raise GenerationError(
+            f"{out / shard.summary}: only {counts['written']} of {expected} jets complete after "
+            f"{counts['attempted']} attempts; "
+            f"{counts['runaway']} runaway jets hit the limit of {limit_nodes}"
+            + (f", {counts['empty']} ended before a particle" if counts["empty"] else "")
+        )
+    return summary
+
+
+def _this_share(shard: Shard, prefix, tokenizer, n_jets: int | None):
+    """The prefix jets (None without a prefix) and the [lo, hi) of the jets (or prefix jets)
+    this shard makes; refused in one line when it gets none."""
+    prefix_jets = None if prefix is None else read_prefix(prefix, tokenizer, n_jets)
+    lo, hi = shard.share(int(n_jets or 0) if prefix_jets is None else len(prefix_jets))
+    if hi <= lo:
+        raise SettingError(f"--shard {shard.index}/{shard.count}: this shard gets no jets")
+    if prefix_jets is not None and not shard.whole:
+        prefix_jets = prefix_jets.select(np.arange(lo, hi))
+    return prefix_jets, lo, hi
+
+
+def _summary(counts: dict, requested: int, seconds: float, device: str, files, settings) -> dict:
+    """The run's accounting (``summary.json``)."""
     written, attempted, nodes = counts["written"], counts["attempted"], counts["nodes"]
-    summary = {
+    return {
         "n_requested": requested,
         "n_written": written,
         "attempted": attempted,
@@ -379,27 +474,17 @@ def generate(
         "files": files,
         **settings,
     }
-    if prefix_jets is not None:
-        summary.update(prefix_jets=len(prefix_jets), prefix_too_long=counts["prefix_too_long"])
-    write_json(out / "summary.json", summary, indent=1)
-    expected = requested - counts["prefix_too_long"] * completions
-    if written < expected:
-        raise GenerationError(
-            f"{out / 'summary.json'}: only {written} of {expected} jets complete after {attempted} attempts; "
-            f"{counts['runaway']} runaway jets hit the limit of {limit_nodes}"
-            + (f", {counts['empty']} ended before a particle" if counts["empty"] else "")
-        )
-    return summary
 
 
-def _sample_unconditional(plan, n_jets, batch_size, limit, writer, counts, bar) -> None:
-    """Batches of new jets until ``n_jets`` are written or ``limit`` attempts are spent."""
+def _sample_unconditional(plan, n_jets, first_entry, batch_size, limit, writer, counts, bar):
+    """Batches of new jets (entries from ``first_entry``) until ``n_jets`` are written or
+    ``limit`` attempts are spent."""
     while counts["written"] < n_jets and counts["attempted"] < limit:
         need = n_jets - counts["written"]
         # headroom for runaway jets, so that a small refill batch (with its own long
         # tail of steps) is rarely needed; complete jets beyond the request are counted
         b = min(batch_size, limit - counts["attempted"], need + need // 8 + 4)
-        table, done = _generate_batch(plan, b, need, counts["written"])
+        table, done = _generate_batch(plan, b, need, first_entry + counts["written"])
         if table is not None:
             writer.write(table)
         for k, v in done.items():

@@ -34,11 +34,13 @@ def temporary_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, names: str = "*") -> list[Path]:
     """Remove the temporary files that a killed jetevo process (``kill -9``, a node
-    failure) left in ``folder``: those of :func:`atomic_path` whose process is gone."""
+    failure) left in ``folder``: those of :func:`atomic_path` whose process is gone, of the
+    final names matching ``names`` (a process on another node sharing the folder looks gone
+    from here: a shard only clears its own names)."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(f".{names}.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         if not pid.isdigit() or _alive(int(pid)):
             continue
