@@ -8,7 +8,7 @@ DEMO_JETS ?= 1000
 DEMO_GEN_JETS ?= 1000
 WORKERS ?= 2
 
-.PHONY: venv test lint demo compare bench bench-memory fuzz clean
+.PHONY: venv test lint demo compare study-tagging bench bench-memory fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ demo: $(STAMP)
 		--train $(DEMO_DIR)/tokens/TTBar_000.0000.trees.parquet --val $(DEMO_DIR)/tokens/ZJetsToNuNu_000.0001.trees.parquet
 	$(BIN)/jetevo evaluate-splits --ckpt $(DEMO_DIR)/model/finetune/model.ckpt \
 		--tokens $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet --json $(DEMO_DIR)/model/splits.json
+	# fidelity as a likelihood: the exact log P(tree) of every held-out top
+	$(BIN)/jetevo score --ckpt $(DEMO_DIR)/model/finetune/model.ckpt \
+		--tokens $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet --out $(DEMO_DIR)/model/scores.parquet
 	# generation: top jets from the fine-tuned model, compared with the held-out simulated tops
 	$(BIN)/jetevo generate --ckpt $(DEMO_DIR)/model/finetune/model.ckpt --n-jets $(DEMO_GEN_JETS) --seed 1 \
 		--out $(DEMO_DIR)/generated --quiet
@@ -62,12 +65,25 @@ demo: $(STAMP)
 		--baseline bigram --out $(DEMO_DIR)/generated_bigram --quiet
 	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated_bigram --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
 		--out $(DEMO_DIR)/evaluate_bigram_massless --massless --no-plots
+	# evolving real jets: held-out tops kept down to depth 2, the rest sampled (2 completions each)
+	$(BIN)/jetevo generate --ckpt $(DEMO_DIR)/model/finetune/model.ckpt --prefix $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet \
+		--prefix-depth 2 --completions 2 --seed 1 --out $(DEMO_DIR)/completions --quiet
+	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/completions --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
+		--out $(DEMO_DIR)/evaluate_completions_massless --massless --no-plots
 
 # head-to-head of the tree model, the flat (OmniJet-alpha) baseline and the bigram reference
 # (demo: ~10 minutes on 2 cores; COMPARE_PROFILE=medium: ~1 hour, docs/results/compare_modes.md)
 COMPARE_PROFILE ?= demo
 compare: $(STAMP)
 	$(BIN)/python scripts/compare_modes.py --profile $(COMPARE_PROFILE) --out compare_$(COMPARE_PROFILE) --workers $(WORKERS)
+
+# likelihood-ratio top tagging (tree and flat models vs mass window, tau32, histogram LR,
+# gradient boosting), then the completions of held-out tops by depth (calibration,
+# sharpness); ~20 minutes on 2 cores, docs/results/likelihood_tagging.md and evolution.md
+study-tagging: $(STAMP)
+	$(BIN)/python scripts/study_likelihood_tagging.py --profile quick --out tagging_quick --workers $(WORKERS)
+	$(BIN)/python scripts/study_evolution.py --ckpt tagging_quick/tree/model/top/model.ckpt \
+		--heldout tagging_quick/trees/jetclass/TTBar_002.trees.parquet --out evolution_quick
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_recluster.py

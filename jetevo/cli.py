@@ -37,7 +37,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def add_recluster_options(p: argparse.ArgumentParser) -> None:
     """The options that make a :class:`~jetevo.trees.recluster.ReclusterConfig` and shard the
-    output: ``jetevo recluster`` and ``cluster/recluster_dask.py`` share them."""
+    output: ``jetevo recluster`` and the launchers in ``cluster/`` share them."""
     from jetevo.kinematics import JET_R
     from jetevo.trees.recluster import ON_SPLIT, PRECISIONS, SCHEMES
 
@@ -65,10 +65,31 @@ def recluster_config(args: argparse.Namespace):
     )
 
 
+def _dask_setting(args: argparse.Namespace) -> str | None:
+    """The Dask setting of ``--dask local[:N]`` or ``--dask-scheduler ADDRESS`` (at most one,
+    each of its own kind); :func:`~jetevo.trees.run.recluster_files` checks the rest."""
+    from jetevo.trees.run import LOCAL_DASK
+
+    if args.dask is not None and args.dask_scheduler is not None:
+        raise SettingError("--dask and --dask-scheduler exclude each other: give one")
+    if args.dask is not None and not LOCAL_DASK.fullmatch(args.dask):
+        raise SettingError(
+            f"--dask takes local or local:N, got {args.dask!r}; "
+            "for a running scheduler use --dask-scheduler ADDRESS"
+        )
+    if args.dask_scheduler is not None and LOCAL_DASK.fullmatch(args.dask_scheduler):
+        raise SettingError(
+            f"--dask-scheduler takes a scheduler address (tcp://HOST:8786), got "
+            f"{args.dask_scheduler!r}; for a LocalCluster use --dask local:N"
+        )
+    return args.dask if args.dask is not None else args.dask_scheduler
+
+
 def _recluster(args: argparse.Namespace) -> None:
     from jetevo.runtime import stdout_to_stderr
     from jetevo.trees.run import DEFAULT_CHUNK_SIZE, SUMMARY_KEYS, recluster_files
 
+    dask = _dask_setting(args)
     with stdout_to_stderr():  # stdout carries the summary line only (FastJet's banner: stderr)
         summary = recluster_files(
             args.inputs,
@@ -78,6 +99,7 @@ def _recluster(args: argparse.Namespace) -> None:
             chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size,
             shard_size=args.shard_size,
             progress=not args.quiet,
+            dask=dask,
         )
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 
@@ -187,7 +209,7 @@ def _floats(text: str, n: int, what: str) -> list[float]:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from jetevo.generate.run import format_summary, generate
+    from jetevo.generate.run import Shard, format_summary, generate
 
     roots = None
     if args.root_tokens:
@@ -203,9 +225,12 @@ def _generate(args: argparse.Namespace) -> None:
         top_k=args.top_k, seed=args.seed, device=args.device, max_nodes=args.max_nodes,
         root_tokens=roots, root=root, tokenizer=args.tokenizer,
         split_kinematics=args.split_kinematics, particle_mass=args.particle_mass,
-        baseline=args.baseline, resolution=not args.no_resolution, progress=not args.quiet,
+        baseline=args.baseline, resolution=not args.no_resolution, prefix=args.prefix,
+        prefix_depth=args.prefix_depth, prefix_nodes=args.prefix_nodes,
+        completions=args.completions, shard=args.shard, progress=not args.quiet,
     )  # fmt: skip
-    print(f"{format_summary(s)}; {args.out}/summary.json")
+    name = "summary.json" if "shard" not in s else Shard(*s["shard"]).summary
+    print(f"{format_summary(s)}; {args.out}/{name}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -259,6 +284,16 @@ def _recluster_parser(sub) -> None:
     )
     add_recluster_options(p)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--dask", metavar="local[:N]",
+        help="run the shards as Dask tasks on a LocalCluster of N one-thread worker processes "
+        "(default: one per core); needs jetevo[cluster]",
+    )  # fmt: skip
+    p.add_argument(
+        "--dask-scheduler", metavar="ADDRESS",
+        help="run the shards as Dask tasks on a running scheduler (tcp://HOST:8786); "
+        "needs jetevo[cluster]",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_recluster)
 
@@ -349,7 +384,10 @@ def _train_parsers(sub) -> None:
 def _generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate jets as declustering trees from a trained model")
     p.add_argument("--ckpt", required=True, help="model.ckpt from jetevo train")
-    p.add_argument("--n-jets", type=int, required=True)
+    p.add_argument(
+        "--n-jets", type=int,
+        help="jets to generate (with --prefix: the number of prefix jets to use, default all)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (tree Parquet + summary.json)")
     p.add_argument(
         "--batch-size", type=int, default=1024, help="jets sampled together (default 1024)"
@@ -377,6 +415,24 @@ def _generate_parser(sub) -> None:
     p.add_argument(
         "--no-resolution", action="store_true",
         help="do not turn pseudojets below the checkpoint's resolution scale into particles",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefix", nargs="+",
+        help="tree or token files of real jets to continue (tree-mode models)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefix-depth", type=int, help="keep each prefix jet's splits above this depth"
+    )
+    p.add_argument(
+        "--prefix-nodes", type=int, help="keep each prefix jet's first N expansions instead"
+    )
+    p.add_argument(
+        "--completions", type=int, default=1, help="completions per prefix jet (default 1)"
+    )
+    p.add_argument(
+        "--shard", metavar="K/N",
+        help="make shard K of N of the run (its share of the jets, its own seed stream and "
+        "files); N such processes fill one folder with one sample",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)

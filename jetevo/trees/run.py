@@ -1,4 +1,4 @@
-"""File-level reclustering: shards, worker processes, resume, atomic outputs, summary.
+"""File-level reclustering: shards, executors, resume, atomic outputs, summary.
 
 Each input file is cut into shards of ``shard_size`` jets; each shard becomes one Parquet
 file written under a temporary name and renamed when complete, so an existing output is
@@ -9,19 +9,30 @@ A run folder remembers what its run was started with (``recluster_run.json``: se
 shard size, inputs); a rerun resumes only the same run, and refuses a folder holding tree
 files of another. A shard that fails (a damaged file) is reported in ``summary.json`` with
 its reason while every other shard is still written, with one worker or many.
+
+The executor (this process, a pool of worker processes, or Dask tasks on a LocalCluster or
+a running scheduler) is the only thing that differs between runs: every one runs
+:func:`run_shard` on the same planned shards, so their outputs are byte-identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
+import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -40,6 +51,9 @@ from jetevo.trees.recluster import (
 from jetevo.trees.writer import TreeFileWriter
 
 RUN_FILE = "recluster_run.json"
+# attempts of a failing shard on Dask after the first (a damaged file fails them all; a
+# flaky network file system may not)
+DASK_RETRIES = 2
 # jets per FastJet call: large enough that per-call costs vanish, small enough that the
 # pipeline's last chunk (built and written after FastJet is done) is a small part of a shard
 DEFAULT_CHUNK_SIZE = 5_000
@@ -190,12 +204,16 @@ def _run_pipelined(chunks, cfg: ReclusterConfig, finish, collect) -> None:
             collect(pending.popleft().result())
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a SLURM or container CPU set), not the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def pipeline_pays(workers: int) -> bool:
     """The threaded pipeline of :func:`process_shard` uses idle cores; without any, running
-    the steps one after another costs less CPU. Cores are those this process may run on
-    (a SLURM or container CPU set), not the machine's."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return workers < (cores or 1)
+    the steps one after another costs less CPU."""
+    return workers < available_cores()
 
 
 def _shard_counts(path: Path) -> Counter:
@@ -212,11 +230,19 @@ def recluster_files(
     shard_size: int = 100_000,
     progress: bool = True,
     pipeline: bool | None = None,
+    dask: Any = None,
+    retries: int = DASK_RETRIES,
 ) -> dict:
     """Recluster JetClass/AOJ files into tree files in ``out_dir``; write and return the summary.
 
+    The shards run one after another (``workers=1``), in a pool of ``workers`` processes,
+    or as Dask tasks: ``dask`` is ``"local"``/``"local:N"`` (a LocalCluster of N one-thread
+    worker processes), a scheduler address, or a ``distributed.Client``; a failing task is
+    retried ``retries`` times. Only the executor differs: the same shards, the same
+    :func:`run_shard`, the same outputs, resume rules and summary.
+
     ``pipeline``: whether each worker runs the threaded pipeline of :func:`process_shard`;
-    None chooses it while cores outnumber workers (:func:`pipeline_pays`).
+    None chooses it while cores outnumber this machine's workers (:func:`pipeline_pays`).
     """
     from tqdm import tqdm
 
@@ -227,47 +253,197 @@ def recluster_files(
     ):
         if value < 1:
             raise SettingError(f"{name} must be at least 1, got {value}")
+    if retries < 0:
+        raise SettingError(f"retries must be at least 0, got {retries}")
+    if dask is not None:
+        _check_dask_setting(dask, workers)
     cfg = cfg or ReclusterConfig()
     run = prepare_run(inputs, out_dir, cfg, shard_size)
-    todo = run.todo
-
-    t0 = time.perf_counter()
-    bar = tqdm(
-        total=sum(s.stop - s.start for s in todo),
-        unit="jet",
-        disable=not progress or not todo,
-        file=sys.stderr,
-        desc="recluster",
-    )
-
-    def pipelined(n_workers: int) -> bool:
-        return pipeline_pays(n_workers) if pipeline is None else pipeline
-
     new: Counter = Counter()
     failures = list(run.failures)
-    if workers <= 1 or len(todo) <= 1:
-        for s in todo:
-            counts, failure = try_shard(s, cfg, chunk_size, bar.update, pipelined(1))
-            new.update(counts)
-            failures += failure
-    else:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(try_shard, s, cfg, chunk_size, None, pipelined(workers)): s
-                for s in todo
-            }
-            for fut in as_completed(futures):
-                counts, failure = fut.result()
-                new.update(counts)
-                failures += failure
-                bar.update(futures[fut].stop - futures[fut].start)
-    bar.close()
-    wall = time.perf_counter() - t0
+    with _executor(workers, dask, retries, run.todo) as executor:
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=sum(s.stop - s.start for s in run.todo),
+            unit="jet",
+            disable=not progress or not run.todo,
+            file=sys.stderr,
+            desc="recluster",
+        )
+        use_pipeline = executor.pipeline if pipeline is None else pipeline
+        work = partial(run_shard, cfg=cfg, chunk_size=chunk_size, pipeline=use_pipeline)
+        finished = 0
+        for shard, outcome in executor.results(work, run.todo, bar.update):
+            finished += shard.stop - shard.start
+            bar.update(finished - bar.n)  # the serial executor has counted chunk by chunk
+            if isinstance(outcome, BaseException):
+                failures.append(failure_record(shard, outcome))
+            else:
+                new.update(outcome)
+        bar.close()
+        wall = time.perf_counter() - t0
+        slots = executor.slots() if isinstance(executor, _Dask) else workers
+    remove_stale_temporaries(run.out)  # those of a worker killed mid-shard, whose retry wrote
     return write_summary(
-        run.out, cfg, run.files, run.shards, len(run.shards) - len(todo), new["jets_read"],
-        workers, wall, failures,
+        run.out, cfg, run.files, run.shards, len(run.shards) - len(run.todo), new["jets_read"],
+        slots, wall, failures, executor.name,
     )  # fmt: skip
+
+
+def _call(fn, *args, **kwargs):
+    """``fn``'s result, or the exception it raised (to be reported, not to stop the run)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
+class _Serial:
+    """The shards one after another in this process; progress chunk by chunk."""
+
+    name = "serial"
+
+    def __init__(self) -> None:
+        self.pipeline = pipeline_pays(1)
+
+    def results(self, work, todo: list[Shard], progress) -> Iterator[tuple[Shard, object]]:
+        for s in todo:
+            yield s, _call(work, s, progress=progress)
+
+
+class _Pool:
+    """The shards in a pool of worker processes, as each completes."""
+
+    name = "processes"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pipeline = pipeline_pays(workers)
+
+    def results(self, work, todo: list[Shard], progress) -> Iterator[tuple[Shard, object]]:
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
+            futures = {pool.submit(work, s): s for s in todo}
+            for fut in as_completed(futures):
+                # a worker killed mid-shard breaks the pool: its shards are failures to rerun
+                yield futures.pop(fut), _call(fut.result)
+
+
+class _Dask:
+    """The shards as Dask tasks, as each completes. A task that raises is retried
+    ``retries`` times; one whose worker dies is rerun elsewhere by the scheduler (after
+    ``distributed.scheduler.allowed-failures`` deaths it ends as ``KilledWorker``: a
+    failure like any other)."""
+
+    name = "dask"
+
+    def __init__(self, client, local: int | None, retries: int) -> None:
+        self.client = client
+        self.retries = retries
+        # one task per one-thread worker: the pipeline pays only where this machine has
+        # more cores than the LocalCluster's workers (a remote worker's cores are unknown)
+        self.pipeline = pipeline_pays(local) if local else False
+
+    def slots(self) -> int:
+        return int(sum(self.client.nthreads().values()))
+
+    def results(self, work, todo: list[Shard], progress) -> Iterator[tuple[Shard, object]]:
+        from distributed import as_completed as completed
+
+        run = uuid.uuid4().hex[:8]  # task names unique to this run on a shared scheduler
+        futures = {
+            self.client.submit(
+                work, s, key=f"jetevo-recluster-{s.output.name}-{run}", retries=self.retries,
+                pure=False,
+            ): s
+            for s in todo
+        }  # fmt: skip
+        for fut in completed(list(futures)):
+            yield futures.pop(fut), _call(fut.result)
+
+
+@contextlib.contextmanager
+def _executor(workers: int, dask, retries: int, todo: list[Shard]):
+    """The executor of a run's shards: Dask if asked for (and there is work), else worker
+    processes if there are several workers and shards, else this process."""
+    if dask is not None and todo:
+        with dask_client(dask) as client:
+            yield _Dask(client, local_workers(dask) if isinstance(dask, str) else None, retries)
+    elif workers <= 1 or len(todo) <= 1:
+        yield _Serial()
+    else:
+        yield _Pool(workers)
+
+
+LOCAL_DASK = re.compile(r"local(?::(.*))?")
+
+
+def local_workers(setting: str) -> int | None:
+    """The worker processes of a LocalCluster setting, ``local`` (one per core this process
+    may use) or ``local:N``; None for anything else (a scheduler address)."""
+    m = LOCAL_DASK.fullmatch(setting)
+    if m is None:
+        return None
+    if m.group(1) is None:
+        return available_cores()
+    if not m.group(1).isdigit() or int(m.group(1)) < 1:
+        raise SettingError(
+            f"--dask {setting!r}: takes local or local:N, N at least 1 (worker processes)"
+        )
+    return int(m.group(1))
+
+
+def _dask_option(dask) -> str:
+    """The command-line option a ``dask`` setting comes from, to name it in errors."""
+    if not isinstance(dask, str):
+        return "a Dask client"
+    return "--dask" if LOCAL_DASK.fullmatch(dask) else "--dask-scheduler"
+
+
+def _check_dask_setting(dask, workers: int) -> None:
+    """Before any work: Dask's workers replace ``--workers``; a LocalCluster size is a number."""
+    if workers != 1:
+        raise SettingError(
+            f"--workers {workers} and {_dask_option(dask)} exclude each other: "
+            "with Dask its workers run the shards"
+        )
+    if isinstance(dask, str):
+        local_workers(dask)
+
+
+@contextlib.contextmanager
+def dask_client(dask) -> Iterator[Any]:
+    """A ``distributed.Client`` for a ``dask`` setting: a client given is used as is (and
+    left open); ``local``/``local:N`` starts a LocalCluster of one-thread worker processes,
+    closed after; anything else is a scheduler address to connect to. dask is imported
+    here only: jetevo works without the ``cluster`` extra."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SettingError(
+            f"{_dask_option(dask)} needs dask.distributed: pip install 'jetevo[cluster]'"
+        ) from None
+    if not isinstance(dask, str):
+        yield dask
+        return
+    n = local_workers(dask)
+    if n is not None:
+        # worker logs at CRITICAL: a failed shard's reason reaches summary.json; no
+        # dashboard, and the scheduler's HTTP routes on a free port (not a warning that
+        # another cluster holds 8787)
+        with LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.CRITICAL,
+        ) as cluster, Client(cluster) as client:  # fmt: skip
+            yield client
+        return
+    try:
+        client = Client(dask)  # timeout: dask's distributed.comm.timeouts.connect
+    except Exception as exc:  # a malformed address, nothing listening, a timeout
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SettingError(f"--dask-scheduler {dask}: cannot connect ({reason})") from None
+    with client:
+        yield client
 
 
 @dataclass
@@ -284,8 +460,7 @@ class Run:
 
 def prepare_run(inputs, out_dir, cfg: ReclusterConfig, shard_size: int) -> Run:
     """Plan a run into ``out_dir``: inputs, shards; refuse to resume another run's folder;
-    clear what killed processes left behind. ``jetevo recluster`` and the Dask launcher
-    share it."""
+    clear what killed processes left behind."""
     out = ensure_writable_dir(out_dir)
     remove_stale_temporaries(out)
     files = input_files(inputs)
@@ -382,19 +557,39 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(parts) or "an older record"
 
 
-def try_shard(
-    shard: Shard, cfg: ReclusterConfig, chunk_size: int, progress=None, pipeline: bool = True
-) -> tuple[Counter, list[dict]]:
-    """:func:`process_shard`, with a failure (a damaged input) returned as a record for the
-    summary instead of raised, so that every other shard is still written."""
+class ShardFailed(JetevoError):
+    """A shard's failure as its summary record: raised where the shard ran (so that Dask
+    retries it), always picklable whatever the original exception was."""
+
+    def __init__(self, record: dict):
+        self.record = record
+        super().__init__(record["reason"])
+
+    def __reduce__(self):
+        return (type(self), (self.record,))
+
+
+def run_shard(
+    shard: Shard, cfg: ReclusterConfig, chunk_size: int, pipeline: bool = True, progress=None
+) -> Counter:
+    """:func:`process_shard`, with any failure (a damaged input) raised as
+    :class:`ShardFailed`: the one callable that every executor runs."""
     try:
-        return process_shard(shard, cfg, chunk_size, progress, pipeline), []
+        return process_shard(shard, cfg, chunk_size, progress, pipeline)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, JetevoError) else f"{type(exc).__name__}: {exc}"
-        return Counter(), [
-            {"input": str(shard.source), "jets": [shard.start, shard.stop],
-             "output": shard.output.name, "reason": reason.splitlines()[0] if reason else ""}
-        ]  # fmt: skip
+        raise ShardFailed(failure_record(shard, exc)) from None
+
+
+def failure_record(shard: Shard, exc: BaseException) -> dict:
+    """The summary's record of a shard that failed: where it ran (:class:`ShardFailed`) or
+    around it (a worker that died, a lost scheduler)."""
+    if isinstance(exc, ShardFailed):
+        return exc.record
+    reason = str(exc) if isinstance(exc, JetevoError) else f"{type(exc).__name__}: {exc}"
+    return {
+        "input": str(shard.source), "jets": [shard.start, shard.stop],
+        "output": shard.output.name, "reason": reason.splitlines()[0] if reason else "",
+    }  # fmt: skip
 
 
 def write_summary(
@@ -407,13 +602,15 @@ def write_summary(
     workers: int,
     wall: float,
     failures: list[dict] | None = None,
+    executor: str = "serial",
 ) -> dict:
     """Write ``summary.json``; raise :class:`ReclusterFailed` after it if shards failed.
 
     Counts come from the outputs' own metadata, so resumed shards are reported too. Every
     jet read is accounted for as a written tree, a counted skip or a counted drop; the
     function refuses to write a summary where that does not add up. ``failures``: the
-    shards (or inputs) that could not be reclustered, each with its reason.
+    shards (or inputs) that could not be reclustered, each with its reason. ``executor``:
+    ``serial``, ``processes`` or ``dask`` (``workers``: Dask's worker threads).
     """
     failures = failures or []
     done = [s for s in shards if s.output.exists()]
@@ -447,6 +644,7 @@ def write_summary(
         "jets_this_run": jets_this_run,
         "resumed_shards": n_resumed,
         "workers": workers,
+        "executor": executor,
         "wall_s": round(wall, 3),
         "jets_per_s": round(jets_this_run / wall, 1) if wall > 0 and jets_this_run else None,
     }
