@@ -1,0 +1,219 @@
+"""Can the evolution of a jet be predicted? Held-out real jets kept down to depth K and
+completed M times by a tree model, against the real jets themselves, as K grows.
+
+    python scripts/study_evolution.py --ckpt MODEL --heldout TREES --out evolution
+
+For K = 0 (the real root alone: the jet's pT, η and mass kept), 1, 2, ... up to the jets'
+full depth (every completion is then the real jet), ``jetevo generate --prefix`` makes M
+completions of each of the first N held-out jets; an unconditional sample of N x M jets (in
+groups of M) is the reference that knows nothing of the jet. Every observable is computed
+from the particles by ``jetevo.evaluate.observables`` (massless: E = |p| in both, so no
+decoder-invented particle mass enters), the same code as for real jets. Per observable and
+K: the rank of the real value among its completions (a rank histogram and its KS distance
+from uniform: calibration) and the completions' spread and the correlation of their mean
+with the real value (sharpness), via :mod:`jetevo.evaluate.evolution`.
+
+Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/calibration.png``,
+``OUT/sharpness.png``, ``OUT/ranks.png`` and ``OUT/commands.sh``; generation stages resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+JETEVO = str(Path(sys.executable).with_name("jetevo"))
+OBSERVABLES = ("mass", "multiplicity", "tau21", "tau32", "zg", "rg")
+UNDEFINED = -1.0  # an observable a jet does not have (τ32 of two particles, z_g without a
+# soft-drop split) sits below every defined value, in the real jets and the completions alike
+
+
+def run(out: Path, done: Path, *args) -> None:
+    """One jetevo command, unless its output ``done`` exists; logged to commands.sh."""
+    if done.exists():
+        return
+    cmd = [JETEVO, *map(str, args)]
+    with (out / "commands.sh").open("a") as f:
+        f.write(shlex.join(["jetevo", *cmd[1:]]) + "\n")
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def jet_observables(trees) -> dict[str, np.ndarray]:
+    from jetevo.evaluate.observables import observables
+
+    obs, _, _ = observables(trees, massless=True)
+    return {k: np.where(np.isfinite(obs[k]), obs[k], UNDEFINED) for k in OBSERVABLES}
+
+
+def completions_by_jet(folder: Path, keys: list, m: int) -> tuple[np.ndarray, dict]:
+    """Observables of the completions arranged (jet, completion) in the order of ``keys``;
+    jets without all M completions (a prefix too long for the model) are masked out."""
+    from jetevo.trees.format import load
+
+    trees = load(folder)
+    obs = jet_observables(trees)
+    where = {k: i for i, k in enumerate(keys)}
+    jet = np.array(
+        [
+            where.get(k, -1)
+            for k in zip(trees["source"].to_list(), trees["entry"].to_list(), strict=True)
+        ]
+    )
+    completion = np.asarray(trees["completion"])
+    ok = jet >= 0
+    have = np.zeros((len(keys), m), bool)
+    have[jet[ok], completion[ok]] = True
+    out = {}
+    for k, v in obs.items():
+        a = np.full((len(keys), m), np.nan)
+        a[jet[ok], completion[ok]] = v[ok]
+        out[k] = a
+    return have.all(axis=1), out
+
+
+def analyse(real: dict, comp: dict, complete: np.ndarray, seed: int) -> dict:
+    from jetevo.evaluate.evolution import calibration
+
+    return {
+        k: calibration(real[k][complete], comp[k][complete], seed=seed) for k in OBSERVABLES
+    } | {"n_jets": int(complete.sum())}
+
+
+def plots(out: Path, results: dict, m: int) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = results["depths"]
+    x = [r["depth"] for r in ks]
+    uncond = results["unconditional"]
+    names = []
+    for fname, key, ylabel in (
+        ("calibration.png", "ks", "KS distance of the rank from uniform"),
+        ("sharpness.png", "correlation", "corr(real value, mean of completions)"),
+        ("spread.png", "spread_over_marginal", "completion spread / real-jet spread"),
+    ):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for i, obs in enumerate(OBSERVABLES):
+            y = [np.nan if r[obs][key] is None else r[obs][key] for r in ks]
+            line = ax.plot(x, y, marker="o", ms=3, label=obs)[0]
+            u = uncond[obs][key]
+            if u is not None:
+                ax.axhline(u, color=line.get_color(), ls=":", lw=0.8)
+            if key == "ks" and i == 0:
+                ax.plot(x, [r[obs]["ks_95"] for r in ks], color="grey", ls="--", lw=0.8,
+                        label="95% of uniform")  # fmt: skip
+        ax.set(xlabel="prefix depth K (levels of the real jet kept)", ylabel=ylabel)
+        ax.legend(fontsize=7, title="dotted: unconditional", title_fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=120)
+        plt.close(fig)
+        names.append(fname)
+    show = [r for r in ks if r["depth"] in (0, 1, 2, 4)] or ks[:4]
+    fig, axes = plt.subplots(len(OBSERVABLES), len(show), figsize=(2.4 * len(show), 1.6 * len(OBSERVABLES)),
+                             squeeze=False, sharex=True)  # fmt: skip
+    for j, r in enumerate(show):
+        for i, obs in enumerate(OBSERVABLES):
+            h = np.asarray(r[obs]["rank_histogram"], float)
+            axes[i][j].bar(np.arange(m + 1), h / h.sum() * (m + 1), width=1.0)
+            axes[i][j].axhline(1.0, color="k", lw=0.8)
+            axes[i][j].set_title(f"{obs}, K={r['depth']}", fontsize=7)
+            axes[i][j].tick_params(labelsize=6)
+    fig.supxlabel("rank of the real jet among its completions (density / uniform)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ranks.png", dpi=110)
+    plt.close(fig)
+    return [*names, "ranks.png"]
+
+
+def table(results: dict) -> str:
+    head = "| K | jets | " + " | ".join(f"{o} KS / corr" for o in OBSERVABLES) + " |"
+    rows = [head, "|---|---|" + "---|" * len(OBSERVABLES)]
+
+    def cell(r, o):
+        c = r[o]["correlation"]
+        return f"{r[o]['ks']:.3f} / " + ("–" if c is None else f"{c:.2f}")
+
+    for r in [*results["depths"], {**results["unconditional"], "depth": "uncond."}]:
+        rows.append(
+            f"| {r['depth']} | {r['n_jets']} | "
+            + " | ".join(cell(r, o) for o in OBSERVABLES)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    import awkward as ak
+
+    from jetevo.trees.format import load, tree_files
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", required=True, type=Path, help="a tree-mode model.ckpt")
+    ap.add_argument("--heldout", required=True, nargs="+", help="held-out tree or token files")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--n-jets", type=int, default=400)
+    ap.add_argument("--completions", type=int, default=15)
+    ap.add_argument("--depths", default="0,1,2,3,4,5,6,8,10",
+                    help="comma-separated K; the jets' full depth is always added")  # fmt: skip
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    m, n = args.completions, args.n_jets
+    record = out / "settings.json"
+    wanted = {"ckpt": str(args.ckpt.resolve()), "heldout": args.heldout, "n_jets": n,
+              "completions": m, "seed": args.seed}  # fmt: skip
+    if record.exists() and json.loads(record.read_text()) != wanted:
+        sys.exit(f"{record}: this folder holds another run's settings; use a new --out")
+    record.write_text(json.dumps(wanted, indent=1))
+    t0 = time.perf_counter()
+    real_trees = load(tree_files(args.heldout))[:n]
+    keys = list(zip(real_trees["source"].to_list(), real_trees["entry"].to_list(), strict=True))
+    real = jet_observables(real_trees)
+    full = int(ak.max(real_trees["depth"]))  # K = full: every node kept
+    depths = sorted({*(int(k) for k in args.depths.split(",") if int(k) < full), full})
+    common = ["--ckpt", args.ckpt, "--seed", args.seed, "--device", args.device, "--quiet"]
+    results: dict = {"depths": []}
+    for k in depths:
+        folder = out / f"depth_{k}"
+        run(out, folder / "summary.json", "generate", *common, "--prefix", *args.heldout,
+            "--prefix-depth", k, "--completions", m, "--n-jets", n, "--out", folder)  # fmt: skip
+        complete, comp = completions_by_jet(folder, keys, m)
+        results["depths"].append({"depth": k, **analyse(real, comp, complete, args.seed)})
+    folder = out / "unconditional"
+    run(out, folder / "summary.json", "generate", *common, "--n-jets", n * m, "--out", folder)
+    obs = jet_observables(load(folder))
+    uncond = {o: v[: n * m].reshape(n, m) for o, v in obs.items()}
+    results["unconditional"] = {"depth": None, **analyse(real, uncond, np.ones(n, bool), args.seed)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    results.update(
+        command=shlex.join(["python", "scripts/study_evolution.py", *sys.argv[1:]]),
+        commit=commit, settings=wanted, full_depth=full,
+        plots=plots(out, results, m), wall_seconds_this_call=round(time.perf_counter() - t0, 1),
+    )  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(
+        f"Commit `{commit}`: `{results['command']}`\n\n{n} held-out jets x {m} completions; "
+        "KS: distance of the real jet's rank among its completions from uniform (0 = "
+        f"calibrated; 95% of uniform samples stay below {results['depths'][0]['mass']['ks_95']:.3f}); "
+        "corr: correlation of the real value with the completions' mean.\n\n"
+        + table(results)
+        + "\n"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
