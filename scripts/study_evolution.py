@@ -13,6 +13,12 @@ K: the rank of the real value among its completions (a rank histogram and its KS
 from uniform: calibration) and the completions' spread and the correlation of their mean
 with the real value (sharpness), via :mod:`jetevo.evaluate.evolution`.
 
+What else could make a rank histogram lopsided: the tokenizer. Each real jet is therefore
+also decoded as a completion would be if the model had sampled the jet's own tokens: the
+kept nodes real, every node below depth K decoded from its real token (same decoding as
+generation). The rank of that *decoded* jet among the completions (``ks_decoded``) tests
+the model alone; the rank of the real jet tests model and tokenizer together.
+
 Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/calibration.png``,
 ``OUT/sharpness.png``, ``OUT/ranks.png`` and ``OUT/commands.sh``; generation stages resume.
 """
@@ -79,12 +85,36 @@ def completions_by_jet(folder: Path, keys: list, m: int) -> tuple[np.ndarray, di
     return have.all(axis=1), out
 
 
-def analyse(real: dict, comp: dict, complete: np.ndarray, seed: int) -> dict:
-    from jetevo.evaluate.evolution import calibration
+def decoded_real(prefix, tokenizer, depth: int) -> dict[str, np.ndarray]:
+    """Observables of the real jets with every node below ``depth`` decoded from its own
+    token (the kept nodes real), as generation decodes a completion."""
+    import awkward as ak
 
-    return {
-        k: calibration(real[k][complete], comp[k][complete], seed=seed) for k in OBSERVABLES
-    } | {"n_jets": int(complete.sum())}
+    from jetevo.tokenize.decode import decode_physical
+
+    t = prefix.topology
+    known = (t.depth <= depth, prefix.p)
+    p = decode_physical(tokenizer, prefix.token, t, known=known)
+    counts = np.diff(t.offsets)
+    cols = {k: p[:, i] for i, k in enumerate(("px", "py", "pz", "E"))}
+    cols.update(left=t.left, right=t.right, depth=t.depth)
+    trees = ak.zip({k: ak.unflatten(v, counts) for k, v in cols.items()}, depth_limit=1)
+    return jet_observables(trees)
+
+
+def analyse(real: dict, comp: dict, complete: np.ndarray, seed: int, decoded=None) -> dict:
+    from jetevo.evaluate.evolution import calibration, ks_uniform, ranks
+
+    out: dict = {"n_jets": int(complete.sum())}
+    for k in OBSERVABLES:
+        out[k] = calibration(real[k][complete], comp[k][complete], seed=seed)
+        if decoded is not None:
+            r = ranks(decoded[k][complete], comp[k][complete], np.random.default_rng(seed))
+            out[k]["ks_decoded"] = ks_uniform(r, comp[k].shape[1])
+            out[k]["rank_histogram_decoded"] = np.bincount(
+                r, minlength=comp[k].shape[1] + 1
+            ).tolist()
+    return out
 
 
 def plots(out: Path, results: dict, m: int) -> list[str]:
@@ -106,6 +136,9 @@ def plots(out: Path, results: dict, m: int) -> list[str]:
         for i, obs in enumerate(OBSERVABLES):
             y = [np.nan if r[obs][key] is None else r[obs][key] for r in ks]
             line = ax.plot(x, y, marker="o", ms=3, label=obs)[0]
+            if key == "ks":  # the real jet's own tokens decoded: the model alone
+                yd = [r[obs].get("ks_decoded", np.nan) for r in ks]
+                ax.plot(x, yd, color=line.get_color(), ls="--", lw=0.9)
             u = uncond[obs][key]
             if u is not None:
                 ax.axhline(u, color=line.get_color(), ls=":", lw=0.8)
@@ -113,7 +146,8 @@ def plots(out: Path, results: dict, m: int) -> list[str]:
                 ax.plot(x, [r[obs]["ks_95"] for r in ks], color="grey", ls="--", lw=0.8,
                         label="95% of uniform")  # fmt: skip
         ax.set(xlabel="prefix depth K (levels of the real jet kept)", ylabel=ylabel)
-        ax.legend(fontsize=7, title="dotted: unconditional", title_fontsize=7)
+        title = "dotted: unconditional" + ("; dashed: decoded real jet" if key == "ks" else "")
+        ax.legend(fontsize=7, title=title, title_fontsize=7)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
@@ -136,12 +170,13 @@ def plots(out: Path, results: dict, m: int) -> list[str]:
 
 
 def table(results: dict) -> str:
-    head = "| K | jets | " + " | ".join(f"{o} KS / corr" for o in OBSERVABLES) + " |"
+    head = "| K | jets | " + " | ".join(f"{o} KS (decoded) / corr" for o in OBSERVABLES) + " |"
     rows = [head, "|---|---|" + "---|" * len(OBSERVABLES)]
 
     def cell(r, o):
-        c = r[o]["correlation"]
-        return f"{r[o]['ks']:.3f} / " + ("–" if c is None else f"{c:.2f}")
+        c, d = r[o]["correlation"], r[o].get("ks_decoded")
+        decoded = "" if d is None else f" ({d:.3f})"
+        return f"{r[o]['ks']:.3f}{decoded} / " + ("–" if c is None else f"{c:.2f}")
 
     for r in [*results["depths"], {**results["unconditional"], "depth": "uncond."}]:
         rows.append(
@@ -178,6 +213,11 @@ def main() -> None:
         sys.exit(f"{record}: this folder holds another run's settings; use a new --out")
     record.write_text(json.dumps(wanted, indent=1))
     t0 = time.perf_counter()
+    from jetevo.generate.prefix import read_prefix
+    from jetevo.model.checkpoint import load_model, model_tokenizer
+
+    tok = model_tokenizer(load_model(args.ckpt), args.ckpt)
+    prefix = read_prefix(args.heldout, tok, n)  # the real jets, their tokens as the model's
     real_trees = load(tree_files(args.heldout))[:n]
     keys = list(zip(real_trees["source"].to_list(), real_trees["entry"].to_list(), strict=True))
     real = jet_observables(real_trees)
@@ -190,7 +230,8 @@ def main() -> None:
         run(out, folder / "summary.json", "generate", *common, "--prefix", *args.heldout,
             "--prefix-depth", k, "--completions", m, "--n-jets", n, "--out", folder)  # fmt: skip
         complete, comp = completions_by_jet(folder, keys, m)
-        results["depths"].append({"depth": k, **analyse(real, comp, complete, args.seed)})
+        decoded = decoded_real(prefix, tok, k)
+        results["depths"].append({"depth": k, **analyse(real, comp, complete, args.seed, decoded)})
     folder = out / "unconditional"
     run(out, folder / "summary.json", "generate", *common, "--n-jets", n * m, "--out", folder)
     obs = jet_observables(load(folder))
