@@ -21,6 +21,7 @@ from jetevo.allocator import keep_freed_memory as keep_memory
 _LIGHTNING_BANNER_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.pytorch.accelerators.cuda",
+    "lightning.fabric.utilities.distributed",  # "Initializing distributed: ..." on every rank
 )
 # environment variables that carry the global rank, most specific first: torchrun sets RANK,
 # SLURM's srun SLURM_PROCID; LOCAL_RANK is the last resort (Lightning's own DDP launcher)

@@ -158,29 +158,39 @@ class TaggingStudy(Study):
         return out
 
 
-def model_llr(
-    scores: dict[str, Path],
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]], dict]:
-    """log P_top - log P_QCD per held-out jet, whether it is a top, its (source, entry), and
-    the mean log-likelihood per jet of each class under each model."""
+def model_llr(scores: dict[str, Path]) -> tuple[dict, np.ndarray, list[tuple[str, int]], dict]:
+    """log P_top - log P_QCD per held-out jet (and, for tree models, its root term alone and
+    its split terms alone: how much of the ratio the jet's pT and mass in the root token
+    carry), whether it is a top, its (source, entry), and the mean log-likelihood per jet
+    of each class under each model."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     def columns(path: Path):
-        t = pq.read_table(path, columns=["label", "source", "entry", "log_likelihood"])
+        t = pq.read_table(path)
         keys = list(zip(t["source"].to_pylist(), t["entry"].to_pylist(), strict=True))
         is_top = np.array(t["label"].to_pylist()) == "Tbqq"
-        return keys, is_top, t["log_likelihood"].to_numpy()
+        ll = t["log_likelihood"].to_numpy()
+        root = None
+        if "level_log_likelihood" in t.column_names:
+            root = pc.list_element(t["level_log_likelihood"], 0).to_numpy()
+        return keys, is_top, ll, root
 
-    (keys, is_top, ll_top), (keys_q, _, ll_qcd) = columns(scores["top"]), columns(scores["qcd"])
+    (keys, is_top, ll_top, root_top) = columns(scores["top"])
+    (keys_q, _, ll_qcd, root_qcd) = columns(scores["qcd"])
     if keys != keys_q:
         sys.exit("the two models' score files list different jets")
+    llr = {"": ll_top - ll_qcd}
+    if root_top is not None and root_qcd is not None:
+        llr[" (root term only)"] = root_top - root_qcd
+        llr[" (split terms only)"] = (ll_top - root_top) - (ll_qcd - root_qcd)
     means = {
         f"{model}_model": {
             cls: float(ll[mask].mean()) for cls, mask in (("top", is_top), ("qcd", ~is_top))
         }
         for model, ll in (("top", ll_top), ("qcd", ll_qcd))
     }
-    return ll_top - ll_qcd, is_top, keys, means
+    return llr, is_top, keys, means
 
 
 def jet_features(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
@@ -304,8 +314,9 @@ def main() -> None:
             keys, is_top = k, top
         elif k != keys:  # both modes score the same held-out jets in the same order
             sys.exit(f"{mode}: scored jets differ from {modes[0]}'s")
-        llrs[mode] = llr
-        curves[f"{mode} likelihood ratio"] = llr
+        llrs[mode] = llr[""]
+        for part, values in llr.items():
+            curves[f"{mode} likelihood ratio{part}"] = values
     assert keys is not None and is_top is not None
     curves.update(baselines(d, keys, seed=0))
     n_boot = PROFILES[args.profile]["bootstrap"]

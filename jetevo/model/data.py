@@ -1,4 +1,6 @@
-"""Batches for training and evaluation: a dataset over built sequences and their collation.
+"""Batches of sequences built in memory (evaluation, scoring): a dataset over them and their
+collation. Training streams its jets instead (:mod:`jetevo.model.streaming`, whose batches
+are padded as :class:`Collate` pads).
 
 Both are module-level and picklable, so data-loader workers can be spawned processes.
 """

@@ -130,7 +130,11 @@ def token_file_info(paths) -> tuple[list[Path], dict]:
 
 class _Sequences:
     """Per-position arrays of many jets, flat, with per-jet ``offsets``; ``fields`` names
-    the arrays a batch holds and ``fill`` their padding."""
+    the arrays a batch holds and ``fill`` their padding.
+
+    Built from token files (the constructor: every jet in memory) or, by
+    :meth:`from_columns`, from the flat node columns of a slice of jets (the streaming
+    reader, :mod:`jetevo.model.streaming`): one builder either way."""
 
     fields: tuple[str, ...] = ()
     fill: dict[str, int]
@@ -138,6 +142,7 @@ class _Sequences:
     files: list[Path]
     tokenizer: dict
     jets: JetColumns
+    where: str | Path  # what errors name: the first token file, or the slice's label
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -146,8 +151,23 @@ class _Sequences:
         a, b = self.offsets[i], self.offsets[i + 1]
         return {k: getattr(self, k)[a:b] for k in self.fields}
 
-    def _open(self, paths, vocab: Vocab, columns: list[str]) -> ak.Array:
+    @classmethod
+    def from_columns(cls, counts: np.ndarray, nodes: dict[str, np.ndarray], where, *args, **kw):
+        """The sequences of jets given as node ``counts`` and flat node columns (``token``
+        and those of the mode: :data:`TREE_COLUMNS` or :data:`FLAT_COLUMNS`); ``where``
+        names them in errors; the other arguments are the constructor's after ``paths``."""
+        self = cls.__new__(cls)
+        self.where = where
+        self._build(np.asarray(counts, np.int64), nodes, *args, **kw)
+        return self
+
+    def _build(self, counts: np.ndarray, nodes: dict[str, np.ndarray], *args, **kw) -> None:
+        raise NotImplementedError  # each mode's builder
+
+    def _open(self, paths, vocab: Vocab, columns: list[str]) -> tuple[np.ndarray, dict]:
+        """Node counts and flat node columns of every jet of the token files."""
         self.files, self.tokenizer = token_file_info(paths)
+        self.where = self.files[0]
         if self.tokenizer["n_codes"] != vocab.n_codes:
             raise InputError(
                 self.files[0],
@@ -155,16 +175,18 @@ class _Sequences:
             )
         trees = load(self.files, columns=[*columns, *JET_COLUMNS])
         self.jets = JetColumns.of(trees)  # label, source, entry of every jet, in order
-        tok = ak.to_numpy(ak.flatten(trees["token"]))
+        counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
+        return counts, {k: ak.to_numpy(ak.flatten(trees[k])) for k in columns}
+
+    def _check_tokens(self, tok: np.ndarray, vocab: Vocab) -> None:
         if not np.all(vocab.is_node(tok)):
-            raise InputError(self.files[0], "token column holds values that are not node tokens")
-        return trees
+            raise InputError(self.where, "token column holds values that are not node tokens")
 
     def _too_long(self, length: np.ndarray, max_len: int) -> None:
         n = int(np.count_nonzero(length > max_len))
         if n:
             raise InputError(
-                self.files[0],
+                self.where,
                 f"{n} jet(s) need more than max_len={max_len} positions (model.max_len)",
             )
 
@@ -187,17 +209,32 @@ class TreeSequences(_Sequences):
         code_log_z: np.ndarray | None = None,
         scale_bins: int = 0,
     ):
+        if scale_bins and code_log_z is None:  # before reading the files
+            raise ValueError("scale_bins needs the codes' log z (code_log_z)")
+        counts, nodes = self._open(paths, vocab, TREE_COLUMNS)
+        self._build(counts, nodes, vocab, max_len, code_log_z, scale_bins)
+
+    @staticmethod
+    def fill_values(vocab: Vocab) -> dict[str, int]:
+        return {"tokens": vocab.pad, "depth": 0, "side": SIDE_START, "scale": 0,
+                "left": IGNORE, "right": IGNORE}  # fmt: skip
+
+    def _build(
+        self,
+        counts: np.ndarray,
+        nodes: dict[str, np.ndarray],
+        vocab: Vocab,
+        max_len: int,
+        code_log_z: np.ndarray | None = None,
+        scale_bins: int = 0,
+    ) -> None:
         if scale_bins and code_log_z is None:
             raise ValueError("scale_bins needs the codes' log z (code_log_z)")
-        self.fill = {"tokens": vocab.pad, "depth": 0, "side": SIDE_START, "scale": 0,
-                     "left": IGNORE, "right": IGNORE}  # fmt: skip
-        trees = self._open(paths, vocab, TREE_COLUMNS)
-        counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
+        self.fill = self.fill_values(vocab)
         node_offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=node_offsets[1:])
-        tok, left, right, parent, depth = (
-            ak.to_numpy(ak.flatten(trees[k])).astype(np.int64) for k in TREE_COLUMNS
-        )
+        tok, left, right, parent, depth = (np.asarray(nodes[k], np.int64) for k in TREE_COLUMNS)
+        self._check_tokens(tok, vocab)
         first = np.repeat(node_offsets[:-1], counts)
         log_pt = np.zeros(len(tok))
         if code_log_z is not None:
@@ -254,11 +291,20 @@ class FlatSequences(_Sequences):
     fields = ("tokens", "target")
 
     def __init__(self, paths, vocab: Vocab, max_len: int):
-        self.fill = {"tokens": vocab.pad, "target": IGNORE}
-        trees = self._open(paths, vocab, FLAT_COLUMNS)
-        counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
-        tok, left = (ak.to_numpy(ak.flatten(trees[k])).astype(np.int64) for k in ("token", "left"))
-        pt = np.hypot(*(ak.to_numpy(ak.flatten(trees[k])).astype(np.float64) for k in ("px", "py")))
+        counts, nodes = self._open(paths, vocab, FLAT_COLUMNS)
+        self._build(counts, nodes, vocab, max_len)
+
+    @staticmethod
+    def fill_values(vocab: Vocab) -> dict[str, int]:
+        return {"tokens": vocab.pad, "target": IGNORE}
+
+    def _build(
+        self, counts: np.ndarray, nodes: dict[str, np.ndarray], vocab: Vocab, max_len: int
+    ) -> None:
+        self.fill = self.fill_values(vocab)
+        tok, left = (np.asarray(nodes[k], np.int64) for k in ("token", "left"))
+        self._check_tokens(tok, vocab)
+        pt = np.hypot(*(np.asarray(nodes[k], np.float64) for k in ("px", "py")))
         jet_of = np.repeat(np.arange(len(counts)), counts)
         leaf = left < 0
         tok, pt, jet_of = tok[leaf], pt[leaf], jet_of[leaf]

@@ -1,11 +1,15 @@
 """``jetevo train``: Lightning training of the jet-evolution model on token files.
 
-CPU and GPU (bf16 mixed precision on CUDA), one or many devices (DDP through torchrun, see
-``cluster/``), Ranger or AdamW, CSV logging (Comet optional, offline without a key, never a
-crash when missing), resumable from ``OUT/lightning/last.ckpt``: ``OUT/run.json`` records what
-a run was started with (model and training settings, tokenizer identity, token files) and a
-resume with other ones is refused (:func:`check_resume`). The final ``OUT/model.ckpt`` embeds
-the config, the tokenizer identity and the count baselines of the training data.
+CPU and GPU (bf16 mixed precision on CUDA), one or many devices (DDP: ``train.devices``
+and ``train.num_nodes``, launched by Lightning itself, ``torchrun`` or SLURM's ``srun``,
+see ``cluster/``), Ranger or AdamW, CSV logging (Comet optional, offline without a key,
+never a crash when missing). The training jets are streamed from the token files
+(:mod:`jetevo.model.streaming`), so memory does not grow with the data. Resumable from
+``OUT/lightning/last.ckpt``: ``OUT/run.json`` records what a run was started with (model
+and training settings, tokenizer identity, token files) and a resume with other ones is
+refused (:func:`check_resume`), except for the number of devices. The final
+``OUT/model.ckpt`` embeds the config, the tokenizer identity and the count baselines of
+the training data. The Lightning module is :mod:`jetevo.model.training_module`.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
-import awkward as ak
 import numpy as np
 import torch
 
@@ -33,23 +35,30 @@ from jetevo.config import (
     settings_difference,
 )
 from jetevo.errors import InputError, SettingError
-from jetevo.io.atomic import atomic_path, ensure_writable_dir
+from jetevo.io.atomic import ensure_writable_dir
 from jetevo.model.baselines import CountBaselines
-from jetevo.model.checkpoint import Model, build_model, save_model
+from jetevo.model.checkpoint import build_model, save_model
 from jetevo.model.checkpoint import init_from as load_init
-from jetevo.model.data import loader
 from jetevo.model.gpt import ModelConfig, count_parameters
-from jetevo.model.loss import flat_nll, split_nll, weighted_split_loss
-from jetevo.model.sequences import FlatSequences, TreeSequences, token_file_info
+from jetevo.model.sequences import IGNORE
+from jetevo.model.streaming import (
+    SequenceBuilder,
+    TokenSource,
+    constituent_counts,
+    node_columns,
+    sample_units,
+)
 from jetevo.model.tree import JetEvolutionModel
 from jetevo.tokenize.resolution import QUANTILE as RESOLUTION_QUANTILE
 from jetevo.tokenize.resolution import code_log_z, learn_scale
-from jetevo.trees.format import load, tree_files
+from jetevo.trees.format import tree_files
 
 logger = logging.getLogger(__name__)
 
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 
 
 @dataclass
@@ -58,18 +67,23 @@ class TrainConfig:
     construction (:func:`jetevo.config.check_fields`), settings named ``train.*``."""
 
     max_steps: int = setting(2000, ge=1)
-    batch_size: int = setting(64, ge=1)
+    batch_size: int = setting(64, ge=1)  # jets per process and step
     lr: float = setting(3e-4, gt=0)
     weight_decay: float = setting(0.01, ge=0)
     warmup_steps: int = setting(100, ge=0)
     optimizer: Literal["adamw", "ranger"] = "adamw"
     permutation_min: bool = True
     val_every: int = setting(200, ge=1)  # steps between validations and checkpoints
-    val_batches: int = setting(50, ge=1)
+    val_batches: int = setting(50, ge=1)  # validation: the first val_batches x batch_size jets
     precision: str = setting("auto", choices=PRECISIONS)  # auto: bf16-mixed on CUDA, else 32
-    devices: str | int = "auto"
+    accelerator: str = setting("auto", choices=ACCELERATORS)
+    devices: Literal["auto"] | int = setting("auto", ge=1)  # per node; auto: 1 on CPU
+    num_nodes: int = setting(1, ge=1)
+    strategy: str = setting("auto", choices=STRATEGIES)
     seed: int = setting(0, ge=0)
     num_workers: int = setting(0, ge=0)
+    shuffle_buffer: int = setting(500_000, ge=1)  # jets each reader shuffles at a time
+    stats_jets: int = setting(100_000, ge=1)  # jets the count baselines and resolution see
     logger: Literal["csv", "comet"] = "csv"
     init_from: str | None = None
     init_heads: Literal["keep", "reinit"] = "keep"
@@ -78,9 +92,11 @@ class TrainConfig:
     split_weights: list[float] | None = setting(None, ge=0)  # noqa: RUF009 (a field)
 
     # settings a resumed run may change: how far it goes, how often it validates (and
-    # saves), how it loads and logs; any other change makes it another run
+    # saves), how it loads and logs, on how many devices; any other change makes it
+    # another run
     RESUMABLE: ClassVar[tuple[str, ...]] = (
-        "max_steps", "val_every", "val_batches", "num_workers", "logger",
+        "max_steps", "val_every", "val_batches", "num_workers", "logger", "devices",
+        "num_nodes",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -142,9 +158,9 @@ def check_resume(out: Path, record: dict) -> None:
     if saved.get("tokenizer") != record["tokenizer"]:
         diffs.append(f"tokenizer {saved.get('tokenizer')} -> {record['tokenizer']}")
     diffs += settings_difference(saved.get("model", {}), record["model"], "model.")
-    diffs += settings_difference(
-        saved.get("train", {}), record["train"], "train.", TrainConfig.RESUMABLE
-    )
+    # a record from before a setting existed ran with its default
+    saved_train = {**asdict(TrainConfig()), **(saved.get("train") or {})}
+    diffs += settings_difference(saved_train, record["train"], "train.", TrainConfig.RESUMABLE)
     for key, option in (("train_files", "--train"), ("val_files", "--val")):
         d = files_difference(saved.get(key, []), record[key], option)
         if d:
@@ -155,76 +171,6 @@ def check_resume(out: Path, record: dict) -> None:
             f"this run was started with other inputs ({'; '.join(diffs)}); a resume only "
             f"continues the same run: {restart} to start over",
         )
-
-
-def _lightning_module(model: Model, tc: TrainConfig):
-    """The Lightning module of either mode (built here so that importing this module does
-    not import Lightning)."""
-    import lightning as L
-
-    flat = model.cfg.mode == "flat"
-
-    class TrainingModule(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self._val: list[torch.Tensor] = []
-
-        def _losses(self, batch, stats: bool = False) -> tuple[dict, torch.Tensor]:
-            if flat:
-                out = flat_nll(self.model, batch, stats)
-                return out, out["n_targets"]
-            out = split_nll(self.model, batch, tc.permutation_min, stats)
-            return out, out["n_children"]
-
-        def training_step(self, batch, _):
-            out, n = self._losses(batch)
-            nll = out["nll_sum"] / n.clamp(min=1)
-            self.log("train_nll", nll, prog_bar=True, batch_size=int(n))
-            if flat or not tc.split_weights:
-                return nll
-            loss = weighted_split_loss(out["per_split"], batch, tc.split_weights)
-            self.log("train_loss", loss, batch_size=int(n))
-            return loss
-
-        def validation_step(self, batch, _):
-            out, n = self._losses(batch, stats=True)
-            self._val.append(torch.stack([out["nll_sum"].float(), n.float(), out["top1"].float()]))
-
-        def on_validation_epoch_end(self):
-            if self._val:
-                s = torch.stack(self._val).sum(0)
-                s = self.all_gather(s).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else s
-                self.log("val_nll", s[0] / s[1], prog_bar=True, sync_dist=False)
-                self.log("val_top1", s[2] / s[1], sync_dist=False)
-            self._val = []
-
-        def configure_optimizers(self):
-            decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-            other = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-            groups = [
-                {"params": decay, "weight_decay": tc.weight_decay},
-                {"params": other, "weight_decay": 0.0},
-            ]
-            if tc.optimizer == "ranger":
-                from pytorch_optimizer import Ranger
-
-                opt = Ranger(groups, lr=tc.lr)
-            elif tc.optimizer == "adamw":
-                opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
-            else:
-                raise SettingError(f"train.optimizer takes ranger or adamw, got {tc.optimizer!r}")
-
-            def schedule(step: int) -> float:
-                if step < tc.warmup_steps:
-                    return (step + 1) / tc.warmup_steps
-                progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
-                return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return TrainingModule()
 
 
 def _logger(kind: str, out: Path, log: Callable[[str], object]):
@@ -248,16 +194,104 @@ def _logger(kind: str, out: Path, log: Callable[[str], object]):
     return CSVLogger(str(out), name="logs")
 
 
-def training_resolution_scale(tokenizer, files) -> float:
-    """The generation resolution scale (log GeV) learned from the training trees
-    (:mod:`jetevo.tokenize.resolution`)."""
-    trees = load(files, columns=["token", "parent", "depth"])
-    counts = ak.to_numpy(ak.num(trees["token"], axis=1)).astype(np.int64)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    tok, parent, depth = (
-        ak.to_numpy(ak.flatten(trees[k])).astype(np.int64) for k in ("token", "parent", "depth")
-    )
-    return learn_scale(tokenizer, tok, np.where(parent >= 0, first + parent, -1), depth)
+def training_statistics(
+    source: TokenSource, builder: SequenceBuilder, tokenizer, n_jets: int, seed: int
+) -> tuple[CountBaselines, dict | None, int]:
+    """The count baselines, the generation resolution scale (tree mode,
+    :mod:`jetevo.tokenize.resolution`) and the number of jets they were fitted on: every
+    training jet when there are at most ``n_jets``, else whole row groups drawn in a seeded
+    order until they hold ``n_jets``. Read a slice at a time and kept compact, so memory
+    goes with the sample, not the data; the pairs are in the order of the sequences'
+    :meth:`~jetevo.model.sequences.TreeSequences.pairs` over all the sample, so on a small
+    run the baselines are those of the whole training set."""
+    flat = builder.mode == "flat"
+    heads: list[tuple[np.ndarray, np.ndarray]] = []  # pairs of every position, per slice
+    tails: list[tuple[np.ndarray, np.ndarray]] = []  # ... then the further ones (right child)
+    nodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    jets = seen_nodes = 0
+    order = sample_units(source, n_jets, seed)
+    for table, where, _ in source.read(order, 0, n_jets, builder.columns):
+        seqs = builder.sequences(table, where)
+        parents, children = (x.astype(np.int32) for x in seqs.pairs())
+        k = len(seqs.tokens)
+        heads.append((parents[:k], children[:k]))
+        tails.append((parents[k:], children[k:]))
+        jets += len(seqs)
+        if not flat:
+            counts, cols = node_columns(table, ["token", "parent", "depth"])
+            first = np.repeat(np.cumsum(counts) - counts, counts) + seen_nodes
+            parent = np.asarray(cols["parent"], np.int64)
+            nodes.append((cols["token"], np.where(parent >= 0, first + parent, -1), cols["depth"]))
+            seen_nodes += int(counts.sum())
+    resolution = None
+    if not flat:
+        tok, parent, depth = (np.concatenate([n[i] for n in nodes]) for i in range(3))
+        nodes.clear()
+        scale = learn_scale(tokenizer, tok, parent, depth)
+        resolution = {"log_pt_min": scale, "quantile": RESOLUTION_QUANTILE}
+        del tok, parent, depth
+    vocab = builder.vocab
+    parents = np.concatenate([h[0] for h in heads] + [t[0] for t in tails])
+    children = np.concatenate([h[1] for h in heads] + [t[1] for t in tails])
+    known = children != IGNORE  # a cut flat jet's last position predicts nothing
+    parents, children = parents[known], children[known]
+    n_classes = vocab.n_flat_classes if flat else vocab.n_node_tokens
+    baselines = CountBaselines.fit(parents, children, n_classes, vocab.size, seed=seed)
+    return baselines, resolution, jets
+
+
+def position_count(source: TokenSource, mode: str, max_len: int) -> tuple[int, int]:
+    """Positions of an epoch and the jets longer than ``max_len`` (flat mode: cut to it),
+    from the files' constituent counts alone. A tree-mode jet of N constituents has N
+    positions: longer ones are refused here, before training starts, in one line."""
+    positions = over = 0
+    for path, n in constituent_counts(source):
+        if mode == "flat":
+            positions += int(np.minimum(n, max_len - 1).sum()) + len(n)
+            over += int(np.count_nonzero(n > max_len - 1))
+            continue
+        positions += int(n.sum())
+        too_long = int(np.count_nonzero(n > max_len))
+        if too_long:
+            raise InputError(
+                path,
+                f"{too_long} jet(s) need more than max_len={max_len} positions (model.max_len)",
+            )
+    return positions, over
+
+
+def launcher_world() -> tuple[int, str] | None:
+    """The processes a launcher started, as Lightning detects it (torchrun first, as
+    Lightning does: it may run inside a SLURM job), or None."""
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        return int(os.environ["WORLD_SIZE"]), "torchrun"
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in (
+        "bash",
+        "interactive",
+    ):
+        return int(os.environ["SLURM_NTASKS"]), "SLURM (srun)"
+    return None
+
+
+def check_launcher(tc: TrainConfig) -> None:
+    """Refuse, in one line, devices x nodes that differ from the processes a launcher
+    started (Lightning would stop with a traceback). ``devices: auto`` counts as Lightning
+    resolves it: every visible GPU when it trains on CUDA, else 1."""
+    found = launcher_world()
+    if found is None:
+        return
+    world, launcher = found
+    devices, shown = tc.devices, str(tc.devices)
+    if devices == "auto":
+        on_cuda = tc.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_cuda else 1
+        shown = f"auto ({devices} here)"
+    if int(devices) * tc.num_nodes != world:
+        raise SettingError(
+            f"train.devices={shown} x train.num_nodes={tc.num_nodes} is not the "
+            f"{world} process(es) {launcher} started: set train.devices to the processes per "
+            "node and train.num_nodes to the nodes"
+        )
 
 
 def code_feature_table(tokenizer) -> np.ndarray:
@@ -292,19 +326,23 @@ def train(
 ) -> Path:
     """Train on the token files ``train_paths``, validate on ``val_paths``; return the path of
     ``OUT/model.ckpt``. Status messages go to ``log`` (default: this module's logger at INFO;
-    :func:`jetevo.runtime.configure_process` prints them on rank 0). Process-wide settings
-    (warning filters, Lightning's banners, the allocator) are the entry point's, see
-    :mod:`jetevo.runtime`."""
+    :func:`jetevo.runtime.configure_process` prints them on rank 0), on global rank zero
+    only. Process-wide settings (warning filters, Lightning's banners, the allocator) are
+    the entry point's, see :mod:`jetevo.runtime`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities import rank_zero_only
 
-    log = logger.info if log is None else log
+    from jetevo.model.training_module import TokenData, TrainingModule, WriteOnce, hyperparameters
+
+    say = rank_zero_only(logger.info if log is None else log)
     model_cfg, tc = parse_config(cfg)
     flat = model_cfg.mode == "flat"
     if flat and tc.split_weights:
         raise SettingError("train.split_weights weigh tree splits; flat mode has none (remove it)")
     out = ensure_writable_dir(out_dir)
-    files, info = token_file_info(train_paths)
+    train_src = TokenSource.of(train_paths, "training token files")  # footers only
+    files, info = list(train_src.files), train_src.tokenizer
     tok = find_tokenizer(info, tokenizer, files[0])
     if tok.features.particles_only != flat:
         raise InputError(
@@ -321,114 +359,92 @@ def train(
     record = run_record(mc, tc, info["identity"], files, tree_files(val_paths))
     if last.exists():
         check_resume(out, record)
+    check_launcher(tc)
     L.seed_everything(tc.seed, workers=True, verbose=False)
 
     log_z = code_log_z(tok)
     model = build_model(mc)
     model.set_code_features(torch.from_numpy(code_features), log_z)
     model.tokenizer_identity = info["identity"]
-    vocab = mc.vocab
-    train_seq: TreeSequences | FlatSequences
-    val_seq: TreeSequences | FlatSequences
-    if flat:
-        train_seq = FlatSequences(train_paths, vocab, mc.max_len)
-        val_seq = FlatSequences(val_paths, vocab, mc.max_len)
-        if train_seq.truncated:
-            log(
-                f"{train_seq.truncated} training jets cut to their {mc.max_len - 1} hardest particles"
-            )
-    else:
-        # the order of every split's children: the model's stored log z (what generation uses)
-        assert isinstance(model, JetEvolutionModel)
-        order_log_z = model.log_z_table()
-        train_seq = TreeSequences(train_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
-        val_seq = TreeSequences(val_paths, vocab, mc.max_len, order_log_z, mc.scale_bins)
-    if val_seq.tokenizer["identity"] != info["identity"]:
+    # tree mode: every split's children in the order of the model's stored log z (what
+    # generation uses)
+    order_log_z = None if flat else cast(JetEvolutionModel, model).log_z_table()
+    builder = SequenceBuilder(mc.mode, mc.n_codes, mc.max_len, order_log_z, mc.scale_bins)
+    val_src = TokenSource.of(val_paths, "validation token files")
+    if val_src.tokenizer["identity"] != info["identity"]:
         raise InputError(
-            val_seq.files[0],
+            val_src.files[0],
             "validation tokens come from another tokenizer than the training tokens",
         )
+    positions, over = position_count(train_src, mc.mode, mc.max_len)
+    if over:
+        say(f"{over} training jets cut to their {mc.max_len - 1} hardest particles")
     init_report = None
     if tc.init_from:
         init_report = load_init(model, tc.init_from, tc.init_heads)
-        log(
+        say(
             f"init_from {tc.init_from} (heads: {tc.init_heads}): missing keys {init_report['missing'] or 'none'}; unexpected keys {init_report['unexpected'] or 'none'}"
         )
 
-    parents, children = train_seq.pairs()
-    n_classes = vocab.n_flat_classes if flat else vocab.n_node_tokens
-    baselines = CountBaselines.fit(parents, children, n_classes, vocab.size, seed=tc.seed)
-    resolution = None
-    if not flat:
-        resolution = {
-            "log_pt_min": training_resolution_scale(tok, files),
-            "quantile": RESOLUTION_QUANTILE,
-        }
-
     cuda = torch.cuda.is_available()
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
-    # under torchrun (cluster/train_slurm.sh) every process drives one device; Lightning
-    # needs the per-node count and the number of nodes to match the launcher's world
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    devices = local_world if world > 1 else tc.devices
-    num_nodes = max(1, world // max(1, local_world))
-    ckpt_cb = ModelCheckpoint(
-        dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every
-    )
-    batches_per_epoch = max(1, -(-len(train_seq) // tc.batch_size))
-    train_loader = loader(train_seq, tc.batch_size, True, tc.seed, tc.num_workers)
-    val_loader = loader(val_seq, tc.batch_size, False, tc.seed, tc.num_workers)
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=str(out / "lightning"), save_last=True, every_n_train_steps=tc.val_every
+        )
+    ]
+    if not last.exists():  # a new run: record what it starts with
+        callbacks.append(WriteOnce(out / RUN_RECORD, record))
+    # devices, nodes and strategy as configured: Lightning detects torchrun and srun itself
     trainer = L.Trainer(
+        default_root_dir=str(out),  # what Lightning writes on its own (SLURM requeue)
         max_steps=tc.max_steps,
-        accelerator="auto",
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy="ddp" if world > 1 else "auto",
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
         precision=cast(Any, precision),  # a config string; Lightning validates it
-        logger=_logger(tc.logger, out, log),
-        callbacks=[ckpt_cb],
-        val_check_interval=min(tc.val_every, batches_per_epoch),
+        logger=_logger(tc.logger, out, say),
+        callbacks=callbacks,
+        val_check_interval=tc.val_every,
         check_val_every_n_epoch=None,
-        limit_val_batches=tc.val_batches,
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=min(10, batches_per_epoch),
+        log_every_n_steps=min(10, tc.val_every),
+        use_distributed_sampler=False,  # the data split their jets over the processes
     )
-    module = _lightning_module(model, tc)
-    if trainer.is_global_zero and not last.exists():  # a new run: record what it starts with
-        with atomic_path(out / RUN_RECORD) as tmp:
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-    trainer.fit(
-        module,
-        train_loader,
-        val_loader,
-        ckpt_path=str(last) if last.exists() else None,
+    module = TrainingModule(*hyperparameters(mc, tc), info["identity"], net=model)
+    data = TokenData(train_src, val_src, builder, tc, say)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    final = out / "model.ckpt"
+    if not trainer.is_global_zero:
+        return final
+    baselines, resolution, sample = training_statistics(
+        train_src, builder, tok, tc.stats_jets, tc.seed
     )
     val = trainer.callback_metrics.get("val_nll")
-    final = out / "model.ckpt"
-    if trainer.is_global_zero:
-        save_model(
-            model.cpu(),
-            final,
-            {
-                "baselines": baselines.state(),
-                "resolution": resolution,
-                "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
-                "train": {
-                    "steps": trainer.global_step,
-                    "val_nll": float(val) if val is not None else None,
-                    "init_from": tc.init_from,
-                    "init_keys": init_report,
-                    "parameters": count_parameters(model),
-                    "positions_per_epoch": int(train_seq.offsets[-1]),
-                },
-                "train_config": cfg,
+    save_model(
+        model.cpu(),
+        final,
+        {
+            "baselines": baselines.state(),
+            "resolution": resolution,
+            "tokenizer": {"identity": info["identity"], "path": str(tok.path)},
+            "train": {
+                "steps": trainer.global_step,
+                "val_nll": float(val) if val is not None else None,
+                "init_from": tc.init_from,
+                "init_keys": init_report,
+                "parameters": count_parameters(model),
+                "positions_per_epoch": positions,
+                "statistics_jets": sample,
             },
-        )
-        log(
-            f"step {trainer.global_step}: val_nll {float(val) if val is not None else float('nan'):.4f}; saved {final}"
-        )
+            "train_config": cfg,
+        },
+    )
+    say(
+        f"step {trainer.global_step}: val_nll {float(val) if val is not None else float('nan'):.4f}; saved {final}"
+    )
     return final
