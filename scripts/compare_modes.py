@@ -60,8 +60,9 @@ PROFILES: dict[str, dict] = {
 
 
 class Study:
-    def __init__(self, out: Path, profile: str, workers: int):
-        self.out, self.name, self.p, self.workers = out, profile, PROFILES[profile], workers
+    def __init__(self, out: Path, profile: str, workers: int, profiles: dict | None = None):
+        self.out, self.name, self.workers = out, profile, workers
+        self.p = (profiles or PROFILES)[profile]
         self.log = out / "commands.sh"
         self.seconds: dict[str, float] = {}
 
@@ -80,6 +81,23 @@ class Study:
         times.write_text(json.dumps({**old, stage: self.seconds[stage]}, indent=1))
 
     # ------------------------------------------------------------------ data
+    def simulate(self, jobs) -> None:
+        """Each (name, process, jets, seed, index, folder) simulated once (a marker file)."""
+        for name, process, n, seed, index, folder in jobs:
+            marker = self.out / "sim" / f"{name}.done"
+            self.run(f"simulate_{name}", marker, "simulate", "--process", process, "--n-jets", n,
+                     "--seed", seed, "--index", index, "--out", folder, "--workers",
+                     self.workers, "--quiet")  # fmt: skip
+            marker.touch()
+
+    def recluster_aoj(self) -> list[Path]:
+        """The AOJ trees in two shards: one for pretraining, one for its validation."""
+        sim, trees = self.out / "sim", self.out / "trees"
+        half = (self.p["aoj_jets"] + 1) // 2
+        self.run("recluster_aoj", trees / "aoj", "recluster", sim / "aoj", "--out", trees / "aoj",
+                 "--workers", self.workers, "--shard-size", half, "--quiet")  # fmt: skip
+        return sorted((trees / "aoj").glob("*.trees.parquet"))
+
     def data(self) -> dict[str, list[Path]]:
         p, sim, trees = self.p, self.out / "sim", self.out / "trees"
         jobs = [
@@ -88,19 +106,10 @@ class Study:
             ("top_val", "top", p["top_val"], 21, 1, sim / "jetclass"),
             ("top_heldout", "top", p["top_heldout"], 31, 2, sim / "jetclass"),
         ]
-        for name, process, n, seed, index, folder in jobs:
-            marker = self.out / "sim" / f"{name}.done"
-            self.run(f"simulate_{name}", marker, "simulate", "--process", process, "--n-jets", n,
-                     "--seed", seed, "--index", index, "--out", folder, "--workers",
-                     self.workers, "--quiet")  # fmt: skip
-            marker.touch()
-        # AOJ: one shard for pretraining, one for its validation
-        half = (p["aoj_jets"] + 1) // 2
-        self.run("recluster_aoj", trees / "aoj", "recluster", sim / "aoj", "--out", trees / "aoj",
-                 "--workers", self.workers, "--shard-size", half, "--quiet")  # fmt: skip
+        self.simulate(jobs)
+        aoj = self.recluster_aoj()
         self.run("recluster_tops", trees / "tops", "recluster", sim / "jetclass", "--out",
                  trees / "tops", "--workers", self.workers, "--quiet")  # fmt: skip
-        aoj = sorted((trees / "aoj").glob("*.trees.parquet"))
         tops = {i: sorted((trees / "tops").glob(f"TTBar_00{i}*.trees.parquet")) for i in range(3)}
         reference = self.out / "reference"
         if not reference.exists():
@@ -117,18 +126,29 @@ class Study:
         return parts
 
     # ------------------------------------------------------------------ one mode
-    def tokenizer(self, mode: str, d: dict) -> Path:
+    def tokenizer(
+        self,
+        mode: str,
+        d: dict,
+        training=("aoj_train", "top_train"),
+        encode=("aoj_train", "aoj_val", "top_train", "top_val", "reference"),
+        report_on: str | None = "reference",
+    ) -> Path:
+        """The mode's tokenizer trained on the ``training`` parts (its report on
+        ``report_on``), and the token files of the ``encode`` parts."""
         cfg = "tokenizer_flat.yaml" if mode == "flat" else "tokenizer.yaml"
         ckpt = self.out / mode / "tokenizer" / "tok.ckpt"
+        trees = [f for part in training for f in d[part]]
         self.run(f"{mode}_tokenizer", ckpt, "tokenizer", "train", "--config", ROOT / "configs" / cfg,
-                 "--out", ckpt, "--quiet", "--trees", *d["aoj_train"], *d["top_train"],
+                 "--out", ckpt, "--quiet", "--trees", *trees,
                  f"max_steps={self.p['tokenizer_steps']}", f"n_codes={self.p['n_codes']}",
                  "checkpoint_every=100000")  # fmt: skip
-        report = self.out / mode / "tokenizer" / "report.json"
-        self.run(f"{mode}_tokenizer_eval", report, "tokenizer", "eval", "--ckpt", ckpt, "--trees",
-                 *d["reference"], "--json", report)  # fmt: skip
+        if report_on is not None:
+            report = self.out / mode / "tokenizer" / "report.json"
+            self.run(f"{mode}_tokenizer_eval", report, "tokenizer", "eval", "--ckpt", ckpt,
+                     "--trees", *d[report_on], "--json", report)  # fmt: skip
         tokens = self.out / mode / "tokens"
-        for part in ("aoj_train", "aoj_val", "top_train", "top_val", "reference"):
+        for part in encode:
             self.run(f"{mode}_encode_{part}", tokens / part, "tokenizer", "encode", "--ckpt", ckpt,
                      "--trees", *d[part], "--out", tokens / part)  # fmt: skip
         return ckpt
@@ -235,6 +255,27 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def open_run(out: Path, profile: str, params: dict, workers: int) -> dict:
+    """Make the study folder ``out`` for ``profile`` (its settings ``params``), refusing one
+    that holds another profile's run (a rerun resumes only the same one); returns the
+    recorded profile. Training threads default to ``workers``."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = out / "profile.json"
+    wanted = {"profile": profile, **params}
+    if record.exists() and json.loads(record.read_text()) != wanted:
+        sys.exit(f"{record}: this folder holds another profile's run; use a new --out")
+    record.write_text(json.dumps(wanted, indent=1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(workers))
+    return wanted
+
+
+def commit_id() -> str:
+    """The commit the results are made with (short hash)."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", choices=tuple(PROFILES), required=True)
@@ -242,13 +283,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    record = out / "profile.json"
-    wanted = {"profile": args.profile, **PROFILES[args.profile]}
-    if record.exists() and json.loads(record.read_text()) != wanted:
-        sys.exit(f"{record}: this folder holds another profile's run; use a new --out")
-    record.write_text(json.dumps(wanted, indent=1))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.workers))
+    wanted = open_run(out, args.profile, PROFILES[args.profile], args.workers)
     study = Study(out, args.profile, args.workers)
     t0 = time.perf_counter()
     d = study.data()
@@ -259,8 +294,7 @@ def main() -> None:
         metrics[mode] = study.generate(mode, ckpts[mode])
     ckpts["bigram"] = ckpts["tree"]  # the tree model's count baselines
     metrics["bigram"] = study.generate("bigram", ckpts["bigram"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = commit_id()
     results = {
         "profile": wanted,
         "command": shlex.join(["python", "scripts/compare_modes.py", *sys.argv[1:]]),

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_modes import ROOT, Study  # the stage runner of the sibling study
+from compare_modes import ROOT, Study, commit_id, open_run  # the sibling study's stage runner
 
 CLASSES = ("top", "qcd")
+SPLITS = ("train", "val", "heldout")
 FEATURES = ("mass", "tau21", "tau32", "d2", "multiplicity")
 
 PROFILES: dict[str, dict] = {
@@ -68,11 +67,6 @@ PROCESS = {"top": ("top", "TTBar"), "qcd": ("qcd", "ZJetsToNuNu")}
 class TaggingStudy(Study):
     """The stages of the study; each is one jetevo command, skipped when its output exists."""
 
-    def __init__(self, out: Path, profile: str, workers: int):
-        self.out, self.name, self.p, self.workers = out, profile, PROFILES[profile], workers
-        self.log = out / "commands.sh"
-        self.seconds: dict[str, float] = {}
-
     def data(self) -> dict[str, list[Path]]:
         p, sim, trees = self.p, self.out / "sim", self.out / "trees"
         jobs = [("aoj", "qcd-wide", p["aoj_jets"], 13, 0, sim / "aoj")]
@@ -81,18 +75,10 @@ class TaggingStudy(Study):
             for index, (part, n) in enumerate((("train", p["train"]), ("val", p["val"]),
                                                ("heldout", p["heldout"]))):  # fmt: skip
                 jobs.append((f"{c}_{part}", process, n, seed + index, index, sim / "jetclass"))
-        for name, process, n, seed, index, folder in jobs:
-            marker = sim / f"{name}.done"
-            self.run(f"simulate_{name}", marker, "simulate", "--process", process, "--n-jets", n,
-                     "--seed", seed, "--index", index, "--out", folder, "--workers",
-                     self.workers, "--quiet")  # fmt: skip
-            marker.touch()
-        half = (p["aoj_jets"] + 1) // 2
-        self.run("recluster_aoj", trees / "aoj", "recluster", sim / "aoj", "--out", trees / "aoj",
-                 "--workers", self.workers, "--shard-size", half, "--quiet")  # fmt: skip
+        self.simulate(jobs)
+        aoj = self.recluster_aoj()
         self.run("recluster_jetclass", trees / "jetclass", "recluster", sim / "jetclass", "--out",
                  trees / "jetclass", "--workers", self.workers, "--quiet")  # fmt: skip
-        aoj = sorted((trees / "aoj").glob("*.trees.parquet"))
         parts: dict[str, list[Path]] = {"aoj_train": aoj[:1], "aoj_val": aoj[1:2]}
         for c in CLASSES:
             stem = PROCESS[c][1]
@@ -104,23 +90,6 @@ class TaggingStudy(Study):
         if empty:
             sys.exit(f"{trees}: no tree files for {', '.join(empty)}")
         return parts
-
-    def tokenizer(self, mode: str, d: dict) -> Path:
-        cfg = "tokenizer_flat.yaml" if mode == "flat" else "tokenizer.yaml"
-        ckpt = self.out / mode / "tokenizer" / "tok.ckpt"
-        self.run(f"{mode}_tokenizer", ckpt, "tokenizer", "train", "--config", ROOT / "configs" / cfg,
-                 "--out", ckpt, "--quiet", "--trees", *d["aoj_train"], *d["top_train"],
-                 *d["qcd_train"], f"max_steps={self.p['tokenizer_steps']}",
-                 f"n_codes={self.p['n_codes']}", "checkpoint_every=100000")  # fmt: skip
-        tokens = self.out / mode / "tokens"
-        for part in (
-            "aoj_train",
-            "aoj_val",
-            *(f"{c}_{s}" for c in CLASSES for s in ("train", "val", "heldout")),
-        ):
-            self.run(f"{mode}_encode_{part}", tokens / part, "tokenizer", "encode", "--ckpt", ckpt,
-                     "--trees", *d[part], "--out", tokens / part)  # fmt: skip
-        return ckpt
 
     def train_models(self, mode: str) -> dict[str, Path]:
         """The pretrained model and its two fine-tunes (same settings, one per class)."""
@@ -293,21 +262,17 @@ def main() -> None:
     if not modes or set(modes) - {"tree", "flat"}:
         sys.exit(f"--modes takes tree and/or flat, got {args.modes!r}")
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    record = out / "profile.json"
-    wanted = {"profile": args.profile, **PROFILES[args.profile]}
-    if record.exists() and json.loads(record.read_text()) != wanted:
-        sys.exit(f"{record}: this folder holds another profile's run; use a new --out")
-    record.write_text(json.dumps(wanted, indent=1))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.workers))
-    study = TaggingStudy(out, args.profile, args.workers)
+    wanted = open_run(out, args.profile, PROFILES[args.profile], args.workers)
+    study = TaggingStudy(out, args.profile, args.workers, PROFILES)
     t0 = time.perf_counter()
     d = study.data()
     curves: dict[str, np.ndarray] = {}
     llrs, means = {}, {}
     keys, is_top = None, None
     for mode in modes:
-        study.tokenizer(mode, d)
+        # one tokenizer for both classes: trained on AOJ QCD, training tops and training QCD
+        parts = ["aoj_train", "aoj_val", *(f"{c}_{s}" for c in CLASSES for s in SPLITS)]
+        study.tokenizer(mode, d, ("aoj_train", "top_train", "qcd_train"), parts, None)
         scores = study.score(mode, study.train_models(mode))
         llr, top, k, means[mode] = model_llr(scores)
         if keys is None:
@@ -320,8 +285,7 @@ def main() -> None:
     assert keys is not None and is_top is not None
     curves.update(baselines(d, keys, seed=0))
     n_boot = PROFILES[args.profile]["bootstrap"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = commit_id()
     seconds = (
         json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
     )

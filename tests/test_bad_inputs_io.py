@@ -272,7 +272,12 @@ def test_aoj_bad_layout(tmp_path, datasets, words):
 
 def corrupt_chunk(tmp_path: Path) -> Path:
     """The real file with garbage in the middle of one gzip chunk of PFCands (jets 0-24)."""
-    path = tmp_path / "RunG_batch7.h5"
+    return corrupt_real_file(tmp_path / "RunG_batch7.h5")
+
+
+def corrupt_real_file(path: Path) -> Path:
+    """The real AOJ file at ``path`` with garbage inside one gzip chunk of PFCands (jets
+    0-24): the damage is met only when those jets are read, not when the file is planned."""
     shutil.copyfile(REAL_AOJ, path)
     with h5py.File(path, "r") as f:
         info = f["PFCands"].id.get_chunk_info(5)

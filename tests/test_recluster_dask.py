@@ -13,10 +13,11 @@ import socket
 import sys
 from pathlib import Path
 
-import h5py
 import pytest
 
 distributed = pytest.importorskip("distributed")
+
+from test_bad_inputs_io import corrupt_real_file  # noqa: E402
 
 from jetevo.cli import main  # noqa: E402
 from jetevo.trees import format as tree_format  # noqa: E402
@@ -138,19 +139,6 @@ def test_a_shard_whose_first_attempt_dies_is_rerun(sim_dir, tmp_path, client, ho
     assert s["failed"] == [] and s["jets_read"] == s["trees_written"] == 70
     assert len(tree_format.load(out)) == 70
     assert not list(out.glob(".*.tmp"))
-
-
-def corrupt_real_file(path: Path) -> Path:
-    """The real AOJ file with garbage inside one gzip chunk of PFCands (jets 0-24): the
-    damage is met only when those jets are read, not when the file is planned."""
-    shutil.copyfile(REAL_AOJ, path)
-    with h5py.File(path, "r") as f:
-        info = f["PFCands"].id.get_chunk_info(5)
-    assert info.chunk_offset[0] == 0
-    with path.open("r+b") as fh:
-        fh.seek(info.byte_offset + info.size // 2)
-        fh.write(b"\xff" * 16)
-    return path
 
 
 def attempts(client, prefix: str) -> int:
