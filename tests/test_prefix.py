@@ -155,20 +155,23 @@ def test_bad_prefixes_are_one_line(
 def test_a_prefix_longer_than_the_model_is_a_counted_skip(
     tiny_tokenizer, token_dir, top_tokens, tmp_path
 ):
-    """A jet whose kept expansions alone fill the model's context is skipped and counted."""
+    """A jet whose kept expansions fill the model's context, with more to sample, is skipped
+    and counted; a whole jet that just fits is kept (nothing is left to sample)."""
     real = load(top_tokens)[:6]
     splits = np.asarray(ak.sum(real.left >= 0, axis=1))
-    short = int(np.median(splits))  # some jets fit, some do not
-    tiny_checkpoint(
-        tiny_tokenizer, token_dir, tmp_path / "short.ckpt", max_len=short + 1, leaf_odds=2.0
-    )
-    s = generate(tmp_path / "short.ckpt", 6, tmp_path / "g", prefix=[top_tokens],
-                 prefix_depth=99, progress=False)  # fmt: skip
-    too_long = int(np.count_nonzero(splits + 1 >= short + 1))
+    short = int(np.sort(splits)[2])  # a jet's own split count: some jets fit, some do not
+    ckpt = tmp_path / "short.ckpt"
+    tiny_checkpoint(tiny_tokenizer, token_dir, ckpt, max_len=short + 1, leaf_odds=2.0)
+    s = generate(ckpt, 6, tmp_path / "g", prefix=[top_tokens], prefix_depth=99, progress=False)
+    too_long = int(np.count_nonzero(splits + 1 > short + 1))  # whole trees: START + splits
     assert s["prefix_too_long"] == too_long > 0 and s["n_written"] == 6 - too_long
+    assert int(np.count_nonzero(splits == short)) > 0  # a whole jet that just fits is written
     assert pa.types.is_integer(
         pq.read_schema(tmp_path / "g" / s["files"][0]).field("completion").type
     )
+    # the first `short` expansions of a longer jet leave no position to sample the rest in
+    s = generate(ckpt, 6, tmp_path / "h", prefix=[top_tokens], prefix_nodes=short, progress=False)
+    assert s["prefix_too_long"] == int(np.count_nonzero(splits > short))
 
 
 def test_sharded_prefix_runs_split_the_prefix_jets(tree_ckpt, top_tokens, tmp_path):

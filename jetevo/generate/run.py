@@ -508,7 +508,9 @@ def _sample_completions(plan, pairs: _PrefixPairs, batch_size, limit, writer, co
     """Complete every pair, a batch at a time; a batch's runaways are re-sampled before it
     is written, so the output keeps the pair order."""
     kept = pairs.jets.expansions(pairs.depth, pairs.nodes)
-    fits = kept + 1 < plan.model.cfg.max_len  # START + the kept expansions, and room to go on
+    whole = kept == pairs.jets.expansions(None, None)  # nothing left to sample
+    # START + the kept expansions must fit, with room for one more unless the jet is whole
+    fits = kept + 1 + ~whole <= plan.model.cfg.max_len
     counts["prefix_too_long"] = int(np.count_nonzero(~fits))
     todo_all = np.flatnonzero(np.repeat(fits, pairs.completions))
     for start in range(0, len(todo_all), batch_size):
