@@ -9,3 +9,4 @@ jetevo generate --ckpt /work/cmp_medium/tree/model/finetune/model.ckpt --seed 1 
 jetevo generate --ckpt /work/cmp_medium/tree/model/finetune/model.ckpt --seed 1 --device cpu --quiet --prefix /work/cmp_medium/tree/tokens/reference --prefix-depth 10 --completions 10 --n-jets 300 --out /work/evo_medium/depth_10
 jetevo generate --ckpt /work/cmp_medium/tree/model/finetune/model.ckpt --seed 1 --device cpu --quiet --prefix /work/cmp_medium/tree/tokens/reference --prefix-depth 13 --completions 10 --n-jets 300 --out /work/evo_medium/depth_13
 jetevo generate --ckpt /work/cmp_medium/tree/model/finetune/model.ckpt --seed 1 --device cpu --quiet --n-jets 3000 --out /work/evo_medium/unconditional
+jetevo generate --ckpt /work/cmp_medium/tree/model/finetune/model.ckpt --seed 1 --device cpu --quiet --prefix /work/cmp_medium/tree/tokens/reference --prefix-depth 13 --completions 10 --n-jets 300 --out /work/evo_medium/depth_13

@@ -1,0 +1,22 @@
+jetevo simulate --process qcd --n-jets 10000 --seed 50 --index 0 --out /work/tag_medium/sim/jetclass --workers 2 --quiet
+jetevo simulate --process qcd --n-jets 1000 --seed 51 --index 1 --out /work/tag_medium/sim/jetclass --workers 2 --quiet
+jetevo simulate --process qcd --n-jets 5000 --seed 52 --index 2 --out /work/tag_medium/sim/jetclass --workers 2 --quiet
+jetevo recluster /work/tag_medium/sim/jetclass --out /work/tag_medium/trees/jetclass --workers 2 --quiet
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_000.trees.parquet --out /work/tag_medium/tree/tokens/top_train
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_001.trees.parquet --out /work/tag_medium/tree/tokens/top_val
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_002.trees.parquet --out /work/tag_medium/tree/tokens/top_heldout
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_000.trees.parquet --out /work/tag_medium/tree/tokens/qcd_train
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_001.trees.parquet --out /work/tag_medium/tree/tokens/qcd_val
+jetevo tokenizer encode --ckpt /work/tag_medium/tree/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_002.trees.parquet --out /work/tag_medium/tree/tokens/qcd_heldout
+jetevo train --config /work/main/configs/tree_base.yaml --out /work/tag_medium/tree/model/qcd --quiet --init-from /work/tag_medium/tree/model/pretrain/model.ckpt --train /work/tag_medium/tree/tokens/qcd_train --val /work/tag_medium/tree/tokens/qcd_val model.n_layer=4 model.n_head=4 model.n_embd=128 train.batch_size=32 train.val_every=500 train.val_batches=20 train.warmup_steps=50 train.max_steps=2500 train.lr=0.0003 'train.split_weights=[8,8,4]'
+jetevo score --ckpt /work/tag_medium/tree/model/top/model.ckpt --tokens /work/tag_medium/tree/tokens/top_heldout /work/tag_medium/tree/tokens/qcd_heldout --out /work/tag_medium/tree/scores_top_model.parquet --device cpu
+jetevo score --ckpt /work/tag_medium/tree/model/qcd/model.ckpt --tokens /work/tag_medium/tree/tokens/top_heldout /work/tag_medium/tree/tokens/qcd_heldout --out /work/tag_medium/tree/scores_qcd_model.parquet --device cpu
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_000.trees.parquet --out /work/tag_medium/flat/tokens/top_train
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_001.trees.parquet --out /work/tag_medium/flat/tokens/top_val
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/TTBar_002.trees.parquet --out /work/tag_medium/flat/tokens/top_heldout
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_000.trees.parquet --out /work/tag_medium/flat/tokens/qcd_train
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_001.trees.parquet --out /work/tag_medium/flat/tokens/qcd_val
+jetevo tokenizer encode --ckpt /work/tag_medium/flat/tokenizer/tok.ckpt --trees /work/tag_medium/trees/jetclass/ZJetsToNuNu_002.trees.parquet --out /work/tag_medium/flat/tokens/qcd_heldout
+jetevo train --config /work/main/configs/flat_base.yaml --out /work/tag_medium/flat/model/qcd --quiet --init-from /work/tag_medium/flat/model/pretrain/model.ckpt --train /work/tag_medium/flat/tokens/qcd_train --val /work/tag_medium/flat/tokens/qcd_val model.n_layer=4 model.n_head=4 model.n_embd=128 train.batch_size=32 train.val_every=500 train.val_batches=20 train.warmup_steps=50 train.max_steps=2500 train.lr=0.0003
+jetevo score --ckpt /work/tag_medium/flat/model/top/model.ckpt --tokens /work/tag_medium/flat/tokens/top_heldout /work/tag_medium/flat/tokens/qcd_heldout --out /work/tag_medium/flat/scores_top_model.parquet --device cpu
+jetevo score --ckpt /work/tag_medium/flat/model/qcd/model.ckpt --tokens /work/tag_medium/flat/tokens/top_heldout /work/tag_medium/flat/tokens/qcd_heldout --out /work/tag_medium/flat/scores_qcd_model.parquet --device cpu
