@@ -241,6 +241,9 @@ def test_shards_make_one_sample_in_one_folder(model_ckpt, tmp_path, capsys):
     assert [s["n_written"] for s in summaries] == [6, 7, 7]
     assert len({s["shard_seed"] for s in summaries}) == 3
     assert all(s["run"] == summaries[0]["run"] for s in summaries)
+    from jetevo.evaluate.run import generation_summary
+
+    assert generation_summary(sorted(out.glob("*.parquet")))["n_written"] == 20
     # a shard rerun replaces its own files only, and reproduces them
     first = sorted(out.glob("generated-s0000of0003.*"))
     before = [p.read_bytes() for p in first]

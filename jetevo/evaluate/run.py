@@ -40,13 +40,12 @@ def _load(paths, what: str):
 
 
 def generation_summary(files: list[Path]) -> dict | None:
-    """Runaway accounting of the ``jetevo generate`` run(s) that wrote ``files``."""
+    """Runaway accounting of the ``jetevo generate`` run(s) that wrote ``files``: every
+    folder's ``summary.json``, or the summaries of its shards (``summary-sKKKKofNNNN.json``;
+    a folder holds one or the other)."""
     runs = []
     generated = {f.parent for f in files if read_metadata(f).get("algorithm") == "generated"}
-    for folder in sorted(generated):
-        path = folder / "summary.json"
-        if not path.is_file():
-            continue
+    for path in sorted(p for folder in generated for p in folder.glob("summary*.json")):
         try:
             s = json.loads(path.read_text())
             runs.append({k: int(s[k]) for k in ("attempted", "runaway", "n_written")})
