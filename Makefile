@@ -65,7 +65,9 @@ demo: $(STAMP)
 		--baseline bigram --out $(DEMO_DIR)/generated_bigram --quiet
 	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/generated_bigram --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
 		--out $(DEMO_DIR)/evaluate_bigram_massless --massless --no-plots
-	# evolving real jets: held-out tops kept down to depth 2, the rest sampled (2 completions each)
+	# evolving real jets: held-out tops kept down to depth 2, the rest sampled (2 completions each);
+	# the completions share their roots with the reference, so pT, mass and the like sit below the
+	# independent-halves floor by construction (calibration: scripts/study_evolution.py)
 	$(BIN)/jetevo generate --ckpt $(DEMO_DIR)/model/finetune/model.ckpt --prefix $(DEMO_DIR)/tokens/TTBar_000.0001.trees.parquet \
 		--prefix-depth 2 --completions 2 --seed 1 --out $(DEMO_DIR)/completions --quiet
 	$(BIN)/jetevo evaluate --generated $(DEMO_DIR)/completions --reference $(DEMO_DIR)/trees/TTBar_000.0001.trees.parquet \
