@@ -103,4 +103,4 @@ fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz.py --minutes $(FUZZ_MINUTES) --out bench_out/fuzz
 
 clean:
-	rm -rf $(DEMO_DIR) bench_out compare_* .pytest_cache
+	rm -rf $(DEMO_DIR) bench_out compare_* tagging_* evolution_* .pytest_cache

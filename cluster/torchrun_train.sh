@@ -15,7 +15,7 @@
 set -euo pipefail
 
 VENV=${VENV:-.venv}
-GPUS=${GPUS:-$(nvidia-smi --list-gpus 2>/dev/null | wc -l)}
+GPUS=${GPUS:-$( (nvidia-smi --list-gpus 2>/dev/null || true) | wc -l)}
 NODES=${NODES:-1}
 if [ "$GPUS" -lt 1 ]; then
     echo "torchrun_train.sh: no GPU found; set GPUS (and train.accelerator=cpu for CPU processes)" >&2

@@ -229,8 +229,7 @@ def _generate(args: argparse.Namespace) -> None:
         prefix_depth=args.prefix_depth, prefix_nodes=args.prefix_nodes,
         completions=args.completions, shard=args.shard, progress=not args.quiet,
     )  # fmt: skip
-    name = "summary.json" if "shard" not in s else Shard(*s["shard"]).summary
-    print(f"{format_summary(s)}; {args.out}/{name}")
+    print(f"{format_summary(s)}; {args.out}/{Shard(*s.get('shard', (0, 1))).summary}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

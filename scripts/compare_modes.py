@@ -190,15 +190,15 @@ class Study:
 
 
 def mode_results(study: Study, mode: str, metrics: Path, ckpt: Path) -> dict:
-    import torch
 
     m = json.loads(metrics.read_text())
     gen = json.loads((study.out / mode / "generated" / "summary.json").read_text())
     from jetevo.model.checkpoint import load_model
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model = load_model(ckpt)
+    state = model.extra  # what training recorded (steps, positions per epoch)
     # trained parameters only (a state dict also holds buffers: groups, code features, log z)
-    params = dict(load_model(ckpt).named_parameters())
+    params = dict(model.named_parameters())
     n_params = int(sum(p.numel() for p in params.values()))
     table = int(params["tokens.learned.weight"].numel())
     seconds = json.loads((study.out / "seconds.json").read_text())

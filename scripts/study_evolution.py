@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-JETEVO = str(Path(sys.executable).with_name("jetevo"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_modes import JETEVO, ROOT, commit_id  # the sibling study's constants
+
 OBSERVABLES = ("mass", "multiplicity", "tau21", "tau32", "zg", "rg")
 UNDEFINED = -1.0  # an observable a jet does not have (τ32 of two particles, z_g without a
 # soft-drop split) sits below every defined value, in the real jets and the completions alike
@@ -85,21 +86,28 @@ def completions_by_jet(folder: Path, keys: list, m: int) -> tuple[np.ndarray, di
     return have.all(axis=1), out
 
 
+def prefix_observables(prefix, p: np.ndarray) -> dict[str, np.ndarray]:
+    """Observables of the prefix jets' trees with node four-momenta ``p``."""
+    import awkward as ak
+
+    t = prefix.topology
+    cols = {k: p[:, i] for i, k in enumerate(("px", "py", "pz", "E"))}
+    cols.update(left=t.left, right=t.right, depth=t.depth)
+    counts = np.diff(t.offsets)
+    return jet_observables(
+        ak.zip({k: ak.unflatten(v, counts) for k, v in cols.items()}, depth_limit=1)
+    )
+
+
 def decoded_real(prefix, tokenizer, depth: int) -> dict[str, np.ndarray]:
     """Observables of the real jets with every node below ``depth`` decoded from its own
     token (the kept nodes real), as generation decodes a completion."""
-    import awkward as ak
-
     from jetevo.tokenize.decode import decode_physical
 
-    t = prefix.topology
-    known = (t.depth <= depth, prefix.p)
-    p = decode_physical(tokenizer, prefix.token, t, known=known)
-    counts = np.diff(t.offsets)
-    cols = {k: p[:, i] for i, k in enumerate(("px", "py", "pz", "E"))}
-    cols.update(left=t.left, right=t.right, depth=t.depth)
-    trees = ak.zip({k: ak.unflatten(v, counts) for k, v in cols.items()}, depth_limit=1)
-    return jet_observables(trees)
+    known = (prefix.topology.depth <= depth, prefix.p)
+    return prefix_observables(
+        prefix, decode_physical(tokenizer, prefix.token, prefix.topology, known=known)
+    )
 
 
 def analyse(real: dict, comp: dict, complete: np.ndarray, seed: int, decoded=None) -> dict:
@@ -188,9 +196,7 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    import awkward as ak
-
-    from jetevo.trees.format import load, tree_files
+    from jetevo.trees.format import load
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", required=True, type=Path, help="a tree-mode model.ckpt")
@@ -218,10 +224,11 @@ def main() -> None:
 
     tok = model_tokenizer(load_model(args.ckpt), args.ckpt)
     prefix = read_prefix(args.heldout, tok, n)  # the real jets, their tokens as the model's
-    real_trees = load(tree_files(args.heldout))[:n]
-    keys = list(zip(real_trees["source"].to_list(), real_trees["entry"].to_list(), strict=True))
-    real = jet_observables(real_trees)
-    full = int(ak.max(real_trees["depth"]))  # K = full: every node kept
+    jets = prefix.jets
+    sources = [jets.source_names[c] for c in jets.source_codes]
+    keys = list(zip(sources, jets.entry.tolist(), strict=True))
+    real = prefix_observables(prefix, prefix.p.astype(np.float64))  # the jets as stored
+    full = int(prefix.topology.depth.max())  # K = full: every node kept
     depths = sorted({*(int(k) for k in args.depths.split(",") if int(k) < full), full})
     common = ["--ckpt", args.ckpt, "--seed", args.seed, "--device", args.device, "--quiet"]
     results: dict = {"depths": []}
@@ -237,8 +244,7 @@ def main() -> None:
     obs = jet_observables(load(folder))
     uncond = {o: v[: n * m].reshape(n, m) for o, v in obs.items()}
     results["unconditional"] = {"depth": None, **analyse(real, uncond, np.ones(n, bool), args.seed)}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = commit_id()
     results.update(
         command=shlex.join(["python", "scripts/study_evolution.py", *sys.argv[1:]]),
         commit=commit, settings=wanted, full_depth=full,

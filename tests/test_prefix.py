@@ -152,6 +152,10 @@ def test_bad_prefixes_are_one_line(
         generate(tree_ckpt, None, tmp_path / "h", progress=False)
 
 
+def tree_ckpt_of(tokenizer, token_dir, tmp_path):
+    return tiny_checkpoint(tokenizer, token_dir, tmp_path / "full.ckpt", leaf_odds=2.0)
+
+
 def test_a_prefix_longer_than_the_model_is_a_counted_skip(
     tiny_tokenizer, token_dir, top_tokens, tmp_path
 ):
@@ -169,6 +173,10 @@ def test_a_prefix_longer_than_the_model_is_a_counted_skip(
     assert pa.types.is_integer(
         pq.read_schema(tmp_path / "g" / s["files"][0]).field("completion").type
     )
+    # the node limit too: a whole jet of more than --max-nodes nodes cannot be written
+    s = generate(tree_ckpt_of(tiny_tokenizer, token_dir, tmp_path), 6, tmp_path / "n",
+                 prefix=[top_tokens], prefix_depth=99, max_nodes=2 * short + 1, progress=False)  # fmt: skip
+    assert s["prefix_too_long"] == too_long and s["n_written"] == 6 - too_long
     # the first `short` expansions of a longer jet leave no position to sample the rest in
     s = generate(ckpt, 6, tmp_path / "h", prefix=[top_tokens], prefix_nodes=short, progress=False)
     assert s["prefix_too_long"] == int(np.count_nonzero(splits > short))

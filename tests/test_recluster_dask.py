@@ -67,6 +67,24 @@ def test_dask_writes_the_trees_of_one_worker_and_resumes_either_run(sim_dir, tmp
     assert tree_bytes(tmp_path / "dask") == tree_bytes(tmp_path / "w1")
 
 
+def test_relative_paths_reach_workers_in_another_directory(sim_dir, tmp_path, client, monkeypatch):
+    """A remote worker runs in its own working directory: the shards it gets name their
+    files absolutely."""
+    import os
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(sim_dir / "aoj" / "RunG_batch0.h5", tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    before = client.run(os.getcwd)
+    client.run(os.chdir, "/")
+    try:
+        s = tree_run.recluster_files(["in"], "out", progress=False, dask=client)
+    finally:
+        for addr, cwd in before.items():
+            client.run(os.chdir, cwd, workers=[addr])
+    assert s["failed"] == [] and s["trees_written"] == 40
+
+
 def test_cli_dask_local(sim_dir, tmp_path, capsys):
     src = sim_dir / "jetclass"
     args = [str(src), "--shard-size", "16", "--quiet"]

@@ -142,10 +142,18 @@ def test_temporary_files_of_killed_runs_are_removed(sim_dir, tmp_path):
     out.mkdir()
     dead = out / ".RunG_batch0.trees.parquet.999999999.tmp"  # no such process
     mine = out / f".other.trees.parquet.{os.getpid()}.tmp"  # a live process: kept
-    dead.write_bytes(b"partial")
-    mine.write_bytes(b"being written")
+    from jetevo.io.atomic import temporary_name
+
+    # this machine's own names carry its host; a dead process here is gone, but a process
+    # on another node sharing the folder cannot be asked from here: its file is kept
+    here = temporary_name(out / "RunG_batch1.trees.parquet")
+    here_dead = here.with_name(here.name.replace(f"_{os.getpid()}.", "_999999999."))
+    elsewhere = out / ".RunG_batch2.trees.parquet.node-17_999999999.tmp"
+    for f in (dead, mine, here_dead, elsewhere):
+        f.write_bytes(b"partial")
     tree_run.recluster_files([sim_dir / "aoj"], out, progress=False)
     assert not dead.exists() and mine.exists()
+    assert not here_dead.exists() and elsewhere.exists()
 
 
 def test_recluster_stdout_is_the_summary_line_only(sim_dir, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from jetevo.errors import SettingError
+from jetevo.evaluate.metrics import quantile_edges
 from jetevo.kinematics import TOP_MASS
 
 EFFICIENCIES = (0.3, 0.5)
@@ -44,10 +45,10 @@ def rejection(eff_s: np.ndarray, eff_b: np.ndarray, at: float) -> float:
 def metrics_once(score: np.ndarray, is_signal: np.ndarray, efficiencies=EFFICIENCIES) -> dict:
     """AUC and 1/ε_B at each efficiency, for one sample."""
     _sklearn()
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import auc
 
     eff_s, eff_b = roc(score, is_signal)
-    out = {"auc": float(roc_auc_score(np.asarray(is_signal, bool), score))}
+    out = {"auc": float(auc(eff_b, eff_s))}  # the area under the curve already sorted
     for e in efficiencies:
         out[f"rejection@{e}"] = rejection(eff_s, eff_b, e)
     return out
@@ -93,23 +94,18 @@ def mass_window_score(mass: np.ndarray, center: float = TOP_MASS) -> np.ndarray:
 def histogram_llr(
     train_x: np.ndarray, train_signal: np.ndarray, test_x: np.ndarray, n_bins: int = 20
 ) -> np.ndarray:
-    """log p_S(x)/p_B(x) from per-class histograms of the training jets, on quantile bins
-    of the training jets in each coordinate (half a count added to every bin, so that no
+    """log p_S(x)/p_B(x) from per-class histograms of the training jets, on the quantile
+    bins of :func:`~jetevo.evaluate.metrics.quantile_edges` of the training jets in each
+    coordinate (half a count added to every bin, so that no
     bin is log 0). ``train_x``, ``test_x``: (n, d) with d = 1 or 2."""
     train_x, test_x = np.atleast_2d(train_x.T).T, np.atleast_2d(test_x.T).T
     train_signal = np.asarray(train_signal, bool)
-    edges = [
-        np.unique(np.quantile(train_x[:, i], np.linspace(0, 1, n_bins + 1)))
-        for i in range(train_x.shape[1])
-    ]
+    edges = [quantile_edges(train_x[:, i], n_bins) for i in range(train_x.shape[1])]
 
-    def cell(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(
-            np.clip(np.searchsorted(e, x[:, i], side="right") - 1, 0, len(e) - 2)
-            for i, e in enumerate(edges)
-        )
+    def cell(x: np.ndarray) -> tuple[np.ndarray, ...]:  # outer bins open, as in binned_kl
+        return tuple(np.searchsorted(e, x[:, i], side="right") for i, e in enumerate(edges))
 
-    shape = tuple(len(e) - 1 for e in edges)
+    shape = tuple(len(e) + 1 for e in edges)
     counts = []
     for mask in (train_signal, ~train_signal):
         h = np.zeros(shape)

@@ -26,7 +26,6 @@ from jetevo.trees.format import (
     JetColumns,
     Topology,
     load,
-    read_metadata,
     read_schema,
     tree_files,
 )
@@ -91,9 +90,7 @@ def read_prefix(paths, tokenizer, n_jets: int | None = None) -> PrefixJets:
             raise InputError(
                 f, f"tokens come from tokenizer {identity}, the model's is {tokenizer.identity}"
             )
-    for f in files:
-        read_metadata(f)
-    trees = load(files)
+    trees = load(files)  # refuses a file that is not a jetevo tree file
     if n_jets is not None:
         trees = trees[:n_jets]
     if len(trees) == 0:

@@ -177,7 +177,7 @@ def _output_folder(path, shard: Shard, run: dict) -> Path:
     that a failed run never leaves older jets to be read as new; refused if it holds other
     tree files, or shards of a run with other settings (``run``)."""
     out = ensure_writable_dir(path)
-    remove_stale_temporaries(out, f"{shard.stem}.*")
+    remove_stale_temporaries(out)
     others = sorted(f.name for f in out.glob("*.parquet") if not GENERATED.fullmatch(f.name))
     summaries = sorted(out.glob("summary*.json"))
     foreign = [f.name for f in summaries if "n_requested" not in _read_json(f)]
@@ -198,10 +198,9 @@ def _output_folder(path, shard: Shard, run: dict) -> Path:
     mine = ("generated*.trees.parquet", "summary*.json") if shard.whole else (
         f"{shard.stem}.*.trees.parquet", shard.summary, "generated.*.trees.parquet", "summary.json"
     )  # fmt: skip
-    for pattern in mine:
+    for pattern in mine:  # every tree file here is generate's (others were refused above)
         for f in out.glob(pattern):
-            if GENERATED.fullmatch(f.name) or f.suffix == ".json":
-                f.unlink()
+            f.unlink()
     return out
 
 
@@ -345,8 +344,9 @@ def generate(
     shard = Shard.parse(shard) if isinstance(shard, str) else (shard or Shard())
     prefix_jets, lo, hi = _this_share(shard, prefix, tok, n_jets)
 
-    generator = torch.Generator(device).manual_seed(shard.seed(seed))
-    rng = np.random.default_rng(shard.seed(seed))
+    own_seed = shard.seed(seed)
+    generator = torch.Generator(device).manual_seed(own_seed)
+    rng = np.random.default_rng(own_seed)
     res = resolution_for(model, tok, resolution and not flat)
     scale = res.log_pt_min if np.isfinite(res.log_pt_min) else None
     bigram = count_baselines(model, ckpt) if baseline == "bigram" else None
@@ -370,13 +370,13 @@ def generate(
     }
     if prefix_jets is not None:
         settings.update(
-            prefix=[str(f) for f in prefix_jets.files], prefix_depth=prefix_depth,
+            prefix=[str(f.resolve()) for f in prefix_jets.files], prefix_depth=prefix_depth,
             prefix_nodes=prefix_nodes, completions=completions,
         )  # fmt: skip
     # what every shard of one run shares (a folder never mixes shards of two runs)
-    run = {"model": str(ckpt), "n_jets": n_jets, "shards": shard.count, **settings}
+    run = {"model": str(ckpt.resolve()), "n_jets": n_jets, "shards": shard.count, **settings}
     if not shard.whole:
-        settings.update(shard=[shard.index, shard.count], shard_seed=shard.seed(seed))
+        settings.update(shard=[shard.index, shard.count], shard_seed=own_seed)
     out = _output_folder(out_dir, shard, run)  # only once every setting is known to be usable
     meta = {
         "algorithm": "generated",
@@ -508,9 +508,10 @@ def _sample_completions(plan, pairs: _PrefixPairs, batch_size, limit, writer, co
     """Complete every pair, a batch at a time; a batch's runaways are re-sampled before it
     is written, so the output keeps the pair order."""
     kept = pairs.jets.expansions(pairs.depth, pairs.nodes)
-    whole = kept == pairs.jets.expansions(None, None)  # nothing left to sample
-    # START + the kept expansions must fit, with room for one more unless the jet is whole
-    fits = kept + 1 + ~whole <= plan.model.cfg.max_len
+    more = kept < pairs.jets.expansions(None, None)  # splits left to sample
+    # START + the kept expansions must fit the context, and their nodes the node limit, with
+    # room for one more split unless the jet is whole
+    fits = (kept + 1 + more <= plan.model.cfg.max_len) & (2 * (kept + more) + 1 <= plan.limit_nodes)
     counts["prefix_too_long"] = int(np.count_nonzero(~fits))
     todo_all = np.flatnonzero(np.repeat(fits, pairs.completions))
     for start in range(0, len(todo_all), batch_size):
@@ -518,11 +519,12 @@ def _sample_completions(plan, pairs: _PrefixPairs, batch_size, limit, writer, co
         tables, ids = [], []
         while len(todo) and counts["attempted"] < limit:
             todo = todo[: limit - counts["attempted"]]
-            table, done_ids, runaway_ids, nodes = _complete_batch(plan, pairs, todo)
+            table, done_ids, runaway_ids, made = _complete_batch(plan, pairs, todo)
             counts["attempted"] += len(todo)
             counts["runaway"] += len(runaway_ids)
             counts["written"] += len(done_ids)
-            counts["nodes"] += nodes
+            counts["nodes"] += made["nodes"]
+            counts["resolved"] += made["resolved"]
             if table is not None:
                 tables.append(table)
                 ids.append(done_ids)
@@ -538,7 +540,7 @@ def _sample_completions(plan, pairs: _PrefixPairs, batch_size, limit, writer, co
 
 def _complete_batch(plan: _Plan, pairs: _PrefixPairs, ids: np.ndarray):
     """Complete the pairs ``ids``: the table of the complete ones, their ids, the runaways'
-    ids, and the nodes written."""
+    ids, and the nodes written and pseudojets resolved to particles."""
     jets = pairs.jets.select(ids // pairs.completions)
     trees = sample_trees(
         plan.model, len(ids), **plan.sampling, resolution=plan.resolution,
@@ -546,7 +548,7 @@ def _complete_batch(plan: _Plan, pairs: _PrefixPairs, ids: np.ndarray):
     )  # fmt: skip
     rows = trees.batch_rows
     if not len(trees):
-        return None, ids[rows], ids[trees.runaway], 0
+        return None, ids[rows], ids[trees.runaway], {"nodes": 0, "resolved": trees.n_resolved}
     assert trees.teacher_node is not None
     real = trees.teacher_node >= 0
     tree_of = np.repeat(np.arange(len(trees)), np.diff(trees.offsets))
@@ -574,7 +576,8 @@ def _complete_batch(plan: _Plan, pairs: _PrefixPairs, ids: np.ndarray):
     for name, values in extra.items():
         field = pa.field(name, pa.int32(), nullable=False)
         table = table.append_column(field, pa.array(values.astype(np.int32)))
-    return table, ids[rows], ids[trees.runaway], int(trees.offsets[-1])
+    made = {"nodes": int(trees.offsets[-1]), "resolved": trees.n_resolved}
+    return table, ids[rows], ids[trees.runaway], made
 
 
 @dataclass

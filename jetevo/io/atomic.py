@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +31,28 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return out
 
 
+def _host() -> str:
+    """This machine's name, without the dots and underscores a temporary name splits on."""
+    return socket.gethostname().replace(".", "-").replace("_", "-") or "localhost"
+
+
 def temporary_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    """``.{name}.{host}_{pid}.tmp``: whose process it is, on which machine (folders on a
+    shared file system are written from many nodes)."""
+    return final.with_name(f".{final.name}.{_host()}_{os.getpid()}.tmp")
 
 
-def remove_stale_temporaries(folder: str | Path, names: str = "*") -> list[Path]:
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove the temporary files that a killed jetevo process (``kill -9``, a node
-    failure) left in ``folder``: those of :func:`atomic_path` whose process is gone, of the
-    final names matching ``names`` (a process on another node sharing the folder looks gone
-    from here: a shard only clears its own names)."""
+    failure) left in ``folder``: those of :func:`atomic_path` whose process is gone. Only
+    this machine's processes can be asked: another host's temporaries are kept (a name
+    without a host is an older jetevo's, written here)."""
     removed = []
-    for tmp in Path(folder).glob(f".{names}.*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if not pid.isdigit() or _alive(int(pid)):
+    here = _host()
+    for tmp in Path(folder).glob(".*.*.tmp"):
+        owner = tmp.name.rsplit(".", 2)[-2]
+        host, _, pid = owner.rpartition("_")
+        if (host and host != here) or not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -494,8 +494,15 @@ def validation_batches(
     rank: int,
     world: int,
 ) -> ValidationBatches:
-    """Process ``rank``'s share of the first ``n_jets`` jets of ``source``."""
+    """Process ``rank``'s share of the first ``n_jets`` jets of ``source``. Every process
+    needs one jet at least: one without validation batches would skip the reduction the
+    others wait in."""
     n = min(n_jets, source.n_jets)
+    if n < world:
+        raise SettingError(
+            f"validation: {n} jet(s) for {world} processes; every process needs one at least "
+            "(more validation jets, or a larger train.val_batches)"
+        )
     lo, hi = n * rank // world, n * (rank + 1) // world
     order = range(len(source.units))
     return ValidationBatches(builder.read(source, order, lo, hi), batch_size)
@@ -517,10 +524,10 @@ def constituent_counts(source: TokenSource) -> Iterator[tuple[Path, np.ndarray]]
     """Each file's constituents per jet (its ``n_constituents`` column, one small integer a
     jet), a record batch at a time."""
     for f in source.files:
-        for batch in _parquet(f).iter_batches(
-            batch_size=1 << 16, columns=["n_constituents"], use_threads=False
-        ):
-            yield f, batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        pf = _parquet(f)
+        for row_group in range(pf.num_row_groups):
+            for batch in _batches(pf, f, row_group, ["n_constituents"]):
+                yield f, batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 __all__ = [

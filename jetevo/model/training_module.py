@@ -92,7 +92,7 @@ class TrainingModule(L.LightningModule):
         self._val.append(torch.stack([out["nll_sum"].float(), n.float(), out["top1"].float()]))
 
     def on_validation_epoch_end(self):
-        # every process reduces, also one whose share of the validation jets is empty
+        # every process has validation jets (streaming.validation_batches), so all reduce
         s = torch.stack(self._val).sum(0) if self._val else torch.zeros(3, device=self.device)
         s = self.trainer.strategy.reduce(s, reduce_op="sum")
         if s[1] > 0:
@@ -136,8 +136,6 @@ class TokenData(L.LightningDataModule):
     another number, the epoch continues at the same fraction of its steps: the jets each
     process had read cannot be re-split, so within that epoch some jets may come twice and
     others not at all; later epochs see every jet once."""
-
-    allow_zero_length_dataloader_with_multiple_devices = True  # a tiny validation set
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -351,10 +351,11 @@ class _Dask:
         from distributed import as_completed as completed
 
         run = uuid.uuid4().hex[:8]  # task names unique to this run on a shared scheduler
+        # a remote worker runs in its own working directory: paths must not be relative
         futures = {
             self.client.submit(
-                work, s, key=f"jetevo-recluster-{s.output.name}-{run}", retries=self.retries,
-                pure=False,
+                work, replace(s, source=s.source.absolute(), output=s.output.absolute()),
+                key=f"jetevo-recluster-{s.output.name}-{run}", retries=self.retries, pure=False,
             ): s
             for s in todo
         }  # fmt: skip
