@@ -14,11 +14,6 @@ from pathlib import Path
 
 from jetevo.errors import JetevoError, SettingError
 
-DECODING_HELP = (
-    "two-body (default): each pair a two-body decay of its parent, physical particle masses;"
-    " share: the old correction that passes a parent's excess mass to its children"
-)
-
 
 def _simulate(args: argparse.Namespace) -> None:
     from jetevo.io.simulate import simulate
@@ -132,20 +127,22 @@ def _tokenizer_decode(args: argparse.Namespace) -> None:
     from jetevo.tokenize.tokens import decode_files
 
     tok = Tokenizer.load(args.ckpt)
-    for path in decode_files(tok, args.tokens, args.out, args.split_kinematics, args.particle_mass):
+    for path in decode_files(tok, args.tokens, args.out, args.particle_mass):
         print(path)
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
     from jetevo.evaluate.closure import tokenizer_closure
+    from jetevo.io.atomic import ensure_writable_dir
     from jetevo.tokenize.report import evaluate, format_report, write_report
     from jetevo.tokenize.tokenizer import Tokenizer
 
     plots = Path(args.plots) if args.plots else Path(args.json).parent
+    ensure_writable_dir(Path(args.json).parent)
     tok = Tokenizer.load(args.ckpt)
     report = evaluate(tok, args.trees, plots_dir=plots)
     report["closure"] = tokenizer_closure(
-        tok, args.trees, args.split_kinematics, args.particle_mass, massless=args.massless
+        tok, args.trees, args.particle_mass, massless=args.massless
     )
     write_report(report, args.json)
     print(format_report(report))
@@ -224,7 +221,7 @@ def _generate(args: argparse.Namespace) -> None:
         args.ckpt, args.n_jets, args.out, batch_size=args.batch_size, temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, device=args.device, max_nodes=args.max_nodes,
         root_tokens=roots, root=root, tokenizer=args.tokenizer,
-        split_kinematics=args.split_kinematics, particle_mass=args.particle_mass,
+        particle_mass=args.particle_mass,
         baseline=args.baseline, resolution=not args.no_resolution, prefix=args.prefix,
         prefix_depth=args.prefix_depth, prefix_nodes=args.prefix_nodes,
         completions=args.completions, shard=args.shard, progress=not args.quiet,
@@ -251,15 +248,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_decoding_options(p: argparse.ArgumentParser, what: str = "decoded") -> None:
-    from jetevo.tokenize.decode import PARTICLE_MASSES, SPLIT_KINEMATICS  # torch-free
+    from jetevo.tokenize.decode import PARTICLE_MASSES  # torch-free
 
     p.add_argument(
-        "--split-kinematics", choices=SPLIT_KINEMATICS, default="two-body",
-        help=f"how each {what} pair is made to add up to its parent: " + DECODING_HELP,
-    )  # fmt: skip
-    p.add_argument(
         "--particle-mass", choices=tuple(PARTICLE_MASSES), default="pion",
-        help="mass of every particle with two-body kinematics (decoded: its token's)",
+        help=f"mass of every {what} particle of a flat (jet-relative) tokenizer, whose tokens "
+        "carry none (default: %(default)s); a tree tokenizer's particles keep the masses "
+        "their tokens decode to, which conserves four-momentum exactly",
     )  # fmt: skip
 
 

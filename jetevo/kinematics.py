@@ -125,6 +125,48 @@ def boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return out
 
 
+def _split_frame_params(frame: np.ndarray, frame_mass: np.ndarray):
+    pt_f, y_f, phi_f, _ = pt_y_phi_m(frame)
+    mt = np.sqrt(pt_f**2 + frame_mass**2)
+    return pt_f, mt, np.cos(phi_f), np.sin(phi_f), np.cosh(y_f), np.sinh(y_f)
+
+
+def to_split_frame(p: np.ndarray, frame: np.ndarray, frame_mass: np.ndarray) -> np.ndarray:
+    """Four-vectors ``p`` (n, 4) in the rest frame of ``frame`` (n, 4) of mass
+    ``frame_mass`` (> 0), reached as a jet physicist reaches it: rotate the frame to azimuth
+    0, boost it longitudinally to rapidity 0, then boost it to rest along x. Unlike a pure
+    boost from the lab, this frame does not depend on the jet's own rapidity and azimuth
+    (no Wigner rotation), so what is measured in it is the same in the lab and in the jet
+    frame. There the frame's flight direction is x, z points to larger rapidity and y to
+    larger azimuth."""
+    pt_f, mt, c, s, ch, sh = _split_frame_params(frame, frame_mass)
+    px = p[:, 0] * c + p[:, 1] * s
+    py = -p[:, 0] * s + p[:, 1] * c
+    pz = p[:, 2] * ch - p[:, 3] * sh
+    e = p[:, 3] * ch - p[:, 2] * sh
+    out = np.empty_like(p)
+    out[:, 0] = (mt * px - pt_f * e) / frame_mass
+    out[:, 1] = py
+    out[:, 2] = pz
+    out[:, 3] = (mt * e - pt_f * px) / frame_mass
+    return out
+
+
+def from_split_frame(p: np.ndarray, frame: np.ndarray, frame_mass: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_split_frame`."""
+    pt_f, mt, c, s, ch, sh = _split_frame_params(frame, frame_mass)
+    px = (mt * p[:, 0] + pt_f * p[:, 3]) / frame_mass
+    e = (mt * p[:, 3] + pt_f * p[:, 0]) / frame_mass
+    pz = p[:, 2] * ch + e * sh
+    e, py = e * ch + p[:, 2] * sh, p[:, 1]
+    out = np.empty_like(p)
+    out[:, 0] = px * c - py * s
+    out[:, 1] = px * s + py * c
+    out[:, 2] = pz
+    out[:, 3] = e
+    return out
+
+
 def boost_rapidity(p: np.ndarray, dy: float) -> np.ndarray:
     """Longitudinal boost of four-momenta (n, 4) by a rapidity shift ``dy``."""
     if dy == 0.0:

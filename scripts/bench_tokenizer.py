@@ -1,7 +1,8 @@
 """Benchmark the tokenizer on CPU: encode + decode throughput, and the cost of a training step.
 
 Throughput: nodes/s for features -> token -> features -> four-momenta at a given batch
-(default 65,536 nodes), with a K-code tokenizer (k-means initialised, untrained: speed does
+(default 65,536 nodes: the children of 32,768 splits, each pair decoded together as a decay
+of its parent, as generation decodes it), with a K-code tokenizer (k-means initialised, untrained: speed does
 not depend on training). Training step: the in-house EMA quantizer against
 ``vector-quantize-pytorch`` (if installed) at batch x K, forward + backward.
 Nodes come from simulated top-jet trees (Pythia, cached under --work). Prints one JSON object.
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 
-def sample_nodes(work: Path, n_jets: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(work: Path, n_jets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(left, right, parent) four-momenta of every split of simulated top jets."""
     from jetevo.io.simulate import simulate
     from jetevo.tokenize import features as F
     from jetevo.trees.format import load
@@ -28,7 +30,10 @@ def sample_nodes(work: Path, n_jets: int) -> tuple[np.ndarray, np.ndarray]:
         src = simulate("top", n_jets, work / "sim", seed=77, workers=2, progress=False)
         recluster_files([src], trees_dir, progress=False)
     a = F.node_arrays(load(trees_dir))
-    return a["p"], F.parent_context(a["p"], a["parent"])
+    p = F.summed_nodes(a)
+    has = np.flatnonzero(a["parent"] >= 0)
+    pairs = has[np.argsort(a["parent"][has], kind="stable")].reshape(-1, 2)
+    return p[pairs[:, 0]], p[pairs[:, 1]], p[a["parent"][pairs[:, 0]]]
 
 
 def best_time(fn, repeat: int) -> float:
@@ -46,6 +51,7 @@ def main() -> None:
     from jetevo.allocator import keep_freed_memory
     from jetevo.tokenize import features as F
     from jetevo.tokenize.kmeans import kmeans
+    from jetevo.tokenize.root import RootQuantizer
     from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -59,26 +65,36 @@ def main() -> None:
     keep_freed_memory()  # as the jetevo command does (jetevo.runtime.configure_process)
     torch.manual_seed(0)
 
-    p, ctx = sample_nodes(args.work, args.n_jets)
-    reps = -(-args.batch // len(p))
-    p, ctx = np.tile(p, (reps, 1))[: args.batch], np.tile(ctx, (reps, 1))[: args.batch]
+    left, right, parent = sample_pairs(args.work, args.n_jets)
+    n_pairs = args.batch // 2
+    reps = -(-n_pairs // len(left))
+    left, right, parent = (np.tile(x, (reps, 1))[:n_pairs] for x in (left, right, parent))
     cfg = TokenizerConfig(n_codes=args.n_codes)
-    f = F.features(p, ctx)
+    f = np.concatenate([F.split_features(left, parent), F.split_features(right, parent)])
     std = F.Standardizer.fit(f, cfg.feature_weights)
     model = Tokenizer.build_model(cfg)
     model.set_codebook(
         torch.as_tensor(kmeans(std.forward(f), args.n_codes, iters=5), dtype=torch.float32),
         cfg.batch_size,
     )
-    tok = Tokenizer(cfg, std, model)
+    roots = np.concatenate([left, right])  # any four-momenta fit the (unused) root grid
+    tok = Tokenizer(cfg, std, model, root=RootQuantizer.fit(roots, args.n_codes))
     tok.codes_from_features(f[:10])  # build the code index once
 
+    def encode():
+        return (
+            tok.codes_from_features(F.split_features(left, parent)),
+            tok.codes_from_features(F.split_features(right, parent)),
+        )
+
     def encode_decode():
-        codes = tok.codes_from_features(F.features(p, ctx))
-        return F.invert(tok.features_from_codes(codes), ctx)
+        codes_l, codes_r = encode()
+        return F.decode_split(
+            parent, tok.features_from_codes(codes_l), tok.features_from_codes(codes_r)
+        )
 
     t_codec = best_time(encode_decode, args.repeat)
-    t_encode = best_time(lambda: tok.codes_from_features(F.features(p, ctx)), args.repeat)
+    t_encode = best_time(encode, args.repeat)
 
     x = torch.as_tensor(std.forward(f[: args.train_batch]), dtype=torch.float32)
     model.train()
@@ -93,8 +109,8 @@ def main() -> None:
         "batch": args.batch,
         "n_codes": args.n_codes,
         "torch_threads": torch.get_num_threads(),
-        "encode_decode_nodes_per_s": round(args.batch / t_codec),
-        "encode_nodes_per_s": round(args.batch / t_encode),
+        "encode_decode_nodes_per_s": round(2 * n_pairs / t_codec),
+        "encode_nodes_per_s": round(2 * n_pairs / t_encode),
         "train_step_s_inhouse": round(t_step, 4),
     }
     try:

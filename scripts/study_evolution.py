@@ -102,11 +102,11 @@ def prefix_observables(prefix, p: np.ndarray) -> dict[str, np.ndarray]:
 def decoded_real(prefix, tokenizer, depth: int) -> dict[str, np.ndarray]:
     """Observables of the real jets with every node below ``depth`` decoded from its own
     token (the kept nodes real), as generation decodes a completion."""
-    from jetevo.tokenize.decode import decode_physical
+    from jetevo.tokenize.decode import decode_tree
 
     known = (prefix.topology.depth <= depth, prefix.p)
     return prefix_observables(
-        prefix, decode_physical(tokenizer, prefix.token, prefix.topology, known=known)
+        prefix, decode_tree(tokenizer, prefix.token, prefix.topology, known=known)
     )
 
 

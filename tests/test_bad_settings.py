@@ -104,8 +104,8 @@ def test_config_classes_check_their_fields_on_construction():
     "override, expected",
     [
         ("n_codes=abc", "n_codes takes an integer >= 1, got 'abc'"),
-        ("feature_weights=[1,2]", "feature_weights takes a list of 5 numbers > 0, got [1, 2]"),
-        ("feature_weights=[1,2,0,1,1]", "feature_weights takes a list of 5 numbers > 0"),
+        ("feature_weights=[1,2]", "feature_weights takes a list of 4 numbers > 0, got [1, 2]"),
+        ("feature_weights=[1,2,0,1,1]", "feature_weights takes a list of 4 numbers > 0"),
         ("batch_size=0", "batch_size takes an integer >= 1, got 0"),
         ("checkpoint_every=0", "checkpoint_every takes an integer >= 1, got 0"),
         ("ema_decay=1.5", "ema_decay takes a number >= 0 and < 1, got 1.5"),
@@ -148,7 +148,9 @@ def other_tokens(tiny_tokenizer, tree_dir, tmp_path):
 
     torch.manual_seed(1)
     cfg = TokenizerConfig(**TINY_TOKENIZER)
-    other = Tokenizer(cfg, tiny_tokenizer.standardizer, Tokenizer.build_model(cfg))
+    other = Tokenizer(
+        cfg, tiny_tokenizer.standardizer, Tokenizer.build_model(cfg), root=tiny_tokenizer.root
+    )
     other.save(tmp_path / "other.ckpt")
     other = Tokenizer.load(tmp_path / "other.ckpt")
     assert other.identity != tiny_tokenizer.identity

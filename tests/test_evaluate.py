@@ -133,22 +133,41 @@ def test_evaluate_end_to_end_and_errors(tree_dir, tmp_path, capsys):
 
 
 def test_tokenizer_closure_rebuilds_valid_e_scheme_trees(tiny_tokenizer, tree_dir):
-    """Rebuilt trees keep the true structure and add up at every split, for both ways of
-    making a decoded pair add up to its parent; the two differ."""
+    """Rebuilt trees keep the true structure and add up at every split."""
     from jetevo.evaluate.closure import rebuilt_trees
-    from jetevo.tokenize.decode import SPLIT_KINEMATICS
     from jetevo.trees.format import load, validate
 
     trees = load(tree_dir)[:20]
-    rebuilt = {k: rebuilt_trees(tiny_tokenizer, trees, k) for k in SPLIT_KINEMATICS}
-    for r in rebuilt.values():
-        assert ak.all(ak.num(r["left"]) == ak.num(trees["left"]))
-        assert ak.all(ak.max(r["depth"], axis=1) == ak.max(trees["depth"], axis=1))
-        validate(r, scheme="E", rtol=1e-6)
-    assert not np.allclose(
-        ak.to_numpy(ak.flatten(rebuilt["share"]["px"])),
-        ak.to_numpy(ak.flatten(rebuilt["two-body"]["px"])),
-    )
+    rebuilt = rebuilt_trees(tiny_tokenizer, trees)
+    assert ak.all(ak.num(rebuilt["left"]) == ak.num(trees["left"]))
+    assert ak.all(ak.max(rebuilt["depth"], axis=1) == ak.max(trees["depth"], axis=1))
+    validate(rebuilt, scheme="E", rtol=1e-6)
+
+
+def test_split_table_known_answer():
+    """One jet: a root splitting at opening 0.4 into a particle (pT 30) and a pseudojet
+    (pT 70) that splits at opening 0.1 into 40 + 30: z 0.3 and 30/70, openings 0.4 and
+    0.1, the second narrower than its parent."""
+    from jetevo.evaluate.closure import split_closure, split_table
+    from jetevo.kinematics import four_momentum
+
+    a = four_momentum(np.array([40.0, 30.0, 30.0]), np.array([0.05, -0.05, -0.3]),
+                      np.zeros(3), np.zeros(3))  # fmt: skip
+    inner = a[0] + a[1]
+    nodes = np.stack([inner + a[2], a[2], inner, a[0], a[1]])
+    trees = ak.Array({
+        **{k: [nodes[:, i].tolist()] for i, k in enumerate(("px", "py", "pz", "E"))},
+        "left": [[1, -1, 3, -1, -1]], "right": [[2, -1, 4, -1, -1]],
+        "parent": [[-1, 0, 0, 2, 2]], "depth": [[0, 1, 1, 2, 2]],
+    })  # fmt: skip
+    s = split_table(trees)
+    assert np.array_equal(s["depth"], [0, 1])
+    assert np.allclose(s["z"], [0.3, 30 / 70], atol=2e-3)  # pT of a sum: close to 70
+    assert np.allclose(s["opening"][1], 0.1) and s["opening"][0] > 0.3
+    assert list(s["wider"]) == [False, False]
+    c = split_closure(s, s)
+    assert c["collinear_fraction"] == {"true": 0.0, "rebuilt": 0.0}
+    assert c["per_depth"][1]["true"]["wider_fraction"] == 0.0
 
 
 REAL_AOJ = Path(__file__).parent / "data" / "2016H_job0_mini.h5"

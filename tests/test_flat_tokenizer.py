@@ -76,7 +76,7 @@ def test_flat_round_trip_within_quantization(flat_tokenizer, tree_dir):
 
 def test_flat_identity_and_settings(flat_tokenizer, tiny_tokenizer):
     assert flat_tokenizer.identity != tiny_tokenizer.identity
-    assert tiny_tokenizer.feature_set == "parent-relative-v1"
+    assert tiny_tokenizer.feature_set == "split-exact-v2"
     with pytest.raises(SettingError, match="feature_weights") as err:
         TokenizerConfig.from_dict({"feature_set": "jet-relative-v1", "feature_weights": [1] * 5})
     assert "\n" not in str(err.value)
@@ -84,12 +84,13 @@ def test_flat_identity_and_settings(flat_tokenizer, tiny_tokenizer):
         TokenizerConfig(feature_weights=[1.0, 1.0, 1.0])
     with pytest.raises(SettingError, match="feature_set"):
         TokenizerConfig(feature_set="axis-relative-v0")
-    # checkpoints from before the field were parent-relative
+    # tokenizers of the retired parent-relative representation are refused in one line
     state = tiny_tokenizer.state()
-    del state["config"]["feature_set"]
-    assert Tokenizer.from_state(state).cfg.feature_set == "parent-relative-v1"
+    state["feature_set"] = "parent-relative-v1"
+    with pytest.raises(InputError, match="retired representation parent-relative-v1"):
+        Tokenizer.from_state(state)
     state = flat_tokenizer.state()
-    state["config"]["feature_set"] = "parent-relative-v1"
+    state["config"]["feature_set"] = "split-exact-v2"
     with pytest.raises(InputError, match=r"bad tokenizer config|damaged"):
         Tokenizer.from_state(state)
 
@@ -103,7 +104,7 @@ def test_resume_with_another_feature_set_is_refused(flat_tokenizer, tree_dir):
 
 
 def test_decode_flat_sums_particles(flat_tokenizer, tree_dir):
-    from jetevo.tokenize.decode import decode_flat, decode_physical, decode_tokens
+    from jetevo.tokenize.decode import decode_flat, decode_tokens, decode_tree
 
     trees = load(tree_dir)
     topology = Topology.of(trees)
@@ -121,11 +122,11 @@ def test_decode_flat_sums_particles(flat_tokenizer, tree_dir):
     sums = np.zeros((len(topology), 4))
     np.add.at(sums, jets[leaf], p[leaf])
     assert np.allclose(sums, p[topology.offsets[:-1]], rtol=1e-9, atol=1e-9)
-    assert np.array_equal(decode_tokens(flat_tokenizer, tokens, topology, "share", "pion"), p)
+    assert np.array_equal(decode_tokens(flat_tokenizer, tokens, topology, "pion"), p)
     massless = decode_flat(flat_tokenizer, tokens, topology, "decoded")
     assert _massless(massless[leaf])
     with pytest.raises(SettingError, match="decode_flat"):
-        decode_physical(flat_tokenizer, tokens, topology)
+        decode_tree(flat_tokenizer, tokens, topology)
 
 
 def test_flat_tokenizer_eval_report(flat_tokenizer, tree_dir, tmp_path):
@@ -143,7 +144,7 @@ def test_flat_tokenizer_eval_report(flat_tokenizer, tree_dir, tmp_path):
     assert np.isfinite(report["jet_mass_rel_err_median"])
     assert (tmp_path / "tokenizer_residuals.png").exists()
     closure = tokenizer_closure(flat_tokenizer, tree_dir, n_resamples=2)
-    assert closure["split_kinematics"] == "flat"
+    assert closure["decoding"] == "flat"
     assert closure["observables"]["multiplicity"]["paired_abs_diff_median"] == 0
     report["closure"] = closure
     text = format_report(report)

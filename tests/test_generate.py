@@ -90,10 +90,6 @@ def test_generate_writes_valid_trees(model_ckpt, tiny_tokenizer, tmp_path):
     validate(
         trees, scheme="E", rtol=1e-4, harder_first=True
     )  # conserving decode: parent = sum of children
-    generate(
-        model_ckpt, 16, tmp_path / "g4", batch_size=16, split_kinematics="two-body", progress=False
-    )
-    validate(load(tmp_path / "g4"), scheme="E", rtol=1e-4, harder_first=True)
     again = generate(model_ckpt, 40, tmp_path / "g2", batch_size=16, seed=2, progress=False)
     assert again["n_written"] == 40
     assert ak.all(load(tmp_path / "g2").token == trees.token)
@@ -183,7 +179,7 @@ def test_generate_replaces_an_older_run_and_leaves_nothing_when_it_fails(
     assert [p.name for p in out.glob("*.parquet")] == ["generated.0000.trees.parquet"]
     assert len(load(out)) == 5
     # a run that fails midway leaves no shards (and no summary) to be read as a sample
-    real, calls = gen_run.decode_physical, {"n": 0}
+    real, calls = gen_run.decode_tree, {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -191,7 +187,7 @@ def test_generate_replaces_an_older_run_and_leaves_nothing_when_it_fails(
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gen_run, "decode_physical", flaky)
+    monkeypatch.setattr(gen_run, "decode_tree", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         generate(model_ckpt, 30, out, batch_size=8, shard_size=10, seed=3, progress=False)
     assert not list(out.iterdir())
@@ -202,7 +198,7 @@ def test_generate_replaces_an_older_run_and_leaves_nothing_when_it_fails(
             "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
         )
 
-    monkeypatch.setattr(gen_run, "decode_physical", real)
+    monkeypatch.setattr(gen_run, "decode_tree", real)
     monkeypatch.setattr(gen_run, "sample_trees", no_memory)
     with pytest.raises(SettingError, match="--batch-size 8"):
         generate(model_ckpt, 3, out, batch_size=8, progress=False)

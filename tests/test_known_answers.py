@@ -4,10 +4,10 @@ every node's exact features, so the answer can be written down beforehand:
 
 - exact codes: the rebuilt jets are the true jets, so every W1 and every paired
   difference is 0 (to float32 rounding);
-- the same codebook with each root's log(pT / pT_ref) code moved up by log(1.1): every
-  node's features are relative to its parent, so the whole decoded jet is the true one
-  scaled by 1.1 (conserving ``share`` decoding has nothing to share: the true trees are
-  E-scheme). Jet masses are then 1.1x the true ones: the paired difference is
+- the same codebook with each root's grid values of pT and mass moved up by log(1.1): every
+  split's features are dimensionless and relative to its parent, so the whole decoded jet
+  is the true one scaled by 1.1. Jet masses are then 1.1x the true ones: the paired
+  difference is
   0.1 m_i for every jet, its median 0.1 median(m), and W1 = 0.1 mean(m) (equal-size
   samples, one the other scaled); the scale-free observables do not move.
 """
@@ -24,7 +24,9 @@ import torch
 from conftest import make_jets, random_particles
 
 from jetevo.evaluate import closure
+from jetevo.kinematics import pt_y_phi_m
 from jetevo.tokenize import features as F
+from jetevo.tokenize.root import MASS_EPS, RootQuantizer
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig
 from jetevo.trees.format import load
 from jetevo.trees.recluster import ReclusterConfig, recluster_chunk
@@ -50,22 +52,28 @@ def hand_trees(tmp_path_factory):
     return path
 
 
-def exact_tokenizer(trees, root_log_z_shift: float = 0.0) -> Tokenizer:
-    """A tokenizer with one code per node holding that node's exact (standardized)
-    features; the encoder and decoder MLPs are the identity (their last layer starts at
-    zero). Root codes can have their log_z moved by ``root_log_z_shift``."""
+def exact_tokenizer(trees, root_log_shift: float = 0.0) -> Tokenizer:
+    """A tokenizer with one code per split child holding that child's exact (standardized)
+    features, and a root grid holding every jet's pT and mass; the encoder and decoder MLPs
+    are the identity (their last layer starts at zero). The root grid's values can be moved
+    by ``root_log_shift`` (log pT and log mass alike)."""
     a = F.node_arrays(trees)
-    f = F.features(a["p"], F.parent_context(a["p"], a["parent"]))
+    a["p"] = F.summed_nodes(a)
+    child = a["parent"] >= 0
+    f = F.split_features(a["p"][child], F.split_parents(a)[child])
     cfg = TokenizerConfig(n_codes=len(f), hidden=8, n_layers=1)
     std = F.Standardizer.fit(f, cfg.feature_weights)
-    codes = std.forward(f)
-    roots = a["parent"] < 0
-    codes[roots, 0] += root_log_z_shift / std.std[0] * std.weight[0]
     model = Tokenizer.build_model(cfg)
-    model.set_codebook(torch.as_tensor(codes, dtype=torch.float32), cfg.batch_size)
-    tok = Tokenizer(cfg, std, model)
-    # every node is encoded to its own code (a root to its moved code)
-    assert np.array_equal(tok.vocab.code(tok.encode_trees(trees)), np.arange(len(f)))
+    model.set_codebook(torch.as_tensor(std.forward(f), dtype=torch.float32), cfg.batch_size)
+    pt, _, _, m = pt_y_phi_m(a["p"][~child])
+    grid = RootQuantizer(
+        np.sort(np.log(pt)) + root_log_shift, np.sort(np.log(m + MASS_EPS)) + root_log_shift
+    )
+    tok = Tokenizer(cfg, std, model, root=grid)
+    # every child is encoded to its own code, every root to its own grid point
+    codes = tok.vocab.code(tok.encode_trees(trees))
+    assert np.array_equal(codes[child], np.arange(len(f)))
+    assert len(set(codes[~child].tolist())) == len(pt)
     return tok
 
 
@@ -85,7 +93,7 @@ def test_exact_codes_rebuild_the_true_jets(hand_trees):
     trees = load(hand_trees)
     assert len(trees) == N_JETS
     tok = exact_tokenizer(trees)
-    rebuilt = closure.rebuilt_trees(tok, trees, "two-body", "massless")
+    rebuilt = closure.rebuilt_trees(tok, trees)
     assert np.array_equal(
         ak.to_numpy(rebuilt["n_constituents"]), [6 + 2 * k for k in range(N_JETS)]
     )
@@ -94,13 +102,11 @@ def test_exact_codes_rebuild_the_true_jets(hand_trees):
     assert np.array_equal(a["parent"], b["parent"]) and np.array_equal(a["is_leaf"], b["is_leaf"])
     (pt_a, m_a), (pt_b, m_b) = pt_and_mass(a["p"]), pt_and_mass(b["p"])
     # float32 rounding: stored "massless" particles of a few hundred GeV carry masses up
-    # to ~0.1 GeV (E and p rounded apart), which two-body decoding sets back to 0
+    # to ~0.1 GeV (E and p rounded apart), which the tokenizer sets back to 0
     assert np.allclose(pt_b, pt_a, rtol=1e-4)
     assert np.allclose(m_b, m_a, rtol=1e-4, atol=0.2)
 
-    result = closure.tokenizer_closure(
-        tok, [hand_trees], split_kinematics="two-body", particle_mass="massless"
-    )
+    result = closure.tokenizer_closure(tok, [hand_trees])
     assert result["n_jets"] == N_JETS
     obs = result["observables"]
     mass = true_masses(trees)
@@ -116,10 +122,8 @@ def test_exact_codes_rebuild_the_true_jets(hand_trees):
 
 def test_root_pt_codes_scaled_by_a_tenth_scale_the_rebuilt_jets(hand_trees):
     trees = load(hand_trees)
-    tok = exact_tokenizer(trees, root_log_z_shift=math.log(SCALE))
-    result = closure.tokenizer_closure(
-        tok, [hand_trees], split_kinematics="share", particle_mass="decoded"
-    )
+    tok = exact_tokenizer(trees, root_log_shift=math.log(SCALE))
+    result = closure.tokenizer_closure(tok, [hand_trees])
     obs = result["observables"]
     mass = true_masses(trees)
     assert np.all(np.diff(np.sort(mass)) > 0.5), "distinct masses: the pairing matters"
@@ -134,7 +138,7 @@ def test_root_pt_codes_scaled_by_a_tenth_scale_the_rebuilt_jets(hand_trees):
     for name in SCALE_FREE:
         assert obs[name]["w1"] == pytest.approx(0.0, abs=1e-4), name
     # the same through rebuilt_trees: every node's pT is 1.1x the true one
-    rebuilt = closure.rebuilt_trees(tok, trees, "share", "decoded")
+    rebuilt = closure.rebuilt_trees(tok, trees)
     pt_true = pt_and_mass(F.node_arrays(trees)["p"])[0]
     pt_rebuilt = pt_and_mass(F.node_arrays(rebuilt)["p"])[0]
     assert np.allclose(pt_rebuilt, SCALE * pt_true, rtol=1e-5)

@@ -315,9 +315,14 @@ def test_predict_and_decode(tiny_tokenizer, right_head):
     s2 = model.predict(parents, sample=True, top_k=5, generator=g)
     assert torch.equal(s1["left"], s2["left"]) and torch.equal(s1["right"], s2["right"])
     assert torch.all(s1["left"] < Vocab(N_CODES).n_node_tokens)
-    parent_p = np.array([[300.0, 10.0, 50.0, 320.0]] * 3)
+    # the docs' parent: the predicted children are a decay of exactly it, as in generation
+    parent_p = np.array([[500.0, 0.0, 100.0, 530.0]] * 3)
     kin = children_kinematics(tiny_tokenizer, greedy, parent_p)
     assert kin["left"].shape == (3, 4) and np.all(np.isfinite(kin["right"]))
+    assert np.allclose(kin["left"] + kin["right"], parent_p, rtol=1e-12, atol=1e-9)
+    for side in ("left", "right"):
+        p = kin[side]
+        assert np.all(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(1) >= 0) and np.all(p[:, 3] > 0)
 
 
 def test_right_head_setting_is_validated():
@@ -398,40 +403,6 @@ def test_cached_and_uncached_generation_agree(tiny_tokenizer, right_head):
             assert np.array_equal(getattr(a, f), getattr(b, f)), f
         assert a.steps == b.steps
     assert sample_trees(model, 16, root_tokens=np.arange(16) * 3).steps >= 5
-
-
-def test_checkpoint_without_right_head_loads_as_left_child(tiny_tokenizer, token_dir, tmp_path):
-    seqs = sequences(token_dir)
-    batch = batch_of(seqs, range(6))
-    left = batch["left"].clamp(min=0)
-    model = tiny_model(tiny_tokenizer, seed=1, right_head="left-child").eval()
-    save_model(model, tmp_path / "new.ckpt")
-    state = torch.load(tmp_path / "new.ckpt", weights_only=True)
-    del state["config"]["right_head"]  # as saved before the setting existed (version 0)
-    del state["format_version"]
-    renamed = {"output.bias": "out_bias", "gpt.": ""}
-    for new_key in list(state["state_dict"]):
-        for new, old in renamed.items():
-            if new_key.startswith(new):
-                state["state_dict"][old + new_key[len(new) :]] = state["state_dict"].pop(new_key)
-    torch.save(state, tmp_path / "old.ckpt")
-    loaded = load_model(tmp_path / "old.ckpt")
-    assert loaded.cfg.right_head == "left-child"
-    with torch.no_grad():
-        table = loaded.tokens.table()
-        h = loaded.hidden(batch, table)
-        right = loaded.right_log_probs(h, left, table)
-        assert torch.equal(right, model.right_log_probs(h, left))
-        for k, v in split_nll(loaded, batch, True, stats=True).items():
-            assert torch.equal(v, split_nll(model, batch, True, stats=True)[k]), k
-        # the one-key head written out: softmax weight 1, so it adds the left child's value
-        xattn, c = loaded.right_xattn, h.shape[-1]
-        value = xattn.kv(table[left])[..., c:]
-        state_r = loaded.right_head(xattn.ln(h + xattn.proj(value)))
-        assert torch.allclose(loaded.output.log_probs(state_r, table), right, atol=1e-5)
-    # a new checkpoint keeps its setting
-    save_model(tiny_model(tiny_tokenizer, right_head="context"), tmp_path / "new.ckpt")
-    assert load_model(tmp_path / "new.ckpt").cfg.right_head == "context"
 
 
 def test_cli_train_finetune_and_evaluate_splits(token_dir, tmp_path, capsys):

@@ -212,7 +212,7 @@ def test_checkpoints_are_weights_only_and_versioned(tiny_tokenizer, tmp_path):
     path = tmp_path / "m.ckpt"
     save_model(tiny(tiny_tokenizer, "tree"), path, {"baselines": {"x": np.arange(3)}})
     state = torch.load(path, weights_only=True)  # no pickled code: plain torch.load works
-    assert state["format_version"] == 1 and torch.is_tensor(state["baselines"]["x"])
+    assert state["format_version"] == 2 and torch.is_tensor(state["baselines"]["x"])
     state["format_version"] = 99
     torch.save(state, tmp_path / "new.ckpt")
     with pytest.raises(InputError, match=r"new\.ckpt: model checkpoint format version 99 is newer"):
@@ -224,26 +224,27 @@ def test_checkpoints_are_weights_only_and_versioned(tiny_tokenizer, tmp_path):
         load_model(tmp_path / "pickle.ckpt")
 
 
-def test_version_zero_checkpoint_with_numpy_arrays_loads(tiny_tokenizer, tmp_path):
-    model = tiny(tiny_tokenizer, "tree", seed=4)
-    save_model(model, tmp_path / "new.ckpt")
-    state = torch.load(tmp_path / "new.ckpt", weights_only=True)
-    old_names = {"gpt.": "", "output.bias": "out_bias", "output.group_": "group_",
-                 "output.class_column": "token_column"}  # fmt: skip
-    weights = {}
-    for key, value in state["state_dict"].items():
-        for new, old in old_names.items():
-            if key.startswith(new):
-                key = old + key[len(new) :]
-                break
-        weights[key] = value
-    del state["format_version"], state["config"]["mode"], state["config"]["positional"]
-    old = {**state, "state_dict": weights, "baselines": {"unigram": np.ones(3)}}
-    torch.save(old, tmp_path / "v0.ckpt")  # numpy inside, as before versions existed
-    loaded = load_model(tmp_path / "v0.ckpt")
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+def test_tree_checkpoints_of_retired_tokens_are_refused_flat_ones_load(tiny_tokenizer, tmp_path):
+    """Tree models of format versions 0 and 1 spoke parent-relative-v1 tokens: refused in
+    one line that says so; a version-1 flat model (jet-relative tokens, unchanged) loads."""
+    save_model(tiny(tiny_tokenizer, "tree", seed=4), tmp_path / "tree.ckpt")
+    state = torch.load(tmp_path / "tree.ckpt", weights_only=True)
+    for version in (1, None):
+        old = dict(state)
+        if version is None:
+            del old["format_version"]
+        else:
+            old["format_version"] = version
+        torch.save(old, tmp_path / "old.ckpt")
+        with pytest.raises(InputError, match=r"old\.ckpt: .*retired parent-relative-v1"):
+            load_model(tmp_path / "old.ckpt")
+    flat = tiny(tiny_tokenizer, "flat", seed=4)
+    save_model(flat, tmp_path / "flat.ckpt")
+    state = torch.load(tmp_path / "flat.ckpt", weights_only=True)
+    torch.save({**state, "format_version": 1}, tmp_path / "flat1.ckpt")
+    loaded = load_model(tmp_path / "flat1.ckpt")
+    for (k, a), b in zip(flat.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert np.array_equal(np.asarray(loaded.extra["baselines"]["unigram"]), np.ones(3))
 
 
 def test_mode_and_tokenizer_must_agree(token_dir, flat_token_dir, tmp_path, capsys):

@@ -11,7 +11,7 @@ from conftest import TINY_TOKENIZER
 
 from jetevo.cli import main
 from jetevo.errors import InputError
-from jetevo.kinematics import pt_y_phi_m, wrap_phi
+from jetevo.kinematics import pt_y_phi_m
 from jetevo.tokenize import features as F
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig
 from jetevo.tokenize.vocab import Vocab
@@ -28,18 +28,31 @@ def test_vocab_layout():
     assert not v.is_node(np.array([v.start, v.stop, v.pad])).any()
 
 
+def _pairs(a: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The two children of every split of node arrays (global indices)."""
+    has = np.flatnonzero(a["parent"] >= 0)
+    pairs = has[np.argsort(a["parent"][has], kind="stable")].reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
 def test_feature_inverse_is_exact(tree_dir):
+    """Every real split comes back from its children's features (the tree set's nodes are
+    the float64 sums of their particles), and the standardizer inverts exactly."""
     a = F.node_arrays(load(tree_dir))
-    ctx = F.parent_context(a["p"], a["parent"])
-    f = F.features(a["p"], ctx)
-    p = F.invert(f, ctx)
-    pt, y, phi, m = pt_y_phi_m(a["p"])
-    pt2, y2, phi2, m2 = pt_y_phi_m(p)
-    assert np.allclose(pt2, pt, rtol=1e-9)
-    assert np.allclose(y2, y, atol=1e-6) and np.allclose(wrap_phi(phi2 - phi), 0, atol=1e-6)
-    assert np.allclose(m2, m, rtol=1e-6, atol=1e-3)
-    std = F.Standardizer.fit(f, [3, 1, 0.7, 0.7, 1.5])
-    assert np.allclose(std.inverse(std.forward(f)), f, rtol=0, atol=1e-12)
+    a["p"] = F.summed_nodes(a)
+    ctx = F.split_parents(a)
+    left, right = _pairs(a)
+    f_l, f_r = (
+        F.split_features(a["p"][left], ctx[left]),
+        F.split_features(a["p"][right], ctx[right]),
+    )
+    p_l, p_r = F.decode_split(ctx[left], f_l, f_r)
+    scale = ctx[left, 3:4]
+    assert np.allclose(p_l, a["p"][left], rtol=0, atol=1e-6 * scale.max())
+    assert np.allclose(p_r, a["p"][right], rtol=0, atol=1e-6 * scale.max())
+    assert np.median(np.abs(p_l - a["p"][left]) / scale) < 1e-10
+    std = F.Standardizer.fit(f_l, [3, 1, 1, 2])
+    assert np.allclose(std.inverse(std.forward(f_l)), f_l, rtol=0, atol=1e-12)
 
 
 def test_round_trip_shapes_and_ranges(tiny_tokenizer, tree_dir):
@@ -49,11 +62,18 @@ def test_round_trip_shapes_and_ranges(tiny_tokenizer, tree_dir):
     assert tokens.shape == (len(a["p"]),)
     vocab = tiny_tokenizer.vocab
     assert np.all(vocab.is_node(tokens)) and np.array_equal(vocab.is_leaf(tokens), a["is_leaf"])
-    parent_p = np.where((a["parent"] >= 0)[:, None], a["p"][np.maximum(a["parent"], 0)], np.nan)
-    decoded = tiny_tokenizer.decode(tokens, parent=parent_p)
-    assert decoded.shape == (len(tokens), 4) and np.all(np.isfinite(decoded))
-    pt, pt_dec = pt_y_phi_m(a["p"])[0], pt_y_phi_m(decoded)[0]
+    roots = a["parent"] < 0
+    decoded_roots = tiny_tokenizer.decode(tokens[roots])
+    left, right = _pairs(a)
+    p_l, p_r = tiny_tokenizer.decode_split(a["p"][a["parent"][left]], tokens[left], tokens[right])
+    assert np.all(np.isfinite(p_l)) and np.all(np.isfinite(p_r))
+    assert np.allclose(p_l + p_r, a["p"][a["parent"][left]])
+    pt, pt_dec = pt_y_phi_m(a["p"][left])[0], pt_y_phi_m(p_l)[0]
     assert np.median(np.abs(pt_dec - pt) / pt) < 0.5, "even 64 codes reconstruct pT roughly"
+    m_true, m_dec = pt_y_phi_m(a["p"][roots])[3], pt_y_phi_m(decoded_roots)[3]
+    assert np.median(np.abs(m_dec - m_true) / m_true) < 0.2, "the root grid holds jet masses"
+    with pytest.raises(ValueError, match="decode_split"):
+        tiny_tokenizer.decode(tokens[left], parent=a["p"][a["parent"][left]])
 
 
 def test_token_depends_only_on_node_and_parent(tiny_tokenizer, tree_dir):
@@ -110,6 +130,7 @@ def test_token_files_from_another_tokenizer_are_refused(tiny_tokenizer, tree_dir
         TokenizerConfig(**{**TINY_TOKENIZER, "n_codes": 32}),
         tiny_tokenizer.standardizer,
         Tokenizer.build_model(TokenizerConfig(n_codes=32)),
+        root=tiny_tokenizer.root,
     )
     with pytest.raises(InputError, match="not by this one"):
         decode_files(other, [tmp_path / "tokens"], tmp_path / "decoded")
@@ -118,6 +139,7 @@ def test_token_files_from_another_tokenizer_are_refused(tiny_tokenizer, tree_dir
         TokenizerConfig(**TINY_TOKENIZER),
         tiny_tokenizer.standardizer,
         Tokenizer.build_model(TokenizerConfig(**TINY_TOKENIZER)),
+        root=tiny_tokenizer.root,
     )
     assert same_k.cfg.n_codes == tiny_tokenizer.cfg.n_codes
     with pytest.raises(InputError, match="not by this one"):
@@ -249,9 +271,13 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     # a 64-code tokenizer after 5 steps: coarse, but its rebuilt masses stay on the jet scale
     assert 0 < mass["paired_abs_diff_median"] < 60 and 0 < mass["w1"] < 60
     assert np.isfinite(mass["evaluate_w1_floor"]) and np.isfinite(mass["paired_diff_median"])
+    for k in ("collinear_fraction", "per_depth"):
+        assert k in report["closure"]["splits"]
+    assert report["closure"]["lund_plane"]["kl"] >= 0
+    assert report["root"]["mass_abs_err_median"] >= 0
     out = capsys.readouterr().out
-    assert "closure, trees rebuilt from their own tokens (two-body, pion particles)" in out
-    assert "spacelike fraction 0.0000" in out
+    assert "trees rebuilt from their own tokens (exact splits, decoded particles)" in out
+    assert "spacelike fraction 0.0000" in out and "collinear splits" in out
     capsys.readouterr()
     assert (
         main(
@@ -271,43 +297,26 @@ def test_cli_train_encode_decode_eval(tree_dir, tmp_path, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
 
 
-def test_kmeans_init_gives_roots_and_first_split_their_training_share():
-    """Roots and the root's children (rare) enter the k-means sample at their batch shares,
-    repeated if needed; other nodes are drawn once each."""
+def test_kmeans_init_gives_the_first_split_its_training_share():
+    """The root's children (rare) enter the k-means sample at their batch share, repeated if
+    needed; other nodes are drawn once each (roots have their own grid)."""
     from jetevo.tokenize.tokenizer import TokenizerConfig
-    from jetevo.tokenize.train import _kmeans_rows, shallow_groups
+    from jetevo.tokenize.train import _kmeans_rows
 
-    # 100 jets of 100 nodes: root, two children, then a chain hanging from the left child
-    parent = np.tile(np.concatenate([[-1, 0, 0], np.arange(1, 98)]), 100)
-    parent += np.repeat(np.arange(100) * 100, 100) * (parent >= 0)
-    is_root, is_first = shallow_groups(parent)
-    assert is_root.sum() == 100 and is_first.sum() == 200
-    assert np.array_equal(np.flatnonzero(is_first[:100]), [1, 2])
-
-    cfg = TokenizerConfig(root_fraction=0.05, first_split_fraction=0.15, kmeans_sample=4_000)
-    rows = _kmeans_rows(is_root, is_first, cfg, np.random.default_rng(0))
-    assert len(rows) == 4_000 and rows.min() >= 0 and rows.max() < len(is_root)
-    assert is_root[rows].sum() == 200  # 5% of the sample, from 100 distinct roots
-    assert len(np.unique(rows[is_root[rows]])) == 100
+    # 100 jets of 99 coded nodes: the root's two children, then a chain below the left one
+    is_first = np.tile(np.concatenate([[True, True], np.zeros(97, bool)]), 100)
+    cfg = TokenizerConfig(first_split_fraction=0.15, kmeans_sample=4_000)
+    rows = _kmeans_rows(is_first, cfg, np.random.default_rng(0))
+    assert len(rows) == 4_000 and rows.min() >= 0 and rows.max() < len(is_first)
     assert is_first[rows].sum() == 600  # 15%, every first-split child three times
-    assert np.all(np.bincount(rows[is_first[rows]], minlength=len(parent))[is_first] == 3)
-    others = rows[~is_root[rows] & ~is_first[rows]]
+    assert np.all(np.bincount(rows[is_first[rows]], minlength=len(is_first))[is_first] == 3)
+    others = rows[~is_first[rows]]
     assert len(np.unique(others)) == len(others)  # other nodes are not repeated
-    # without roots (or a tiny share asked) the sample is plain
     none = np.zeros(500, bool)
-    plain = _kmeans_rows(none, none, cfg, np.random.default_rng(0))
-    assert np.array_equal(plain, np.arange(500))
-    for bad in ((0.5, 0.5), (float("nan"), 0.1), (-0.1, 0.1), ("0.1", 0.1)):
-        with pytest.raises(ValueError, match="add up to less than 1"):
-            TokenizerConfig(root_fraction=bad[0], first_split_fraction=bad[1])
-    # tiny jets: both groups' natural shares exceed what their fractions ask; never more than n
-    tiny = np.tile([-1, 0, 0], 50) + np.repeat(np.arange(50) * 3, 3) * (
-        np.tile([-1, 0, 0], 50) >= 0
-    )
-    r, f = shallow_groups(tiny)
-    cfg = TokenizerConfig(root_fraction=0.1, first_split_fraction=0.85, kmeans_sample=100)
-    rows = _kmeans_rows(r, f, cfg, np.random.default_rng(0))
-    assert len(rows) == 100 and r[rows].sum() == 33 and f[rows].sum() == 67
+    assert np.array_equal(_kmeans_rows(none, cfg, np.random.default_rng(0)), np.arange(500))
+    for bad in (1.0, float("nan"), -0.1, "0.1"):
+        with pytest.raises(ValueError, match="first_split_fraction"):
+            TokenizerConfig(first_split_fraction=bad)
 
 
 def test_old_tokenizer_checkpoints_load_without_first_split_share(tiny_tokenizer):
@@ -320,6 +329,6 @@ def test_old_tokenizer_checkpoints_load_without_first_split_share(tiny_tokenizer
     )
     del state["config"]["first_split_fraction"]
     assert Tokenizer.from_state(state).cfg.first_split_fraction == 0.0
-    state["config"]["root_fraction"] = float("nan")
+    state["config"]["first_split_fraction"] = float("nan")
     with pytest.raises(InputError, match=r"old\.ckpt: bad tokenizer config"):
         Tokenizer.from_state(state, "old.ckpt")

@@ -1,10 +1,10 @@
 """Tokenizer closure: real trees rebuilt from their own tokens, against the trees themselves.
 
 Every node is tokenized, and the whole tree is decoded back exactly as generated trees are
-decoded (:func:`jetevo.tokenize.decode.decode_tokens`): a tree tokenizer's top-down with
-four-momentum conservation at every split, a flat one's particles alone, each in the jet
-frame, with the pseudojets their sums (there are no splits to rebuild: the report says
-``split_kinematics`` ``flat``). The tree structure is the true one, so
+decoded (:func:`jetevo.tokenize.decode.decode_tokens`): a tree tokenizer's top-down, every
+split an exact two-body decay of its decoded parent, a flat one's particles alone, each in
+the jet frame, with the pseudojets their sums (there are no splits to rebuild: the report
+says ``decoding`` ``flat``). The tree structure is the true one, so
 what the jet observables lose here is what the tokenizer alone costs: no generated jet can
 come closer to the truth than this.
 
@@ -13,7 +13,14 @@ samples are the same jets, so there is no sampling floor to subtract), the media
 rebuilt - true over jets (signed: a bias) and of its absolute value, and, as a scale, the
 truth-vs-truth W1 floor that ``jetevo evaluate`` puts next to generated samples of this size.
 ``compare``'s resampled W1 would be wrong here: its random half of the truth shares about
-half its jets with the rebuilt sample, which pulls the distance below its floor.
+half its jets with the rebuilt sample, which pulls the distance below its floor. The same
+holds for the primary Lund plane: its KL is taken between all rebuilt and all true jets,
+beside evaluate's floor.
+
+Split by split (:func:`split_table`, on the trees as they are, kt for reclustered jets): the
+share of collinear splits (children closer than ``COLLINEAR_DR``) and, per depth of the
+parent, the median momentum sharing z, the median opening and the share of splits that open
+wider than their parent's split (angular ordering), for the true and the rebuilt trees.
 """
 
 from __future__ import annotations
@@ -22,24 +29,90 @@ import awkward as ak
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from jetevo.evaluate.metrics import compare
+from jetevo.evaluate.metrics import _kl_counts, _lund_density, binned_kl_2d, compare
 from jetevo.evaluate.observables import OBSERVABLES, SPACELIKE_TOL, observables
-from jetevo.kinematics import pt
+from jetevo.kinematics import pt, pt_y_phi_m, wrap_phi
 from jetevo.tokenize.decode import decode_tokens
 from jetevo.trees.format import NODE_FLOAT_FIELDS, Topology, load, tree_files
 
 COLUMNS = ["px", "py", "pz", "E", "left", "right", "parent", "depth"]
+COLLINEAR_DR = 1e-3  # children closer than this (rapidity-azimuth) make a collinear split
+MAX_DEPTH = 12  # deepest parent level the per-depth table reports
 
 
-def rebuilt_trees(
-    tokenizer, trees: ak.Array, split_kinematics: str = "two-body", particle_mass: str = "pion"
-) -> ak.Array:
+def split_table(trees: ak.Array) -> dict[str, np.ndarray]:
+    """Per split (internal node) of ``trees`` (px, py, pz, E, left, right, parent, depth):
+    the parent's ``depth``, the momentum sharing ``z`` (softer child's pT over the pair's),
+    the ``opening`` between the children, and ``wider``: whether it opens wider than its
+    parent's split (False for the root's)."""
+    counts = ak.to_numpy(ak.num(trees["px"], axis=1)).astype(np.int64)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    col = {k: ak.to_numpy(ak.flatten(trees[k])) for k in COLUMNS}
+    p = np.stack([col[k].astype(np.float64) for k in ("px", "py", "pz", "E")], axis=1)
+    node_pt, y, phi, _ = pt_y_phi_m(p)
+    internal = np.flatnonzero(col["left"] >= 0)
+    li = first[internal] + col["left"][internal]
+    ri = first[internal] + col["right"][internal]
+    pair_pt = np.maximum(node_pt[li] + node_pt[ri], 1e-300)
+    opening = np.hypot(y[li] - y[ri], wrap_phi(phi[li] - phi[ri]))
+    node_opening = np.full(len(p), np.nan)
+    node_opening[internal] = opening
+    parent = col["parent"][internal]
+    has_parent = parent >= 0
+    parent_opening = np.full(len(internal), np.nan)
+    parent_opening[has_parent] = node_opening[first[internal][has_parent] + parent[has_parent]]
+    return {
+        "depth": col["depth"][internal].astype(np.int64),
+        "z": np.minimum(node_pt[li], node_pt[ri]) / pair_pt,
+        "opening": opening,
+        "wider": has_parent & (opening > parent_opening),
+    }
+
+
+def split_closure(true: dict[str, np.ndarray], rebuilt: dict[str, np.ndarray]) -> dict:
+    """Collinear-split shares and the per-depth table of true and rebuilt splits."""
+    out: dict = {
+        "collinear_dr": COLLINEAR_DR,
+        "collinear_fraction": {
+            who: float(np.mean(s["opening"] < COLLINEAR_DR))
+            for who, s in (("true", true), ("rebuilt", rebuilt))
+        },
+        "per_depth": [],
+    }
+    for d in range(MAX_DEPTH + 1):
+        row: dict = {"depth": d}
+        for who, s in (("true", true), ("rebuilt", rebuilt)):
+            at = s["depth"] == d
+            n = int(at.sum())
+            row[who] = {
+                "n_splits": n,
+                "z_median": float(np.median(s["z"][at])) if n else None,
+                "opening_median": float(np.median(s["opening"][at])) if n else None,
+                "wider_fraction": float(np.mean(s["wider"][at])) if n and d > 0 else None,
+            }
+        if row["true"]["n_splits"] or row["rebuilt"]["n_splits"]:
+            out["per_depth"].append(row)
+    return out
+
+
+def lund_closure(
+    true_points: np.ndarray, rebuilt_points: np.ndarray, n_jets: int, n_resamples: int, rng
+) -> dict:
+    """KL(rebuilt || true) of the primary Lund-plane shape over all jets, beside evaluate's
+    truth-vs-truth floor for a sample of this size."""
+    jets = np.arange(n_jets)
+    kl = _kl_counts(_lund_density(rebuilt_points, jets), _lund_density(true_points, jets))
+    floor = binned_kl_2d(true_points, n_jets, true_points, n_jets, n_resamples, rng)
+    return {"kl": kl, "evaluate_kl_floor": floor["kl_floor"]}
+
+
+def rebuilt_trees(tokenizer, trees: ak.Array, particle_mass: str = "pion") -> ak.Array:
     """The trees decoded from their own tokens: the tree format's node columns and
     ``n_constituents``, in the jet frame (``trees`` needs px, py, pz, E, left, right, parent,
-    depth; ``split_kinematics`` does not apply to a flat tokenizer)."""
+    depth; ``particle_mass`` applies to a flat tokenizer's particles)."""
     topology = Topology.of(trees)
     tokens = tokenizer.encode_trees(trees)
-    p = decode_tokens(tokenizer, tokens, topology, split_kinematics, particle_mass)
+    p = decode_tokens(tokenizer, tokens, topology, particle_mass)
     # in the tree format's order, as generated trees are written
     order, topology, leaf_index = topology.harder_first(pt(p))
     counts = np.diff(topology.offsets)
@@ -57,7 +130,6 @@ def rebuilt_trees(
 def tokenizer_closure(
     tokenizer,
     tree_paths,
-    split_kinematics: str = "two-body",
     particle_mass: str = "pion",
     n_resamples: int = 5,
     seed: int = 0,
@@ -66,9 +138,26 @@ def tokenizer_closure(
     """Observables of the rebuilt trees against the true ones (see the module docstring)."""
     files = tree_files(tree_paths)
     trees = load(files, columns=COLUMNS)
-    true_obs, _, true_parts = observables(trees, str(files[0]), massless)
-    rebuilt = rebuilt_trees(tokenizer, trees, split_kinematics, particle_mass)
-    rebuilt_obs, _, rebuilt_parts = observables(rebuilt, "rebuilt", massless)
+    rebuilt = rebuilt_trees(tokenizer, trees, particle_mass)
+    return {
+        "decoding": "flat" if tokenizer.features.particles_only else "exact splits",
+        "particle_mass": particle_mass if tokenizer.features.particles_only else "decoded",
+        **closure_metrics(trees, rebuilt, str(files[0]), n_resamples, seed, massless),
+    }
+
+
+def closure_metrics(
+    trees: ak.Array,
+    rebuilt: ak.Array,
+    source: str = "trees",
+    n_resamples: int = 5,
+    seed: int = 0,
+    massless: bool = False,
+) -> dict:
+    """The closure of ``rebuilt`` against the same jets ``trees`` (node for node the same
+    jets, in the same order; both need :data:`COLUMNS`): however they were rebuilt."""
+    true_obs, true_lund, true_parts = observables(trees, source, massless)
+    rebuilt_obs, rebuilt_lund, rebuilt_parts = observables(rebuilt, "rebuilt", massless)
     rng = np.random.default_rng(seed)
     nan = float("nan")
     out = {}
@@ -84,6 +173,8 @@ def tokenizer_closure(
             "n_nonfinite_true": int(np.count_nonzero(~rf)),
             "evaluate_w1_floor": compare(r, r, n_resamples, rng)["w1_floor"],
         }
+        floor = out[name]["evaluate_w1_floor"]
+        out[name]["w1_over_floor"] = out[name]["w1"] / floor if floor > 0 else nan
     particles = {
         who: {
             "mean_mass": float(p["particle_mass"].mean()),
@@ -92,10 +183,10 @@ def tokenizer_closure(
         for who, p in (("rebuilt", rebuilt_parts), ("true", true_parts))
     }
     return {
-        "split_kinematics": "flat" if tokenizer.features.particles_only else split_kinematics,
-        "particle_mass": particle_mass,
         "massless": massless,
         "n_jets": len(trees),
         "observables": out,
+        "lund_plane": lund_closure(true_lund, rebuilt_lund, len(trees), n_resamples, rng),
+        "splits": split_closure(split_table(trees), split_table(rebuilt)),
         "particles": particles,
     }

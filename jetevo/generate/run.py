@@ -33,13 +33,7 @@ from jetevo.generate.sampler import (
 )
 from jetevo.io.atomic import ensure_writable_dir, remove_stale_temporaries, write_json
 from jetevo.kinematics import JET_R, boost_rapidity, pt, pt_y_phi_m
-from jetevo.tokenize.decode import (
-    PARTICLE_MASSES,
-    SPLIT_KINEMATICS,
-    decode_free,
-    decode_particles,
-    decode_physical,
-)
+from jetevo.tokenize.decode import PARTICLE_MASSES, decode_particles, decode_tree
 from jetevo.tokenize.resolution import Resolution, code_log_z
 from jetevo.trees.format import JetColumns, Topology
 from jetevo.trees.writer import ShardedTreeWriter, tree_table
@@ -115,8 +109,7 @@ def flat_generated_table(
 
 
 def _check_settings(
-    n_jets, batch_size, temperature, split_kinematics, particle_mass, device, top_k, max_nodes,
-    shard_size,
+    n_jets, batch_size, temperature, particle_mass, device, top_k, max_nodes, shard_size,
 ):  # fmt: skip
     if n_jets < 1 or batch_size < 1:
         raise SettingError("--n-jets and --batch-size must be positive")
@@ -125,8 +118,6 @@ def _check_settings(
             raise SettingError(f"{name} must be a whole number >= 1, got {value!r}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise SettingError(f"--temperature must be a finite number > 0, got {temperature}")
-    if split_kinematics not in SPLIT_KINEMATICS:
-        raise SettingError(f"--split-kinematics must be one of {SPLIT_KINEMATICS}")
     if particle_mass not in PARTICLE_MASSES:
         raise SettingError(f"--particle-mass must be one of {tuple(PARTICLE_MASSES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -280,8 +271,6 @@ def generate(
     shard_size: int = 100_000,
     max_attempts: float = 2.0,
     use_cache: bool = True,
-    conserve: bool = True,
-    split_kinematics: str = "two-body",
     particle_mass: str = "pion",
     baseline: str | None = None,
     resolution: bool = True,
@@ -294,10 +283,9 @@ def generate(
 ) -> dict:
     """Generate ``n_jets`` complete trees into ``out_dir``; returns the run summary.
 
-    ``conserve``: decode with four-momentum conservation at every split, corrected as
-    ``split_kinematics`` says, with particles of ``particle_mass`` (see
-    :func:`~jetevo.tokenize.decode.decode_physical`); otherwise every node is decoded independently from its
-    token relative to its decoded parent.
+    Tree-mode trees are decoded top-down, every split a two-body decay of its decoded parent
+    (:func:`~jetevo.tokenize.decode.decode_tree`: four-momentum is conserved exactly and
+    particles keep their decoded masses); flat-mode particles get ``particle_mass``.
 
     ``baseline="bigram"``: sample from the checkpoint's count baselines instead of the
     transformer (:mod:`jetevo.generate.bigram`), everything else alike. ``resolution``:
@@ -326,8 +314,8 @@ def generate(
     if prefix is None and n_jets is None:
         raise SettingError("--n-jets is needed (it is optional only with --prefix)")
     _check_settings(
-        1 if n_jets is None else n_jets, batch_size, temperature, split_kinematics,
-        particle_mass, device, top_k, max_nodes, shard_size,
+        1 if n_jets is None else n_jets, batch_size, temperature, particle_mass, device, top_k,
+        max_nodes, shard_size,
     )  # fmt: skip
     _check_sources(baseline, root_tokens, root, prefix, prefix_depth, prefix_nodes, completions)
     ckpt = Path(ckpt)
@@ -357,9 +345,7 @@ def generate(
     settings = {
         "generator": baseline or ("flat transformer" if flat else "transformer"),
         "resolution_pt": None if scale is None else float(np.exp(scale)),
-        "conserve": conserve,
-        "split_kinematics": split_kinematics,
-        "particle_mass": particle_mass,
+        "particle_mass": particle_mass if flat else "decoded",
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
@@ -389,7 +375,7 @@ def generate(
         model, tok, flat, bigram, rng, res, roots_given, root_y, limit_nodes,
         dict(temperature=temperature, top_k=top_k, max_nodes=max_nodes, generator=generator,
              use_cache=use_cache),
-        conserve, split_kinematics, particle_mass, ckpt.name, meta,
+        particle_mass, ckpt.name, meta,
     )  # fmt: skip
     counts = dict.fromkeys(("written", "attempted", "runaway", "empty", "surplus", "nodes",
                             "resolved", "prefix_too_long"), 0)  # fmt: skip
@@ -556,13 +542,7 @@ def _complete_batch(plan: _Plan, pairs: _PrefixPairs, ids: np.ndarray):
     p_real = np.zeros((len(real), 4))
     p_real[real] = jets.p[first[tree_of[real]] + trees.teacher_node[real]]
     known = (real, p_real)
-    tok = plan.tokenizer
-    if plan.conserve:
-        p = decode_physical(
-            tok, trees.token, trees, plan.split_kinematics, plan.particle_mass, known
-        )
-    else:
-        p = decode_free(tok, trees.token, trees, known)
+    p = decode_tree(plan.tokenizer, trees.token, trees, known)
     table = generated_table(trees, p, jets.jets.select(rows), plan.metadata, jets.precision)
     for name, values in jets.kinematics.items():  # the real root's, as stored
         i = table.schema.get_field_index(name)
@@ -594,8 +574,6 @@ class _Plan:
     root_y: float
     limit_nodes: int
     sampling: dict
-    conserve: bool
-    split_kinematics: str
     particle_mass: str
     source: str
     metadata: dict
@@ -631,11 +609,7 @@ def _generate_batch(plan: _Plan, b: int, need: int, entry0: int) -> tuple[pa.Tab
                 surplus=len(trees) - keep)  # fmt: skip
     if not keep:
         return None, {**done, "nodes": 0}
-    if plan.conserve:
-        p = decode_physical(tok, trees.token, trees, plan.split_kinematics, plan.particle_mass)
-    else:
-        p = decode_free(tok, trees.token, trees)
-    p = boost_rapidity(p, plan.root_y)
+    p = boost_rapidity(decode_tree(tok, trees.token, trees), plan.root_y)
     jets = JetColumns.constant("generated", plan.source, np.arange(entry0, entry0 + len(trees)))
     table = generated_table(trees, p, jets, plan.metadata).slice(0, keep)
     return table, {**done, "nodes": int(trees.offsets[keep])}

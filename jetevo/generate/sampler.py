@@ -242,7 +242,7 @@ def sample_trees(
     log_z = model.log_z_table()
     if log_z is None and resolution is not None:
         log_z = resolution.code_log_z
-    chain = Resolution(np.zeros(cfg.n_codes) if log_z is None else log_z, -np.inf)
+    chain = Resolution(np.zeros(2 * cfg.n_codes) if log_z is None else log_z, -np.inf)
     n_resolved = [0]
 
     def resolve(tokens: np.ndarray, log_pt: np.ndarray) -> np.ndarray:

@@ -25,6 +25,11 @@ from jetevo.errors import InputError
 Migration = Callable[[dict], dict]
 
 
+class Retired(Exception):
+    """Raised by a migration for a checkpoint that this jetevo can no longer use (its
+    message says why and what to do)."""
+
+
 def _numpy_globals() -> list:
     """What a pickled numpy array needs: its reconstructor, ndarray and dtypes."""
     core = getattr(np, "_core", None) or np.core
@@ -104,6 +109,10 @@ def read_checkpoint(
             raise InputError(path, f"{what} format version {v} can no longer be read")
         try:
             state = migrations[v](state)
+        except Retired as exc:
+            raise InputError(
+                path, f"{what} format version {v} can no longer be read: {exc}"
+            ) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(
                 path, f"damaged {what}: cannot migrate it from format version {v} ({exc})"

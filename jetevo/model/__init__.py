@@ -12,12 +12,15 @@ from jetevo.model.tree import JetEvolutionModel
 
 
 def children_kinematics(tokenizer, prediction: dict, parent_p: np.ndarray) -> dict[str, np.ndarray]:
-    """Four-momenta (n, 4) of predicted children, decoded relative to their parents' four-momenta."""
-    parent_p = np.asarray(parent_p, np.float64)
-    return {
-        side: tokenizer.decode(np.asarray(prediction[side].cpu()), parent=parent_p)
-        for side in ("left", "right")
-    }
+    """Four-momenta (n, 4) of predicted children, decoded together as a decay of their
+    parents' four-momenta (:meth:`~jetevo.tokenize.tokenizer.Tokenizer.decode_split`, as
+    generation decodes them): the two add up to their parent exactly."""
+    left, right = tokenizer.decode_split(
+        np.asarray(parent_p, np.float64),
+        np.asarray(prediction["left"].cpu()),
+        np.asarray(prediction["right"].cpu()),
+    )
+    return {"left": left, "right": right}
 
 
 __all__ = ["FlatModel", "JetEvolutionModel", "ModelConfig", "children_kinematics", "load_model"]

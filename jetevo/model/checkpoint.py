@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from jetevo.errors import InputError
-from jetevo.io.checkpoint import read_checkpoint, tensors_only, write_checkpoint
+from jetevo.io.checkpoint import Retired, read_checkpoint, write_checkpoint
 from jetevo.model.flat import FlatModel
 from jetevo.model.gpt import ModelConfig
 from jetevo.model.sequences import FlatSequences, TreeSequences
 from jetevo.model.tree import JetEvolutionModel
 
 KIND = "jetevo-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 Model = JetEvolutionModel | FlatModel
 
 # parameters of the heads (re-initialised by ``init_heads=reinit``), per mode
@@ -28,37 +26,28 @@ HEAD_PREFIXES = {
     "flat": ("head.", "output."),
 }
 
-# version 0 -> 1: the backbone became its own module, the output layer too
-_RENAMED_V0 = (
-    ("pos_emb.", "gpt.pos_emb."), ("blocks.", "gpt.blocks."), ("ln_f.", "gpt.ln_f."),
-    ("out_bias", "output.bias"), ("group_emb.", "output.group_emb."),
-    ("group_bias", "output.group_bias"), ("group_members", "output.group_members"),
-    ("token_column", "output.class_column"),
-)  # fmt: skip
-# settings that version-0 checkpoints from before them lack, as those were trained: a flat
-# output, the one-key right head, no scale input (and all of them are tree models)
-_OLD_DEFAULTS = {"output_group_size": 0, "right_head": "left-child", "scale_bins": 0}
+# version 2: tree models speak the split-exact-v2 tokens (their order table holds the root
+# grid's log pT too); the tree models of versions 0 and 1 spoke retired tokens
+_RETIRED_TREE = (
+    "its tree model speaks tokens of the retired parent-relative-v1 representation; "
+    "retrain it (and its tokenizer) with this jetevo"
+)
 
 
 def _migrate_v0(state: dict) -> dict:
-    state = tensors_only(state)
-    weights = {}
-    for key, value in state["state_dict"].items():
-        for old, new in _RENAMED_V0:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        weights[key] = value
-    if "code_log_z" not in weights:  # stored only with the scale input then: unknown
-        n_codes = int(state["config"]["n_codes"])
-        weights["code_log_z"] = torch.full((n_codes,), float("nan"))
-    state["state_dict"] = weights
-    state["config"] = {**_OLD_DEFAULTS, **state["config"], "mode": "tree", "positional": "learned"}
+    raise Retired(_RETIRED_TREE)  # every version-0 model is a tree model
+
+
+def _migrate_v1(state: dict) -> dict:
+    if state["config"].get("mode", "tree") == "tree":
+        raise Retired(_RETIRED_TREE)
     return state
 
 
 def read_state(path: str | Path) -> dict:
-    return read_checkpoint(path, KIND, FORMAT_VERSION, {0: _migrate_v0}, "model checkpoint")
+    return read_checkpoint(
+        path, KIND, FORMAT_VERSION, {0: _migrate_v0, 1: _migrate_v1}, "model checkpoint"
+    )
 
 
 def build_model(cfg: ModelConfig) -> Model:

@@ -27,7 +27,7 @@ import awkward as ak
 import numpy as np
 
 from jetevo.errors import InputError
-from jetevo.tokenize.resolution import ROOT_LOG_PT, chain_log_pt
+from jetevo.tokenize.resolution import chain_log_pt, child_log_z, root_log_pt
 from jetevo.tokenize.tokens import tokenizer_metadata
 from jetevo.tokenize.vocab import Vocab
 from jetevo.trees.format import JetColumns, load, tree_files
@@ -86,17 +86,19 @@ def node_side(is_root: np.ndarray, is_left: np.ndarray) -> np.ndarray:
 
 def sequence_log_pt(tokens: np.ndarray, depth: np.ndarray, log_z: np.ndarray) -> np.ndarray:
     """Token-chain log pT of every position of expansion sequences (B, T) from their tokens
-    and input depths alone: in depth-first pre-order a node's parent is the last earlier
-    position one level up. Position 0 (START) gets 0. Same values as the chain over the
-    tree (:func:`jetevo.tokenize.resolution.chain_log_pt`)."""
-    vocab = Vocab(len(log_z))
+    and input depths alone (``log_z``: the order table): in depth-first pre-order a node's
+    parent is the last earlier position one level up. Position 0 (START) gets 0. Same
+    values as the chain over the tree (:func:`jetevo.tokenize.resolution.chain_log_pt`)."""
     out = np.zeros(tokens.shape)
     for b in range(tokens.shape[0]):
         last: dict[int, float] = {}  # depth -> log pT of the latest position at that depth
         for t in range(1, tokens.shape[1]):
             d = int(depth[b, t])
-            base = ROOT_LOG_PT if d <= 1 else last.get(d - 1, ROOT_LOG_PT)
-            out[b, t] = base + log_z[int(vocab.code(tokens[b, t]))]
+            token = tokens[b, t : t + 1]
+            if d <= 1:
+                out[b, t] = root_log_pt(log_z, token)[0]
+            else:
+                out[b, t] = last.get(d - 1, 0.0) + child_log_z(log_z, token)[0]
             last[d] = out[b, t]
     return out
 
@@ -239,7 +241,7 @@ class TreeSequences(_Sequences):
         log_pt = np.zeros(len(tok))
         if code_log_z is not None:
             global_parent = np.where(parent >= 0, first + parent, -1)
-            log_pt = chain_log_pt(code_log_z[vocab.code(tok)], global_parent, depth)
+            log_pt = chain_log_pt(code_log_z, tok, global_parent, depth)
         # the expansion order: harder child (token chain) first at every split
         key = expansion_key(log_pt, tok)
         order, left, right, parent, depth, _ = preorder_batch(left, right, key, node_offsets)

@@ -58,7 +58,7 @@ class JetEvolutionModel(nn.Module):
             self.scale_emb = nn.Embedding(cfg.scale_bins + 1, cfg.n_embd)
         # log z of every code (set with the code features; NaN until then): the token-chain
         # pT that orders every split's children and gives the scale input
-        self.register_buffer("code_log_z", torch.full((cfg.n_codes,), float("nan")))
+        self.register_buffer("code_log_z", torch.full((2 * cfg.n_codes,), float("nan")))
         self.left_head = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         if cfg.right_head == "context":
             self.right_xattn = ContextCrossAttention(cfg)

@@ -3,23 +3,34 @@
 A tokenizer uses one :class:`FeatureSet` (``FEATURE_SETS``, keyed by the name its
 checkpoint records); code asks it for names, default weights, context and inverse.
 
-``parent-relative-v1`` (tree mode, ``FEATURES``): a node is described relative to its
-parent, which generation always knows:
+``split-exact-v2`` (tree mode, ``FEATURES``): a split is the 1 -> 2 decay of its parent,
+as in a parton shower. Given the parent's four-momentum it has four degrees of freedom;
+each child describes its own side of the decay, in the parent's rest frame
+(:func:`jetevo.kinematics.to_split_frame`, which does not depend on the jet's rapidity and
+azimuth, so a jet decoded in the jet frame is the real one moved there):
 
-- ``log_z``: log of pT / pT(parent), the momentum fraction;
-- ``log_dr``: log of the (rapidity, azimuth) distance to the parent axis;
-- ``cos_psi, sin_psi``: the direction of that offset around the parent axis;
-- ``log_mass``: log(m / pT + MASS_EPS), the node's mass scale.
+- ``log_u``: log of u = (1 + cos theta*) / 2, theta* the child's polar angle about the
+  parent's direction of flight (u is the energy fraction of a massless child of a fast
+  parent, so it plays the momentum fraction z);
+- ``cos_psi, sin_psi``: the azimuth of the child about that direction, from the direction
+  of larger rapidity towards larger azimuth;
+- ``logit_xi``: logit of xi = m / E*, the child's mass over its rest-frame energy.
 
-The root has no parent: it is described relative to a virtual parent of pT ``ROOT_PT_REF``
-on the jet axis, so its offset is zero and only its pT and mass are encoded; decoded jets
-live in the jet frame (axis at rapidity 0, azimuth 0).
+Decoding a pair (:func:`decode_split`) normalises what both children say:
+u_left / (u_left + u_right), the direction of their azimuth vectors' difference, and the
+rest-frame momentum p* = m_parent / (1/beta_left + 1/beta_right) with beta = sqrt(1 - xi^2).
+Every pair of tokens is therefore a valid decay of exactly its parent (the children add up
+to it, no node is spacelike), with no repair; and for a real pair the normalisations are the
+identity, so the features are the exact inverse. The opening angle is not a feature: it
+follows from the parent's mass, which its own decay fixed one level up. The root has no
+parent: its pT and mass are quantized by a codebook of their own
+(:mod:`jetevo.tokenize.root`); decoded jets live in the jet frame (axis at rapidity 0,
+azimuth 0).
 
-Why relative to the parent: pseudojets near the jet axis all share nearly the same
-axis-relative position and collapsed onto a few tokens in the 2025 thesis, while their
-offset from their own parent, in log scale, is resolved at every depth. The feature set is
-recorded in the checkpoint; the alternatives that were measured are in
-docs/results/readme_history.md (section "Tokenizer").
+Why: the parent-relative set before it (``parent-relative-v1``: pT fraction, offset, mass
+per child, ten numbers for four degrees of freedom) decoded to children heavier than their
+parents in 14% of splits and needed a repair that made deep splits collinear and symmetric
+(docs/results/exact_representation.md).
 
 ``jet-relative-v1`` (flat mode, ``JET_FEATURES``): pT-ordered particles have no parent, so,
 as in OmniJet-alpha, a particle is described relative to its jet's axis (the tree's root):
@@ -36,13 +47,28 @@ import awkward as ak
 import numpy as np
 
 from jetevo.errors import SettingError
-from jetevo.kinematics import eta, four_momentum, four_momentum_eta, pt_y_phi_m, wrap_phi
+from jetevo.kinematics import (
+    eta,
+    four_momentum_eta,
+    from_split_frame,
+    mass,
+    pt_y_phi_m,
+    to_split_frame,
+    wrap_phi,
+)
 
-FEATURES = ("log_z", "log_dr", "cos_psi", "sin_psi", "log_mass")
-FEATURE_SET = "parent-relative-v1"
-ROOT_PT_REF = 1000.0
-MIN_DR = 1e-6
-MASS_EPS = 1e-3
+FEATURES = ("log_u", "cos_psi", "sin_psi", "logit_xi")
+FEATURE_SET = "split-exact-v2"
+# representations this jetevo no longer decodes, and why (checkpoints of them are refused)
+RETIRED_FEATURE_SETS = {
+    "parent-relative-v1": "its splits did not conserve four-momentum and were repaired when "
+    "decoded; retrain the tokenizer (and the models on its tokens) with this jetevo",
+}
+U_MIN = 1e-6  # floor of u: a child emitted exactly backwards in its parent's rest frame
+XI_MIN = 1e-4  # floor of xi: a massless child
+XI_MAX = 1.0 - 1e-9  # ceiling of xi: a child at rest in its parent's frame
+COLLINEAR = 1e-9  # parent mass / energy below which a split is taken as collinear
+LEAF_MASS_TOL = 1e-6  # m^2 / E^2 of a stored particle below which it is massless (float32)
 
 
 def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
@@ -64,66 +90,104 @@ def node_arrays(trees: ak.Array) -> dict[str, np.ndarray]:
     return {"p": p, "parent": parent, "is_leaf": is_leaf, "counts": counts}
 
 
-def root_context(n: int) -> np.ndarray:
-    """(n, 3) context of roots decoded in the jet frame: the virtual parent of pT
-    ``ROOT_PT_REF`` on the jet axis (rapidity 0, azimuth 0)."""
-    return np.column_stack([np.full(n, ROOT_PT_REF), np.zeros(n), np.zeros(n)])
+def root_rows(n: int) -> np.ndarray:
+    """(n, 4) context of roots: NaN rows (a root has no parent)."""
+    return np.full((n, 4), np.nan)
 
 
-def parent_context(p: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    """(n, 3) pT, rapidity, azimuth of each node's parent; the virtual root parent for roots."""
-    pt, y, phi, _ = pt_y_phi_m(p)
-    ctx = np.empty((len(p), 3))
+def summed_nodes(a: dict) -> np.ndarray:
+    """(n, 4) four-momenta of every node of :func:`node_arrays` as the float64 sum of its
+    particles (E-scheme), each particle on its mass shell: massless where its stored m^2 is
+    within float32 rounding of 0 (|m^2| < LEAF_MASS_TOL E^2, spacelike ones included).
+
+    Stored float32 four-vectors lose ~1e-7 E^2 of m^2: a light pseudojet's mass, and with it
+    the rest frame of its split, is then rounding noise (a 0.05 GeV pseudojet of 200 GeV
+    had a child with negative rest-frame energy). The tree set describes every node by these
+    sums, so that decoding gives them back."""
+    parent = a["parent"]
+    depth = np.zeros(len(parent), np.int64)
     has = parent >= 0
-    ctx[has] = np.stack([pt, y, phi], axis=1)[parent[has]]
-    # roots: a virtual parent on the root's own axis (the jet frame)
-    ctx[~has] = np.stack([np.full((~has).sum(), ROOT_PT_REF), y[~has], phi[~has]], axis=1)
+    for _ in range(len(parent)):  # depth by following parents (at most the deepest level)
+        new = np.where(has, depth[np.maximum(parent, 0)] + 1, 0)
+        if np.array_equal(new, depth):
+            break
+        depth = new
+    q = a["p"]
+    p3 = (q[:, :3] ** 2).sum(axis=1)
+    m2 = q[:, 3] ** 2 - p3
+    energy = np.where(m2 < LEAF_MASS_TOL * q[:, 3] ** 2, np.sqrt(p3), q[:, 3])
+    p = np.where(a["is_leaf"][:, None], np.column_stack([q[:, :3], energy]), 0.0)
+    for d in range(int(depth.max(initial=0)), 0, -1):
+        at = np.flatnonzero(depth == d)
+        np.add.at(p, parent[at], p[at])
+    return p
+
+
+def split_parents(a: dict) -> np.ndarray:
+    """(n, 4) context of every node of :func:`node_arrays` (with ``p`` from
+    :func:`summed_nodes`): its parent's four-momentum, NaN rows for roots."""
+    has = a["parent"] >= 0
+    ctx = root_rows(len(a["p"]))
+    ctx[has] = a["p"][a["parent"][has]]
     return ctx
 
 
-def features(p: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-    """(n, 5) float64 features of nodes with four-momenta ``p`` given parent context ``ctx``."""
-    pt, y, phi, m = pt_y_phi_m(p)
-    pt = np.maximum(pt, 1e-9)
-    dy, dphi = y - ctx[:, 1], wrap_phi(phi - ctx[:, 2])
-    dr = np.hypot(dy, dphi)
-    psi = np.arctan2(dphi, dy)
-    return np.stack(
-        [
-            np.log(pt / ctx[:, 0]),
-            np.log(np.maximum(dr, MIN_DR)),
-            np.cos(psi),
-            np.sin(psi),
-            np.log(m / pt + MASS_EPS),
-        ],
-        axis=1,
-    )
+def given_parents(parent: np.ndarray | None, n: int) -> np.ndarray:
+    """(n, 4) context from the parents' four-momenta (NaN rows or ``None``: roots)."""
+    return root_rows(n) if parent is None else np.asarray(parent, np.float64)
 
 
-def invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-    """Four-momenta from features and parent context (exact inverse of :func:`features`
-    for nodes with dR >= MIN_DR; closer nodes come back on the parent axis)."""
-    f = np.asarray(f, np.float64)
-    pt = ctx[:, 0] * np.exp(f[:, 0])
-    dr = np.exp(f[:, 1])
-    dr = np.where(dr <= MIN_DR * (1 + 1e-6), 0.0, dr)
-    norm = np.maximum(np.hypot(f[:, 2], f[:, 3]), 1e-12)
-    y = ctx[:, 1] + dr * f[:, 2] / norm
-    phi = wrap_phi(ctx[:, 2] + dr * f[:, 3] / norm)
-    m = pt * np.maximum(np.exp(f[:, 4]) - MASS_EPS, 0.0)
-    return four_momentum(pt, y, phi, m)
+def _collinear(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parents' masses, and where they are too light to have a rest frame."""
+    m = mass(parent)
+    return m, m <= COLLINEAR * np.abs(parent[:, 3])
 
 
-def given_parent_context(parent: np.ndarray | None, n: int) -> np.ndarray:
-    """(n, 3) context from the parents' four-momenta ``parent`` (NaN rows or ``None``: roots,
-    decoded in the jet frame)."""
-    if parent is None:
-        return root_context(n)
-    is_root = np.isnan(parent[:, 0])
-    pt, y, phi, _ = pt_y_phi_m(np.where(is_root[:, None], 1.0, parent))
-    ctx = np.column_stack([pt, y, phi])
-    ctx[is_root] = root_context(int(is_root.sum()))
-    return ctx
+def split_features(p: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """(n, 4) float64 features of children ``p`` of parents ``parent`` (both (n, 4))."""
+    p, parent = np.asarray(p, np.float64), np.asarray(parent, np.float64)
+    m_parent, light = _collinear(parent)
+    # in the split frame (kinematics.to_split_frame): flight along x, z to larger rapidity,
+    # y to larger azimuth; psi is measured from z towards y
+    star = to_split_frame(p, parent, np.where(light, 1.0, m_parent))
+    q = np.linalg.norm(star[:, :3], axis=1)
+    cos_theta = np.where(q > 0, star[:, 0] / np.maximum(q, 1e-300), 0.0)
+    psi = np.arctan2(star[:, 1], star[:, 2])
+    u = np.clip((1.0 + cos_theta) / 2.0, 0.0, 1.0)
+    xi = mass(p) / np.maximum(star[:, 3], 1e-300)
+    # a parent without a rest frame shares its energy collinearly (the limit m -> 0)
+    u = np.where(light, p[:, 3] / np.maximum(parent[:, 3], 1e-300), u)
+    psi = np.where(light, 0.0, psi)
+    xi = np.clip(np.where(light, XI_MIN, xi), XI_MIN, XI_MAX)
+    u = np.maximum(u, U_MIN)
+    return np.stack([np.log(u), np.cos(psi), np.sin(psi), np.log(xi) - np.log1p(-xi)], axis=1)
+
+
+def decode_split(
+    parent: np.ndarray, f_left: np.ndarray, f_right: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Four-momenta (n, 4) of the two children of ``parent`` (n, 4) from their features: a
+    two-body decay of exactly the parent for every pair of feature rows (see the module
+    docstring), the right child the parent minus the left one."""
+    parent = np.asarray(parent, np.float64)
+    f_left, f_right = np.asarray(f_left, np.float64), np.asarray(f_right, np.float64)
+    u_l, u_r = np.exp(f_left[:, 0]), np.exp(f_right[:, 0])
+    u = u_l / (u_l + u_r)
+    cos_theta = 2.0 * u - 1.0
+    sin_theta = 2.0 * np.sqrt(u * (1.0 - u))
+    a = f_left[:, 1:3] - f_right[:, 1:3]  # left's azimuth vector minus right's
+    a = np.where(np.linalg.norm(a, axis=1, keepdims=True) > 1e-12, a, f_left[:, 1:3])
+    a_norm = np.linalg.norm(a, axis=1, keepdims=True)
+    a = np.where(a_norm > 1e-12, a / np.maximum(a_norm, 1e-300), [1.0, 0.0])
+    xi_l, xi_r = 1.0 / (1.0 + np.exp(-f_left[:, 3])), 1.0 / (1.0 + np.exp(-f_right[:, 3]))
+    beta_l, beta_r = np.sqrt((1.0 - xi_l) * (1.0 + xi_l)), np.sqrt((1.0 - xi_r) * (1.0 + xi_r))
+    m_parent, light = _collinear(parent)
+    p_star = m_parent * beta_l * beta_r / (beta_l + beta_r)
+    direction = np.column_stack([cos_theta, sin_theta * a[:, 1], sin_theta * a[:, 0]])
+    left_star = np.column_stack([p_star[:, None] * direction, p_star / beta_l])
+    left = from_split_frame(left_star, parent, np.where(light, 1.0, m_parent))
+    left[light] = u[light, None] * parent[light]
+    return left, parent - left
 
 
 # ------------------------------------------------------------------ jet-relative (flat mode)
@@ -180,38 +244,47 @@ def jet_invert(f: np.ndarray, ctx: np.ndarray) -> np.ndarray:
 class FeatureSet:
     """What a tokenizer's features are, so that callers never branch on the set's name.
 
-    ``tree_context`` gives the context of every node of :func:`node_arrays`; ``context``
+    ``node_momenta`` gives the four-momenta a set describes the nodes of
+    :func:`node_arrays` by (as stored, or summed from the particles), ``tree_context`` the
+    context of every node (after ``node_momenta``); ``context``
     the context from reference four-momenta (the parent, or the jet axis; NaN rows or
-    ``None``: the jet frame); ``forward``/``inverse`` map four-momenta and context to
-    features and back. ``particles_only``: the set describes particles, so it trains and
-    is evaluated on the leaves alone.
+    ``None``: roots, or the jet frame); ``forward`` maps four-momenta and context to
+    features. Back: ``inverse`` decodes a node alone (flat set: a particle in its jet),
+    ``split_inverse`` a parent's two children together (tree set: a split, the root
+    quantized apart). ``particles_only``: the set describes particles, so it trains and is
+    evaluated on the leaves alone.
     """
 
     name: str
     names: tuple[str, ...]
     default_weights: tuple[float, ...]
     particles_only: bool
+    node_momenta: Callable[[dict], np.ndarray]
     tree_context: Callable[[dict], np.ndarray]
     context: Callable[[np.ndarray | None, int], np.ndarray]
     frame_context: Callable[[int], np.ndarray]
     forward: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    inverse: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    split_inverse: Callable[..., tuple[np.ndarray, np.ndarray]] | None
 
     @property
     def n_features(self) -> int:
         return len(self.names)
 
 
-PARENT_RELATIVE = FeatureSet(
+SPLIT_EXACT = FeatureSet(
     name=FEATURE_SET,
     names=FEATURES,
-    default_weights=(3.0, 1.0, 0.7, 0.7, 1.5),
+    # u (the momentum sharing) most, then xi (the masses, which fix the openings below)
+    default_weights=(3.0, 1.0, 1.0, 2.0),
     particles_only=False,
-    tree_context=lambda a: parent_context(a["p"], a["parent"]),
-    context=given_parent_context,
-    frame_context=root_context,
-    forward=features,
-    inverse=invert,
+    node_momenta=summed_nodes,
+    tree_context=split_parents,
+    context=given_parents,
+    frame_context=root_rows,
+    forward=split_features,
+    inverse=None,
+    split_inverse=decode_split,
 )
 JET_RELATIVE = FeatureSet(
     name=JET_FEATURE_SET,
@@ -219,17 +292,21 @@ JET_RELATIVE = FeatureSet(
     # pT most: it fixes the particle's share of the jet; deta and dphi alike (no preferred axis)
     default_weights=(3.0, 1.0, 1.0),
     particles_only=True,
+    node_momenta=lambda a: a["p"],
     tree_context=jet_tree_context,
     context=axis_context,
     frame_context=jet_frame_context,
     forward=jet_features,
     inverse=jet_invert,
+    split_inverse=None,
 )
-FEATURE_SETS = {s.name: s for s in (PARENT_RELATIVE, JET_RELATIVE)}
+FEATURE_SETS = {s.name: s for s in (SPLIT_EXACT, JET_RELATIVE)}
 
 
 def feature_set(name: str) -> FeatureSet:
     """The feature set called ``name`` (one-line error for an unknown one)."""
+    if name in RETIRED_FEATURE_SETS:
+        raise SettingError(f"feature set {name} is retired: {RETIRED_FEATURE_SETS[name]}")
     if name not in FEATURE_SETS:
         raise SettingError(f"feature_set takes one of {', '.join(FEATURE_SETS)}, got {name!r}")
     return FEATURE_SETS[name]

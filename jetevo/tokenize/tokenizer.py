@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import awkward as ak
 import numpy as np
@@ -22,6 +23,7 @@ from jetevo.config import build, check, check_fields, setting
 from jetevo.errors import InputError, SettingError
 from jetevo.io import checkpoint as ckpt
 from jetevo.tokenize import features as F
+from jetevo.tokenize.root import RootQuantizer
 from jetevo.tokenize.vocab import Vocab
 
 if TYPE_CHECKING:
@@ -53,8 +55,7 @@ class TokenizerConfig:
     commitment_weight: float = setting(0.25, ge=0)
     ema_decay: float = setting(0.99, ge=0, lt=1)
     dead_code_fraction: float = setting(0.003, ge=0)
-    root_fraction: float = 0.05  # with first_split_fraction: checked in __post_init__
-    first_split_fraction: float = 0.15
+    first_split_fraction: float = 0.15  # checked in __post_init__
     kmeans_sample: int = setting(300_000, ge=1)
     kmeans_iters: int = setting(15, ge=1)
     checkpoint_every: int = setting(500, ge=1)
@@ -64,15 +65,14 @@ class TokenizerConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = ("max_steps", "checkpoint_every")
 
     def __post_init__(self) -> None:
-        shares = (self.root_fraction, self.first_split_fraction)
-        if not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            for x in shares
-        ) or (min(shares) < 0 or sum(shares) >= 1):
-            raise SettingError(
-                "root_fraction and first_split_fraction must be numbers >= 0 that add up to "
-                f"less than 1, got {shares[0]!r} and {shares[1]!r}"
-            )
+        share = self.first_split_fraction
+        if not (
+            isinstance(share, (int, float))
+            and not isinstance(share, bool)
+            and math.isfinite(share)
+            and 0 <= share < 1
+        ):
+            raise SettingError(f"first_split_fraction must be a number in [0, 1), got {share!r}")
         check_fields(self)
         features = F.feature_set(self.feature_set)
         if self.feature_weights is None:
@@ -105,7 +105,8 @@ def _checked_weights(weights, features: F.FeatureSet, lenient: bool) -> list[flo
 
 
 class Tokenizer:
-    """A trained node tokenizer: feature set + standardizer + VQ-VAE + vocabulary.
+    """A trained node tokenizer: feature set + standardizer + VQ-VAE + vocabulary, and for
+    the tree feature set the root's own quantizer (:mod:`jetevo.tokenize.root`).
 
     ``floor_centroids`` (the k-means codebook, for the resolution floor) may come as a
     tensor from a checkpoint: it is kept as a numpy array."""
@@ -116,9 +117,16 @@ class Tokenizer:
         standardizer: F.Standardizer,
         model,
         floor_centroids=None,
+        root: RootQuantizer | None = None,
     ):
         self.cfg = cfg
         self.features: F.FeatureSet = F.feature_set(cfg.feature_set)
+        if (root is None) != self.features.particles_only:
+            raise SettingError(
+                f"feature set {self.features.name} "
+                + ("needs a root quantizer" if root is None else "has no root quantizer")
+            )
+        self.root = root
         self.standardizer = standardizer
         self.model = model.eval()
         self.vocab = Vocab(cfg.n_codes)
@@ -160,6 +168,7 @@ class Tokenizer:
             "standardizer": self.standardizer.state(),
             "model": self.model.state_dict(),
             "floor_centroids": self.floor_centroids,
+            "root": None if self.root is None else self.root.state(),
             "identity": self.identity,
             **(extra or {}),
         }
@@ -181,6 +190,8 @@ class Tokenizer:
         for k, v in sorted(self.model.state_dict().items()):
             if torch.is_tensor(v) and (k.startswith(("encoder", "decoder")) or k == "vq.embed"):
                 h.update(v.detach().cpu().numpy().tobytes())
+        if self.root is not None:
+            h.update(self.root.log_pt.tobytes() + self.root.log_mass.tobytes())
         return h.hexdigest()[:16]
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
@@ -195,6 +206,11 @@ class Tokenizer:
 
     @classmethod
     def from_state(cls, state: dict, path: str | Path = "<memory>") -> Tokenizer:
+        retired = F.RETIRED_FEATURE_SETS.get(str(state.get("feature_set")))
+        if retired is not None:
+            raise InputError(
+                path, f"tokenizer of the retired representation {state['feature_set']}: {retired}"
+            )
         known = F.FEATURE_SETS.get(str(state.get("feature_set")))
         if known is None or list(state.get("features") or ()) != list(known.names):
             raise InputError(
@@ -204,7 +220,7 @@ class Tokenizer:
             )
         try:
             tok = cls._from_state(state, path)
-        except (KeyError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
+        except (KeyError, TypeError, AttributeError, RuntimeError, IndexError, SettingError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(path, f"damaged tokenizer checkpoint ({first})") from None
         recorded = state.get("identity")
@@ -220,6 +236,7 @@ class Tokenizer:
         # before feature sets were selectable on the (recorded) parent-relative set
         saved = {"first_split_fraction": 0.0, "feature_set": state["feature_set"]}
         saved.update(state["config"])
+        saved.pop("root_fraction", None)  # flat tokenizers from before roots had their own grid
         try:
             cfg = TokenizerConfig.from_dict(saved)
         except (TypeError, ValueError) as exc:
@@ -238,11 +255,13 @@ class Tokenizer:
             )
         model.load_state_dict(state["model"])
         s = state["standardizer"]
+        root = state.get("root")
         return cls(
             cfg,
             F.Standardizer(s["mean"], s["std"], s["weight"]),
             model,
             state.get("floor_centroids"),
+            None if root is None else RootQuantizer.from_state(root),
         )
 
     # ------------------------------------------------------------- token <-> features
@@ -283,30 +302,90 @@ class Tokenizer:
     def encode(self, p: np.ndarray, parent: np.ndarray | None, is_leaf: np.ndarray) -> np.ndarray:
         """Tokens of nodes with four-momenta ``p`` (n, 4), reference four-momenta ``parent``
         (n, 4) and leaf flags. The reference is the node's parent (tree set; NaN rows or
-        ``None`` mark roots) or its jet axis (flat set; NaN rows or ``None``: the jet frame)."""
+        ``None`` mark roots, which take root codes) or its jet axis (flat set; NaN rows or
+        ``None``: the jet frame)."""
         p = _check_p(p, "node four-momenta")
         ctx = self._context(parent, len(p))
-        return self.vocab.token(self.codes_from_features(self.features.forward(p, ctx)), is_leaf)
+        return self.vocab.token(self._codes(p, ctx), is_leaf)
 
     def decode(self, tokens: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
-        """Four-momenta (n, 4) of node tokens given their reference four-momenta as in
-        :meth:`encode` (NaN rows or ``None``: decoded in the jet frame; flat set: massless)."""
-        tokens = np.asarray(tokens, np.int64)
-        if not np.all(self.vocab.is_node(tokens)):
-            raise SettingError("decode() takes node tokens only (no START/STOP/PAD)")
+        """Four-momenta (n, 4) of node tokens alone: roots (tree set: ``parent`` ``None``
+        or NaN rows), in the jet frame, or particles of the flat set relative to their jet
+        axes as in :meth:`encode` (massless). A tree set's child is decoded with its
+        sibling: :meth:`decode_split`."""
+        tokens = self._node_tokens(tokens)
         ctx = self._context(parent, len(tokens))
-        return self.features.inverse(self.features_from_codes(self.vocab.code(tokens)), ctx)
+        codes = self.vocab.code(tokens)
+        if self.root is None:
+            inverse = cast(Callable, self.features.inverse)
+            return inverse(self.features_from_codes(codes), ctx)
+        if not np.all(np.isnan(ctx[:, 0])):
+            raise SettingError(
+                "decode() decodes roots of a tree tokenizer; a child is decoded together "
+                "with its sibling (decode_split)"
+            )
+        return self.root.decode(codes)
+
+    def decode_split(
+        self, parent: np.ndarray, left: np.ndarray, right: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Four-momenta (n, 4) of the children with tokens ``left`` and ``right`` of
+        parents of four-momenta ``parent`` (n, 4): they add up to their parent exactly
+        (:func:`jetevo.tokenize.features.decode_split`; tree feature set only)."""
+        if self.features.split_inverse is None:
+            raise SettingError(f"feature set {self.features.name} has no splits to decode")
+        parent = _check_p(parent, "parent four-momenta")
+        left, right = self._node_tokens(left), self._node_tokens(right)
+        if not len(parent) == len(left) == len(right):
+            raise SettingError("decode_split takes as many left and right tokens as parents")
+        return self.features.split_inverse(
+            parent,
+            self.features_from_codes(self.vocab.code(left)),
+            self.features_from_codes(self.vocab.code(right)),
+        )
 
     def encode_trees(self, trees: ak.Array) -> np.ndarray:
         """Flat tokens of every node of a tree batch (pre-order, as stored), each relative
-        to its parent (tree set) or to its jet's root (flat set; internal nodes too)."""
+        to its parent (tree set; roots on their own grid) or to its jet's root (flat set;
+        internal nodes too)."""
         a = F.node_arrays(trees)
-        f = self.features.forward(a["p"], self.features.tree_context(a))
-        bad = ~np.all(np.isfinite(f), axis=1)
-        if np.any(bad):  # finite but absurd kinematics (1e38 GeV) overflow the features
-            jet = np.repeat(np.arange(len(a["counts"])), a["counts"])[np.flatnonzero(bad)[0]]
-            raise SettingError(f"node kinematics out of range in jet {int(jet)}")
-        return self.vocab.token(self.codes_from_features(f), a["is_leaf"])
+        a["p"] = self.features.node_momenta(a)
+        codes = self._codes(a["p"], self.features.tree_context(a), a["counts"])
+        return self.vocab.token(codes, a["is_leaf"])
+
+    def root_code_log_pt(self) -> np.ndarray | None:
+        """log pT (GeV) that every root code decodes to (``None`` for the flat set)."""
+        return None if self.root is None else self.root.code_log_pt()
+
+    def _codes(self, p: np.ndarray, ctx: np.ndarray, counts: np.ndarray | None = None):
+        """Codes of nodes ``p`` with context ``ctx``: roots (tree set: NaN context) from the
+        root grid, every other node from the codebook."""
+        codes = np.zeros(len(p), np.int64)
+        is_root = np.isnan(ctx[:, 0]) if self.root is not None else np.zeros(len(p), bool)
+        if is_root.any():
+            codes[is_root] = cast(RootQuantizer, self.root).encode(p[is_root])
+        rest = ~is_root
+        if rest.any():
+            f = self.features.forward(p[rest], ctx[rest])
+            bad = ~np.all(np.isfinite(f), axis=1)
+            if np.any(bad):  # finite but absurd kinematics (1e38 GeV) overflow the features
+                row = int(np.flatnonzero(rest)[np.flatnonzero(bad)[0]])
+                where = (
+                    row
+                    if counts is None
+                    else f"jet {int(np.searchsorted(np.cumsum(counts), row, side='right'))}"
+                )
+                raise SettingError(
+                    f"node kinematics out of range in {'row ' if counts is None else ''}{where}"
+                )
+            codes[rest] = self.codes_from_features(f)
+        return codes
+
+    def _node_tokens(self, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens, np.int64)
+        if not np.all(self.vocab.is_node(tokens)):
+            raise SettingError("decoding takes node tokens only (no START/STOP/PAD)")
+        return tokens
 
     def _context(self, parent: np.ndarray | None, n: int) -> np.ndarray:
         if parent is not None:

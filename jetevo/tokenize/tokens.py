@@ -92,23 +92,19 @@ def decode_files(
     tok: Tokenizer,
     token_paths,
     out_dir: str | Path,
-    split_kinematics: str = "two-body",
     particle_mass: str = "pion",
 ) -> list[Path]:
-    """Tree files rebuilt from token files (see the module docstring); ``split_kinematics``
-    and ``particle_mass`` as in :func:`~jetevo.tokenize.decode.decode_physical` (a flat
-    tokenizer has no splits: ``split_kinematics`` does not apply to it)."""
+    """Tree files rebuilt from token files (see the module docstring); ``particle_mass`` as
+    in :func:`~jetevo.tokenize.decode.decode_tokens` (a flat tokenizer's particles)."""
     out = ensure_writable_dir(out_dir)
     written = []
     for f in tree_files(token_paths):
         with _about(f):
-            written.append(_decode_file(tok, f, out, split_kinematics, particle_mass))
+            written.append(_decode_file(tok, f, out, particle_mass))
     return written
 
 
-def _decode_file(
-    tok: Tokenizer, f: Path, out: Path, split_kinematics: str, particle_mass: str
-) -> Path:
+def _decode_file(tok: Tokenizer, f: Path, out: Path, particle_mass: str) -> Path:
     info = tokenizer_metadata(f)
     if info.get("identity") != tok.identity:
         raise InputError(
@@ -130,7 +126,7 @@ def _decode_file(
     )
     if not np.all(tok.vocab.is_node(flat["token"])):
         raise InputError(f, "token column holds values that are not node tokens")
-    p = decode_tokens(tok, flat["token"], topology, split_kinematics, particle_mass)
+    p = decode_tokens(tok, flat["token"], topology, particle_mass)
     dtype = np.asarray(table.column("px").combine_chunks().flatten()).dtype
     for i, k in enumerate(("px", "py", "pz", "E")):
         table = table.set_column(

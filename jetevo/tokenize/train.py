@@ -1,8 +1,9 @@
 """Tokenizer training: k-means-initialised codebook, then VQ-VAE steps over real nodes.
 
 Only real nodes enter the losses (trees have no padding; OmniJet-alpha quantized and
-reconstructed its zero padding too): every node for the tree feature set, the particles
-(leaves) alone for the flat one, which only ever tokenizes particles. Resumable: the checkpoint at ``out`` carries the
+reconstructed its zero padding too): every child of a split for the tree feature set (the
+roots are quantized on a grid of their own, fitted here to all the files' jets), the
+particles (leaves) alone for the flat one, which only ever tokenizes particles. Resumable: the checkpoint at ``out`` carries the
 optimizer state and step, the settings and the tree files it was started with, and a
 rerun with the same ones continues to ``max_steps`` (other ones are refused).
 """
@@ -23,6 +24,7 @@ from jetevo.errors import InputError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.tokenize import features as F
 from jetevo.tokenize.kmeans import kmeans
+from jetevo.tokenize.root import RootQuantizer
 from jetevo.tokenize.tokenizer import Tokenizer, TokenizerConfig, read_checkpoint
 from jetevo.trees.format import load, tree_files
 
@@ -31,31 +33,24 @@ TREE_COLUMNS = ["px", "py", "pz", "E", "left", "parent"]
 logger = logging.getLogger(__name__)
 
 
-def node_features(paths, features: F.FeatureSet = F.PARENT_RELATIVE) -> tuple[np.ndarray, dict]:
-    """Features of the nodes a tokenizer of ``features`` learns from (every node, or the
-    particles alone for a ``particles_only`` set), plus those nodes' arrays (as
-    :func:`~jetevo.tokenize.features.node_arrays`, global ``parent`` indices kept, and
-    ``context``: each node's true context)."""
+def node_features(paths, features: F.FeatureSet = F.SPLIT_EXACT) -> tuple[np.ndarray, dict]:
+    """Features of the nodes a tokenizer of ``features`` codes from its codebook (every
+    child of a split, or the particles alone for a ``particles_only`` set), plus those
+    nodes' arrays (as :func:`~jetevo.tokenize.features.node_arrays`, global ``parent``
+    indices kept, ``context``: each node's true context, and ``is_first``: the root's two
+    children), and ``roots``: the jets' root four-momenta."""
     a = F.node_arrays(load(paths, columns=TREE_COLUMNS))
+    a["p"] = features.node_momenta(a)
     a["context"] = features.tree_context(a)
-    f = features.forward(a["p"], a["context"])
-    if not features.particles_only:
-        return f, a
-    leaf = a["is_leaf"]
+    has = a["parent"] >= 0
+    a["is_first"] = np.zeros(len(has), bool)
+    a["is_first"][has] = a["parent"][a["parent"][has]] < 0
+    kept_mask = a["is_leaf"] if features.particles_only else has
     jet = np.repeat(np.arange(len(a["counts"])), a["counts"])
-    kept = {k: a[k][leaf] for k in ("p", "parent", "is_leaf", "context")}
-    kept["counts"] = np.bincount(jet[leaf], minlength=len(a["counts"])).astype(np.int64)
-    return f[leaf], kept
-
-
-def shallow_groups(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of the roots and of the root's two children ("first split"), from global parent
-    indices (-1 for roots)."""
-    is_root = parent < 0
-    is_first = np.zeros(len(parent), bool)
-    has = ~is_root
-    is_first[has] = is_root[parent[has]]
-    return is_root, is_first
+    kept = {k: a[k][kept_mask] for k in ("p", "parent", "is_leaf", "context", "is_first")}
+    kept["counts"] = np.bincount(jet[kept_mask], minlength=len(a["counts"])).astype(np.int64)
+    kept["roots"] = a["p"][a["parent"] < 0]
+    return features.forward(kept["p"], kept["context"]), kept
 
 
 def _oversampled(groups: list[tuple[np.ndarray, float]], n_total: int, n: int, rng) -> list:
@@ -74,28 +69,19 @@ def _oversampled(groups: list[tuple[np.ndarray, float]], n_total: int, n: int, r
     return picks
 
 
-def _kmeans_rows(
-    is_root: np.ndarray, is_first: np.ndarray, cfg: TokenizerConfig, rng
-) -> np.ndarray:
-    """Rows for the k-means initialisation, with roots at ``cfg.root_fraction`` and the
-    root's children at ``cfg.first_split_fraction``, as in the training batches (each
-    repeated equally where there are fewer: a repeated row weighs that node more, which is
-    what k-means needs to give them their share of codes).
-
-    Roots are ~1% of nodes; drawn in that share, too few codes land on them, and the root's
-    mass (which a generated jet inherits) came back to a median 9 GeV in the demo. The
-    root's children are ~1.5%: drawn in that share, their offsets from the jet axis (the
-    widest of the tree) came back 23% too small, and every jet's first splitting with them
-    (R_g, τ21, τ32; see docs/tokenizer.md).
+def _kmeans_rows(is_first: np.ndarray, cfg: TokenizerConfig, rng) -> np.ndarray:
+    """Rows for the k-means initialisation, with the root's children at
+    ``cfg.first_split_fraction``, as in the training batches (repeated equally where there
+    are fewer: a repeated row weighs that node more, which is what k-means needs to give
+    them their share of codes). The root's children are ~1.5% of nodes: drawn in that
+    share, the parent-relative tokenizer's first splittings came back 23% too narrow, and
+    every jet's R_g, τ21, τ32 with them (docs/tokenizer.md).
     """
-    n = min(cfg.kmeans_sample, len(is_root))
-    groups = [
-        (np.flatnonzero(is_root), cfg.root_fraction),
-        (np.flatnonzero(is_first), cfg.first_split_fraction),
-    ]
-    picks = _oversampled(groups, len(is_root), n, rng)
+    n = min(cfg.kmeans_sample, len(is_first))
+    groups = [(np.flatnonzero(is_first), cfg.first_split_fraction)]
+    picks = _oversampled(groups, len(is_first), n, rng)
     n_special = sum(len(p) for p in picks)
-    others = np.flatnonzero(~is_root & ~is_first)
+    others = np.flatnonzero(~is_first)
     picks.append(rng.choice(others, min(len(others), n - n_special), replace=False))
     return np.sort(np.concatenate(picks))
 
@@ -154,11 +140,9 @@ def train_tokenizer(
     order = rng.permutation(len(feats))
     n_val = max(1, len(feats) // 20)
     val, train = feats[order[:n_val]], feats[order[n_val:]]
-    if features.particles_only:  # no roots or first splits among particles to oversample
-        is_root = is_first = np.zeros(len(feats), bool)
-    else:
-        is_root, is_first = shallow_groups(nodes["parent"])
-    train_is_root, train_is_first = is_root[order[n_val:]], is_first[order[n_val:]]
+    # no first splits among particles to oversample
+    is_first = np.zeros(len(feats), bool) if features.particles_only else nodes["is_first"]
+    train_is_first = is_first[order[n_val:]]
     if len(train) < cfg.n_codes:
         what = "particles" if features.particles_only else "nodes"
         raise InputError(
@@ -175,14 +159,15 @@ def train_tokenizer(
     else:
         std = F.Standardizer.fit(train, cfg.feature_weights)
         t0 = time.perf_counter()
-        sample = std.forward(train[_kmeans_rows(train_is_root, train_is_first, cfg, rng)])
+        sample = std.forward(train[_kmeans_rows(train_is_first, cfg, rng)])
         centroids = kmeans(sample, cfg.n_codes, iters=cfg.kmeans_iters, seed=cfg.seed)
         log(
             f"k-means init: {cfg.n_codes} codes on {len(sample)} nodes in {time.perf_counter() - t0:.1f}s"
         )
         model = Tokenizer.build_model(cfg)
         model.set_codebook(torch.as_tensor(centroids, dtype=torch.float32), cfg.batch_size)
-        tok = Tokenizer(cfg, std, model, floor_centroids=centroids.astype(np.float32))
+        root = None if features.particles_only else RootQuantizer.fit(nodes["roots"], cfg.n_codes)
+        tok = Tokenizer(cfg, std, model, floor_centroids=centroids.astype(np.float32), root=root)
 
     model = tok.model.to(device).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -191,16 +176,18 @@ def train_tokenizer(
     x_train = torch.as_tensor(tok.standardizer.forward(train), dtype=torch.float32, device=device)
     x_val = torch.as_tensor(tok.standardizer.forward(val), dtype=torch.float32, device=device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
-    # roots (~1% of nodes) fix the jet's pT and mass, the root's children (~1.5%) its first
-    # splitting: each gets a fixed share of every batch
-    shallow = [
-        (torch.as_tensor(np.flatnonzero(mask)), round(fraction * cfg.batch_size))
-        for mask, fraction in (
-            (train_is_root, cfg.root_fraction),
-            (train_is_first, cfg.first_split_fraction),
-        )
-        if mask.any()
-    ]
+    # the root's children (~1.5% of nodes) fix every jet's first splitting: they get a
+    # fixed share of every batch
+    shallow = (
+        [
+            (
+                torch.as_tensor(np.flatnonzero(train_is_first)),
+                round(cfg.first_split_fraction * cfg.batch_size),
+            )
+        ]
+        if train_is_first.any()
+        else []
+    )
     n_shallow = sum(k for _, k in shallow)
 
     def checkpoint(final: bool) -> None:
