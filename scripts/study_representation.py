@@ -5,7 +5,8 @@ codebook alone) on the given training trees, then runs ``tokenizer eval`` on the
 trees: the resolution report (the per-jet root mass error) and the closure (every
 particle-level observable over its truth-vs-truth floor, the primary Lund plane, collinear
 splits, the per-depth table). Trees rebuilt some other way (``--rebuilt NAME=FOLDER``, e.g.
-by an older jetevo's ``tokenizer decode``) get the same closure. Resumable: a variant whose
+by an older jetevo's ``tokenizer decode``, with that tokenizer's ``tokenizer eval`` report
+in FOLDER/../report.json for its root error) get the same closure. Resumable: a variant whose
 report exists is read back, not rerun. Writes ``results.json`` and prints the tables.
 
     python scripts/study_representation.py --train trees/A trees/B --heldout trees/C \
@@ -55,6 +56,10 @@ def rebuilt_closure(name: str, folder: str, heldout, out: Path) -> dict:
     trees = load(tree_files(heldout), columns=COLUMNS)
     rebuilt = load(tree_files([folder]), columns=COLUMNS)
     report = {"closure": closure_metrics(trees, rebuilt, "heldout")}
+    # the per-jet root error, from that tokenizer's own `tokenizer eval` report beside it
+    own = Path(folder).parent / "report.json"
+    if own.exists():
+        report["root"] = json.loads(own.read_text()).get("root")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1, default=float))
     return report

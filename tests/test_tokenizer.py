@@ -332,3 +332,21 @@ def test_old_tokenizer_checkpoints_load_without_first_split_share(tiny_tokenizer
     state["config"]["first_split_fraction"] = float("nan")
     with pytest.raises(InputError, match=r"old\.ckpt: bad tokenizer config"):
         Tokenizer.from_state(state, "old.ckpt")
+
+
+def test_token_files_record_their_representation(tiny_tokenizer, tree_dir, tmp_path):
+    """Token files name the feature set that made them; a retired one is refused in one
+    line naming the file."""
+    import pyarrow.parquet as pq
+
+    from jetevo.tokenize.tokens import TOKENIZER_KEY, encode_files, tokenizer_metadata
+
+    path = encode_files(tiny_tokenizer, [tree_dir], tmp_path / "tokens")[0]
+    assert tokenizer_metadata(path)["feature_set"] == "split-exact-v2"
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    info = json.loads(meta[TOKENIZER_KEY])
+    meta[TOKENIZER_KEY] = json.dumps({**info, "feature_set": "parent-relative-v1"}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "old.trees.parquet")
+    with pytest.raises(InputError, match=r"old\.trees\.parquet: tokens of the retired"):
+        tokenizer_metadata(tmp_path / "old.trees.parquet")

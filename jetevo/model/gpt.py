@@ -34,7 +34,7 @@ class ModelConfig:
     mode: str = setting("tree", choices=MODES)
     # tokenizer codebook size K and its node features (both set from the tokenizer)
     n_codes: int = setting(8192, ge=1)
-    n_code_features: int = setting(4, ge=1)  # the tree feature set's (split-exact-v2)
+    n_code_features: int = setting(6, ge=1)  # tree: 4 split features + the root grid's 2
     # positions: START + up to max_len - 1 expanded nodes (tree) or particles (flat)
     max_len: int = setting(128, ge=1)
     n_layer: int = setting(3, ge=1)

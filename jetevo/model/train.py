@@ -295,9 +295,17 @@ def check_launcher(tc: TrainConfig) -> None:
 
 
 def code_feature_table(tokenizer) -> np.ndarray:
-    """Standardized decoded features of every code: what the model knows about each token."""
+    """What the model knows about each code: its standardized decoded features and, for a
+    tree tokenizer, the standardized log pT and log mass of the root grid point it stands
+    for at the root. Without the latter a root code would be a bare index among K, and a
+    root distribution learned from a few hundred jets could not generalise from one grid
+    cell to its neighbours (the demo's fine-tuned roots came out 55 GeV too light)."""
     codes = np.arange(tokenizer.cfg.n_codes)
-    return tokenizer.standardizer.forward(tokenizer.features_from_codes(codes)).astype(np.float32)
+    node = tokenizer.standardizer.forward(tokenizer.features_from_codes(codes))
+    if tokenizer.root is None:
+        return node.astype(np.float32)
+    root = tokenizer.root.code_features()
+    return np.concatenate([node, root], axis=1).astype(np.float32)
 
 
 def find_tokenizer(info: dict, given: str | None, first_file: Path):

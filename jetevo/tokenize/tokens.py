@@ -1,7 +1,7 @@
 """Token files: the tree Parquet format plus a ``token`` column (one per node, pre-order).
 
-Encoding keeps every tree column and adds the tokens; the tokenizer's identity and path
-are stored in the schema metadata (``jetevo_tokenizer``) so later stages can check that
+Encoding keeps every tree column and adds the tokens; the tokenizer's identity, path and
+feature set (the representation) are stored in the schema metadata (``jetevo_tokenizer``) so later stages can check that
 their tokens and tokenizer match. Decoding rebuilds node kinematics from the tokens alone
 with :func:`jetevo.tokenize.decode.decode_tokens` (as generated trees are decoded: a tree
 tokenizer's with four-momentum conservation at every split, a flat one's particles alone,
@@ -24,6 +24,7 @@ from jetevo.errors import InputError, SettingError
 from jetevo.io.atomic import ensure_writable_dir
 from jetevo.kinematics import jet_kinematics
 from jetevo.tokenize.decode import decode_tokens
+from jetevo.tokenize.features import RETIRED_FEATURE_SETS
 from jetevo.tokenize.tokenizer import Tokenizer
 from jetevo.trees.format import (
     Topology,
@@ -51,6 +52,11 @@ def tokenizer_metadata(path: str | Path) -> dict:
         info = None
     if not isinstance(info, dict) or not {"identity", "n_codes"} <= set(info):
         raise InputError(path, "damaged tokenizer metadata")
+    retired = RETIRED_FEATURE_SETS.get(str(info.get("feature_set")))
+    if retired is not None:
+        raise InputError(
+            path, f"tokens of the retired representation {info['feature_set']}: {retired}"
+        )
     return info
 
 
@@ -81,7 +87,12 @@ def _encode_file(tok: Tokenizer, f: Path, out: Path) -> Path:
     table = table.append_column(pa.field("token", column.type, nullable=False), column)
     meta = dict(table.schema.metadata or {})
     meta[TOKENIZER_KEY] = json.dumps(
-        {"identity": tok.identity, "path": tok.path, "n_codes": tok.cfg.n_codes}
+        {
+            "identity": tok.identity,
+            "path": tok.path,
+            "n_codes": tok.cfg.n_codes,
+            "feature_set": tok.feature_set,
+        }  # fmt: skip
     ).encode()
     target = out / f.name
     write_table(table.replace_schema_metadata(meta), target)
