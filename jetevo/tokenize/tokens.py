@@ -92,7 +92,7 @@ def _encode_file(tok: Tokenizer, f: Path, out: Path) -> Path:
             "path": tok.path,
             "n_codes": tok.cfg.n_codes,
             "feature_set": tok.feature_set,
-        }  # fmt: skip
+        }
     ).encode()
     target = out / f.name
     write_table(table.replace_schema_metadata(meta), target)
