@@ -370,14 +370,13 @@ class Tokenizer:
             bad = ~np.all(np.isfinite(f), axis=1)
             if np.any(bad):  # finite but absurd kinematics (1e38 GeV) overflow the features
                 row = int(np.flatnonzero(rest)[np.flatnonzero(bad)[0]])
-                where = (
-                    row
-                    if counts is None
-                    else f"jet {int(np.searchsorted(np.cumsum(counts), row, side='right'))}"
+                jet = (
+                    np.searchsorted(np.cumsum(counts), row, side="right")
+                    if counts is not None
+                    else None
                 )
-                raise SettingError(
-                    f"node kinematics out of range in {'row ' if counts is None else ''}{where}"
-                )
+                where = f"row {row}" if jet is None else f"jet {int(jet)}"
+                raise SettingError(f"node kinematics out of range in {where}")
             codes[rest] = self.codes_from_features(f)
         return codes
 
