@@ -275,6 +275,10 @@ class TreeSequences(_Sequences):
         self.left[starts], self.right[starts] = tok[node_offsets[:-1]], IGNORE
         self.left[rest] = tok[first[g] + left[g]]
         self.right[rest] = tok[first[g] + right[g]]
+        # the node each position expands, as an index into the files' nodes as stored (-1
+        # at START): what ties a position to its real kinematics (the fidelity diagnosis)
+        self.node = np.full(len(rest), -1, np.int64)
+        self.node[rest] = order[g]
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(parent token, child token) of every child (START is the root's parent)."""
