@@ -1,7 +1,7 @@
 """``jetevo generate``: sample whole jets as declustering trees from a trained model.
 
 Glue: batches of jets are sampled with :func:`jetevo.generate.sampler.sample_trees` (or
-the bigram reference), decoded with :func:`jetevo.tokenize.decode.decode_physical`, put in
+the bigram reference), decoded with :func:`jetevo.tokenize.decode.decode_tree`, put in
 the tree format's order by :meth:`jetevo.trees.format.Topology.harder_first` and written
 (plus ``token``) by the tree writer, in atomic shards, with a ``summary.json`` that counts
 every runaway jet.

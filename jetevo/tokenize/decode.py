@@ -115,7 +115,7 @@ def decode_flat(
     if not features.particles_only:
         raise SettingError(
             f"decode_flat decodes jet-relative tokens; tokenizer feature set {features.name} "
-            "is decoded by decode_physical (or decode_tokens)"
+            "is decoded by decode_tree (or decode_tokens)"
         )
     leaf = topology.left < 0
     p = np.zeros((len(topology.left), 4))
