@@ -23,7 +23,8 @@ NAMES = ("truth", "tokenizer", "one_step", "generated")
 
 def main() -> None:
     from jetevo.evaluate.closure import COLUMNS as TREE_COLUMNS
-    from jetevo.evaluate.fidelity import one_step_splits, per_depth, trees_table
+    from jetevo.evaluate.closure import per_depth
+    from jetevo.evaluate.fidelity import one_step_splits, trees_table
     from jetevo.model.checkpoint import load_model, model_sequences, model_tokenizer
     from jetevo.trees.format import load, tree_files
 

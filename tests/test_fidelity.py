@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import tiny_checkpoint
 
-from jetevo.evaluate.closure import COLUMNS, split_table
-from jetevo.evaluate.fidelity import one_step_splits, pair_table, per_depth, trees_table
+from jetevo.evaluate.closure import COLUMNS, per_depth, split_table
+from jetevo.evaluate.fidelity import one_step_splits, pair_table, trees_table
 from jetevo.kinematics import four_momentum
 from jetevo.model.checkpoint import load_model, model_sequences
 from jetevo.tokenize import features as F

@@ -25,6 +25,9 @@ wider than their parent's split (angular ordering), for the true and the rebuilt
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import awkward as ak
 import numpy as np
 from scipy.stats import wasserstein_distance
@@ -71,28 +74,47 @@ def split_table(trees: ak.Array) -> dict[str, np.ndarray]:
 
 def split_closure(true: dict[str, np.ndarray], rebuilt: dict[str, np.ndarray]) -> dict:
     """Collinear-split shares and the per-depth table of true and rebuilt splits."""
-    out: dict = {
+    return {
         "collinear_dr": COLLINEAR_DR,
         "collinear_fraction": {
             who: float(np.mean(s["opening"] < COLLINEAR_DR))
             for who, s in (("true", true), ("rebuilt", rebuilt))
         },
-        "per_depth": [],
+        "per_depth": per_depth({"true": true, "rebuilt": rebuilt}),
     }
+
+
+def per_depth(tables: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+    """Per depth of the parent (0..MAX_DEPTH, rows with a split in some table), for every
+    named split table: the number of splits, the median z, the median opening, the share
+    opening wider than the parent's split (None at the root), and where the table has them
+    the median ln kt and the share of leaf children."""
+    optional: dict[str, tuple[str, Callable[[np.ndarray], Any]]] = {
+        "ln_kt_median": ("ln_kt", np.median),
+        "leaf_fraction": ("leaves", np.mean),
+    }
+    rows = []
     for d in range(MAX_DEPTH + 1):
         row: dict = {"depth": d}
-        for who, s in (("true", true), ("rebuilt", rebuilt)):
-            at = s["depth"] == d
+        for name, t in tables.items():
+            at = t["depth"] == d
             n = int(at.sum())
-            row[who] = {
+            row[name] = {
                 "n_splits": n,
-                "z_median": float(np.median(s["z"][at])) if n else None,
-                "opening_median": float(np.median(s["opening"][at])) if n else None,
-                "wider_fraction": float(np.mean(s["wider"][at])) if n and d > 0 else None,
+                "z_median": float(np.median(t["z"][at])) if n else None,
+                "opening_median": float(np.median(t["opening"][at])) if n else None,
+                "wider_fraction": float(np.mean(t["wider"][at])) if n and d > 0 else None,
             }
-        if row["true"]["n_splits"] or row["rebuilt"]["n_splits"]:
-            out["per_depth"].append(row)
-    return out
+            for key, (column, stat) in optional.items():
+                if column in t:
+                    value = float(stat(t[column][at])) if n else None
+                    # leaves: 0-2 per split, as a share of the children
+                    row[name][key] = (
+                        value / 2 if value is not None and column == "leaves" else value
+                    )
+        if any(row[name]["n_splits"] for name in tables):
+            rows.append(row)
+    return rows
 
 
 def lund_closure(

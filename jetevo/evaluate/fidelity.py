@@ -9,7 +9,8 @@ share opening wider than the parent's own split, the median ln kt and the share 
 children. Beside it, the same table for the tokenizer alone (the true tokens decoded the
 same way: :func:`one_step_splits` with ``oracle=True``) and for freely generated trees
 (:func:`jetevo.evaluate.closure.split_table`), so that a bias can be traced to the
-tokenizer, to one split, or to their compounding (``scripts/study_fidelity.py``).
+tokenizer, to one split, or to their compounding (``scripts/study_fidelity.py``; the table
+by depth is :func:`jetevo.evaluate.closure.per_depth`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import awkward as ak
 import numpy as np
 import torch
 
-from jetevo.evaluate.closure import MAX_DEPTH, split_table
+from jetevo.evaluate.closure import split_table
 from jetevo.kinematics import pt_y_phi_m, wrap_phi
 from jetevo.model.data import loader
 from jetevo.model.sequences import TreeSequences
@@ -137,26 +138,3 @@ def trees_table(trees) -> dict[str, np.ndarray]:
     base["ln_kt"] = np.log(np.maximum(soft * base["opening"], 1e-300))
     base["leaves"] = (left[li] < 0).astype(np.int64) + (left[ri] < 0).astype(np.int64)
     return base
-
-
-def per_depth(tables: dict[str, dict[str, np.ndarray]]) -> list[dict]:
-    """Per depth of the parent (0..MAX_DEPTH), for every named table: the number of splits,
-    median z, median opening, share wider than the parent's split, median ln kt and the
-    share of leaf children."""
-    rows = []
-    for d in range(MAX_DEPTH + 1):
-        row: dict = {"depth": d}
-        for name, t in tables.items():
-            at = t["depth"] == d
-            n = int(at.sum())
-            row[name] = {
-                "n_splits": n,
-                "z_median": float(np.median(t["z"][at])) if n else None,
-                "opening_median": float(np.median(t["opening"][at])) if n else None,
-                "wider_fraction": float(np.mean(t["wider"][at])) if n and d else None,
-                "ln_kt_median": float(np.median(t["ln_kt"][at])) if n else None,
-                "leaf_fraction": float(np.mean(t["leaves"][at]) / 2) if n else None,
-            }
-        if any(row[name]["n_splits"] for name in tables):
-            rows.append(row)
-    return rows
