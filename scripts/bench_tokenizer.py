@@ -31,8 +31,7 @@ def sample_pairs(work: Path, n_jets: int) -> tuple[np.ndarray, np.ndarray, np.nd
         recluster_files([src], trees_dir, progress=False)
     a = F.node_arrays(load(trees_dir))
     p = F.summed_nodes(a)
-    has = np.flatnonzero(a["parent"] >= 0)
-    pairs = has[np.argsort(a["parent"][has], kind="stable")].reshape(-1, 2)
+    pairs = F.sibling_pairs(a["parent"])
     return p[pairs[:, 0]], p[pairs[:, 1]], p[a["parent"][pairs[:, 0]]]
 
 

@@ -23,8 +23,8 @@ NAMES = ("truth", "tokenizer", "one_step", "generated")
 
 def main() -> None:
     from jetevo.evaluate.closure import COLUMNS as TREE_COLUMNS
-    from jetevo.evaluate.closure import per_depth
-    from jetevo.evaluate.fidelity import one_step_splits, trees_table
+    from jetevo.evaluate.closure import per_depth, split_table
+    from jetevo.evaluate.fidelity import one_step_splits
     from jetevo.model.checkpoint import load_model, model_sequences, model_tokenizer
     from jetevo.trees.format import load, tree_files
 
@@ -40,12 +40,12 @@ def main() -> None:
     tok = model_tokenizer(model, args.ckpt, None)
     seqs = model_sequences(model, args.ckpt, args.tokens)
     tables = {
-        "truth": trees_table(load(tree_files(args.tokens), columns=TREE_COLUMNS)),
+        "truth": split_table(load(tree_files(args.tokens), columns=TREE_COLUMNS)),
         "tokenizer": one_step_splits(model, tok, seqs, oracle=True),
         "one_step": one_step_splits(model, tok, seqs, args.temperature, args.seed),
     }
     if args.generated:
-        tables["generated"] = trees_table(load(tree_files([args.generated]), columns=TREE_COLUMNS))
+        tables["generated"] = split_table(load(tree_files([args.generated]), columns=TREE_COLUMNS))
     rows = per_depth(tables)
     names = [n for n in NAMES if n in tables]
     print("depth " + " ".join(f"{c:>33}" for c in COLUMNS))

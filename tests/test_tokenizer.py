@@ -30,8 +30,7 @@ def test_vocab_layout():
 
 def _pairs(a: dict) -> tuple[np.ndarray, np.ndarray]:
     """The two children of every split of node arrays (global indices)."""
-    has = np.flatnonzero(a["parent"] >= 0)
-    pairs = has[np.argsort(a["parent"][has], kind="stable")].reshape(-1, 2)
+    pairs = F.sibling_pairs(a["parent"])
     return pairs[:, 0], pairs[:, 1]
 
 

@@ -46,8 +46,9 @@ MAX_DEPTH = 12  # deepest parent level the per-depth table reports
 def split_table(trees: ak.Array) -> dict[str, np.ndarray]:
     """Per split (internal node) of ``trees`` (px, py, pz, E, left, right, parent, depth):
     the parent's ``depth``, the momentum sharing ``z`` (softer child's pT over the pair's),
-    the ``opening`` between the children, and ``wider``: whether it opens wider than its
-    parent's split (False for the root's)."""
+    the ``opening`` between the children, ``wider``: whether it opens wider than its
+    parent's split (False for the root's), ``ln_kt`` (softer pT x opening) and ``leaves``
+    (leaf children, 0-2)."""
     counts = ak.to_numpy(ak.num(trees["px"], axis=1)).astype(np.int64)
     first = np.repeat(np.cumsum(counts) - counts, counts)
     col = {k: ak.to_numpy(ak.flatten(trees[k])) for k in COLUMNS}
@@ -64,11 +65,14 @@ def split_table(trees: ak.Array) -> dict[str, np.ndarray]:
     has_parent = parent >= 0
     parent_opening = np.full(len(internal), np.nan)
     parent_opening[has_parent] = node_opening[first[internal][has_parent] + parent[has_parent]]
+    soft = np.minimum(node_pt[li], node_pt[ri])
     return {
         "depth": col["depth"][internal].astype(np.int64),
-        "z": np.minimum(node_pt[li], node_pt[ri]) / pair_pt,
+        "z": soft / pair_pt,
         "opening": opening,
         "wider": has_parent & (opening > parent_opening),
+        "ln_kt": np.log(np.maximum(soft * opening, 1e-300)),
+        "leaves": (col["left"][li] < 0).astype(np.int64) + (col["left"][ri] < 0),
     }
 
 

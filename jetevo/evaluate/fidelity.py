@@ -8,18 +8,16 @@ the parent, with the true ones: the median momentum sharing z, the median openin
 share opening wider than the parent's own split, the median ln kt and the share of leaf
 children. Beside it, the same table for the tokenizer alone (the true tokens decoded the
 same way: :func:`one_step_splits` with ``oracle=True``) and for freely generated trees
-(:func:`jetevo.evaluate.closure.split_table`), so that a bias can be traced to the
+(:func:`jetevo.evaluate.closure.split_table`, which has the same columns), so that a bias can be traced to the
 tokenizer, to one split, or to their compounding (``scripts/study_fidelity.py``; the table
 by depth is :func:`jetevo.evaluate.closure.per_depth`).
 """
 
 from __future__ import annotations
 
-import awkward as ak
 import numpy as np
 import torch
 
-from jetevo.evaluate.closure import split_table
 from jetevo.kinematics import pt_y_phi_m, wrap_phi
 from jetevo.model.data import loader
 from jetevo.model.sequences import TreeSequences
@@ -66,14 +64,12 @@ def one_step_splits(
     depth, opening = _true_depth_and_opening(a, p)
     vocab = model.vocab
     rest = seqs.node >= 0
-    sampled_l = np.empty(len(seqs.node), np.int64)
-    sampled_r = np.empty(len(seqs.node), np.int64)
     if oracle:
         sampled_l, sampled_r = seqs.left.copy(), seqs.right.copy()
     else:
         generator = torch.Generator().manual_seed(seed)
         table = model.tokens.table()
-        at = 0
+        l_parts, r_parts = [], []
         for batch in loader(seqs, batch_size):
             h = model.hidden(batch, table)
             b, t, c = h.shape
@@ -85,13 +81,10 @@ def one_step_splits(
             right, _ = model.output.sample(
                 state.reshape(-1, c), table, temperature, None, generator
             )
-            right = right.view(b, t)
-            for row in range(b):  # positions of each jet, unpadded
-                n = int(seqs.offsets[at + 1] - seqs.offsets[at])
-                lo = int(seqs.offsets[at])
-                sampled_l[lo : lo + n] = left[row, :n].numpy()
-                sampled_r[lo : lo + n] = right[row, :n].numpy()
-                at += 1
+            real = batch["tokens"] != vocab.pad  # each jet's positions, in order, unpadded
+            l_parts.append(left[real].numpy())
+            r_parts.append(right.view(b, t)[real].numpy())
+        sampled_l, sampled_r = np.concatenate(l_parts), np.concatenate(r_parts)
     node = seqs.node[rest]
     l_tok, r_tok = sampled_l[rest], sampled_r[rest]
     left_p, right_p = tokenizer.decode_split(p[node], l_tok, r_tok)
@@ -104,37 +97,10 @@ def one_step_splits(
 
 def _true_depth_and_opening(a: dict, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Depth of every node, and the opening of every internal node's split (NaN at leaves)."""
-    parent = a["parent"]
-    depth = np.zeros(len(parent), np.int64)
-    has = parent >= 0
-    for _ in range(len(parent)):
-        new = np.where(has, depth[np.maximum(parent, 0)] + 1, 0)
-        if np.array_equal(new, depth):
-            break
-        depth = new
     _, y, phi, _ = pt_y_phi_m(p)
-    child = np.flatnonzero(has)
-    order = child[np.argsort(parent[child], kind="stable")].reshape(-1, 2)
-    opening = np.full(len(parent), np.nan)
-    opening[parent[order[:, 0]]] = np.hypot(
-        y[order[:, 0]] - y[order[:, 1]], wrap_phi(phi[order[:, 0]] - phi[order[:, 1]])
+    pairs = F.sibling_pairs(a["parent"])
+    opening = np.full(len(p), np.nan)
+    opening[a["parent"][pairs[:, 0]]] = np.hypot(
+        y[pairs[:, 0]] - y[pairs[:, 1]], wrap_phi(phi[pairs[:, 0]] - phi[pairs[:, 1]])
     )
-    return depth, opening
-
-
-def trees_table(trees) -> dict[str, np.ndarray]:
-    """The split table of stored trees (true or generated), with the leaf children and ln kt
-    that :func:`pair_table` adds (``trees`` as :func:`jetevo.evaluate.closure.split_table`)."""
-    base = split_table(trees)
-    a = F.node_arrays(trees)
-    p = a["p"]
-    counts = a["counts"]
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    left = ak.to_numpy(ak.flatten(trees["left"])).astype(np.int64)
-    right = ak.to_numpy(ak.flatten(trees["right"])).astype(np.int64)
-    internal = np.flatnonzero(left >= 0)
-    li, ri = first[internal] + left[internal], first[internal] + right[internal]
-    soft = np.minimum(pt_y_phi_m(p[li])[0], pt_y_phi_m(p[ri])[0])
-    base["ln_kt"] = np.log(np.maximum(soft * base["opening"], 1e-300))
-    base["leaves"] = (left[li] < 0).astype(np.int64) + (left[ri] < 0).astype(np.int64)
-    return base
+    return F.node_depths(a["parent"]), opening

@@ -105,13 +105,7 @@ def summed_nodes(a: dict) -> np.ndarray:
     had a child with negative rest-frame energy). The tree set describes every node by these
     sums, so that decoding gives them back."""
     parent = a["parent"]
-    depth = np.zeros(len(parent), np.int64)
-    has = parent >= 0
-    for _ in range(len(parent)):  # depth by following parents (at most the deepest level)
-        new = np.where(has, depth[np.maximum(parent, 0)] + 1, 0)
-        if np.array_equal(new, depth):
-            break
-        depth = new
+    depth = node_depths(parent)
     q = a["p"]
     p3 = (q[:, :3] ** 2).sum(axis=1)
     m2 = q[:, 3] ** 2 - p3
@@ -121,6 +115,25 @@ def summed_nodes(a: dict) -> np.ndarray:
         at = np.flatnonzero(depth == d)
         np.add.at(p, parent[at], p[at])
     return p
+
+
+def node_depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node from global parent indices (-1 for roots): one vectorised step
+    per tree level."""
+    depth = np.zeros(len(parent), np.int64)
+    has = parent >= 0
+    while True:
+        new = np.where(has, depth[np.maximum(parent, 0)] + 1, 0)
+        if np.array_equal(new, depth):
+            return depth
+        depth = new
+
+
+def sibling_pairs(parent: np.ndarray) -> np.ndarray:
+    """(n_splits, 2) indices of every split's two children, from parent indices (-1 for
+    roots; of a full binary tree: every parent has exactly two children)."""
+    child = np.flatnonzero(parent >= 0)
+    return child[np.argsort(parent[child], kind="stable")].reshape(-1, 2)
 
 
 def split_parents(a: dict) -> np.ndarray:

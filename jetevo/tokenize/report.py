@@ -81,7 +81,7 @@ def decode_one_step(fs: F.FeatureSet, decoded: np.ndarray, a: dict) -> np.ndarra
     split a decay of its true parent), a flat set's particles alone."""
     if fs.split_inverse is None:
         return cast(Callable, fs.inverse)(decoded, a["context"])
-    pairs = np.argsort(a["parent"], kind="stable").reshape(-1, 2)
+    pairs = F.sibling_pairs(a["parent"])
     left, right = pairs[:, 0], pairs[:, 1]
     reco = np.empty_like(a["p"])
     reco[left], reco[right] = fs.split_inverse(a["context"][left], decoded[left], decoded[right])

@@ -90,14 +90,18 @@ class RootQuantizer:
     def code_features(self) -> np.ndarray:
         """(n_codes, 2) log pT and log mass of every code, each standardized over its grid
         values (what a model can tell neighbouring root codes by)."""
-        out = []
-        for v, n_rep, n_tile in (
-            (self.log_pt, len(self.log_mass), 1),
-            (self.log_mass, 1, len(self.log_pt)),
-        ):
-            z = (v - v.mean()) / (v.std() if v.std() > 0 else 1.0)
-            out.append(np.tile(np.repeat(z, n_rep), n_tile))
-        return np.stack(out, axis=1)
+
+        def standardized(v: np.ndarray) -> np.ndarray:
+            return (v - v.mean()) / (v.std() if v.std() > 0 else 1.0)
+
+        n_pt, n_mass = len(self.log_pt), len(self.log_mass)
+        return np.stack(
+            [
+                np.repeat(standardized(self.log_pt), n_mass),
+                np.tile(standardized(self.log_mass), n_pt),
+            ],
+            axis=1,
+        )
 
     def code_log_pt(self) -> np.ndarray:
         """log pT (GeV) that every code decodes to."""
